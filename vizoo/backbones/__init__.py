@@ -1,0 +1,1 @@
+"""vizoo backbones. Importing this package registers every family with timm."""

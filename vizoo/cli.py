@@ -1,0 +1,54 @@
+"""The ``vizoo`` command.
+
+``vizoo fit|validate|test|predict`` is the Lightning CLI (see vizoo/train/cli.py); every other subcommand
+lives in the module named below and is imported only when used, so ``vizoo --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = {
+    "probe": ("vizoo.probe.cli", "evaluate frozen backbones with linear and attentive probes"),
+    "hub": ("vizoo.hub.cli", "export, push and pull models in the Hugging Face Hub format"),
+    "convert": ("vizoo.hub.convert", "convert an official checkpoint into a vizoo export folder"),
+    "bench": ("vizoo.bench", "benchmark kernels and backbones (on a GPU)"),
+    "models": ("vizoo.cli_models", "list the registered vizoo models"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: vizoo COMMAND [ARGS]", "", "commands:"]
+    for name in LIGHTNING_COMMANDS:
+        lines.append(f"  {name:<10} Lightning CLI: {name} a model (vizoo {name} -c configs/....yaml)")
+    for name, (_, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    lines.append("")
+    lines.append("Run `vizoo COMMAND --help` for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        from vizoo.train.cli import cli_main
+
+        cli_main(argv)
+        return
+    if command not in SUBCOMMANDS:
+        from vizoo.utils import unknown_name_error
+
+        valid = list(LIGHTNING_COMMANDS) + list(SUBCOMMANDS)
+        print(f"vizoo: {unknown_name_error('command', command, valid)}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Small helpers shared across vizoo: name look-ups with helpful errors, atomic file writes."""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def unknown_name_error(kind: str, name: str, valid: Iterable[str], hint: str = "") -> ValueError:
+    """A ValueError for an unknown registry name, listing the valid names with the closest ones first."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
+    rest = [v for v in valid if v not in close]
+    listed = close + rest
+    shown = ", ".join(listed[:40]) + (f", ... ({len(listed) - 40} more)" if len(listed) > 40 else "")
+    msg = f"unknown {kind} {name!r}."
+    if close:
+        msg += f" Did you mean {close[0]!r}?"
+    msg += f" Valid {kind} names: {shown}."
+    if hint:
+        msg += " " + hint
+    return ValueError(msg)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A process killed inside the block leaves ``path`` untouched (at worst a stray ``.tmp`` file that the
+    next write replaces), so readers never see a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
