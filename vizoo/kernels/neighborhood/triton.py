@@ -1,0 +1,384 @@
+"""Fused neighborhood attention in Triton: forward with online softmax, backward with recomputation.
+
+Same operator as ``reference.py`` (NATTEN semantics plus NAT's relative position bias); see that file for
+the definitions. The design is ours, in the spirit of FlashAttention-2 (Dao, arXiv 2307.08691) and of
+NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
+
+* 1-D inputs run as 2-D inputs of height 1, so one set of kernels serves both.
+* Each program owns one (batch, head), one dilation group and a 2-D tile of queries in group coordinates.
+  Per axis, the first and last key of every query's window (``lo``/``hi``, tiny host-built tables) are
+  non-decreasing in the query position, so the union of the tile's windows is the box
+  ``[lo(first), hi(last)]`` per axis. The kernel walks that box in chunks of ``KR x KC`` keys, scores the
+  chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
+  is stored; the forward writes the output and the log-sum-exp.
+* Backward: ``delta = rowsum(dO * O)`` in PyTorch; one kernel recomputes each query tile's probabilities to
+  get dQ (and the RPB gradient, by atomic adds into a few partial tables summed afterwards); a second
+  kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
+  monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics on dQ/dK/dV, so
+  those are deterministic; the RPB gradient is not bit-deterministic.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from vizoo.kernels.neighborhood.reference import axis_windows
+
+LOG2E = 1.4426950408889634
+RPB_GRAD_SLOTS = 32
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, device: str):
+    """Per-group window tables: ``lo, hi`` of each query and ``qmin, qmax`` of each key, int32 ``[d, ceil(L/d)]``."""
+    lo, hi = axis_windows(length, kernel, dilation, stride, causal)
+    gmax = -(-length // dilation)
+    pos = torch.arange(length)
+    big = 1 << 30  # padding past a group's end keeps the rows sorted
+    lo_t = torch.full((dilation, gmax), big, dtype=torch.long)
+    hi_t = torch.full((dilation, gmax), big, dtype=torch.long)
+    lo_t[pos % dilation, pos // dilation] = lo
+    hi_t[pos % dilation, pos // dilation] = hi
+    keys = torch.arange(gmax).expand(dilation, gmax).contiguous()
+    qmin = torch.searchsorted(hi_t, keys, side="left")
+    qmax = torch.searchsorted(lo_t, keys, side="right") - 1
+    return tuple(t.to(torch.int32).to(device) for t in (lo_t, hi_t, qmin, qmax))
+
+
+def _config(kernel: tuple, shape: tuple, dim: int) -> dict:
+    """Tile sizes: query tile TH x TW, key chunk KR x KC (powers of two)."""
+    H, W = shape
+    if H == 1:  # 1-D
+        return dict(TH=1, TW=64, KR=1, KC=64 if kernel[1] > 16 else 32, num_warps=4)
+    TW = 8 if kernel[1] <= 9 else 16
+    TH = 8 if TW == 8 else 4
+    KC = triton.next_power_of_2(TW + kernel[1] - 1)
+    KC = min(KC, 32)
+    KR = max(1, min(64 // KC, 4))
+    return dict(TH=TH, TW=TW, KR=KR, KC=KC, num_warps=4)
+
+
+CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}}  # tile overrides per pass, used by the benchmark's sweep
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, RPB,
+    LO_Y, HI_Y, LO_X, HI_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    scale_log2,
+    DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    tx = pid % NT_X
+    t = pid // NT_X
+    ty = t % NT_Y
+    t = t // NT_Y
+    gx = t % DIL_X
+    gy = t // DIL_X
+    len_y = (H - gy + DIL_Y - 1) // DIL_Y
+    len_x = (W - gx + DIL_X - 1) // DIL_X
+    if ty * TH >= len_y or tx * TW >= len_x:
+        return
+
+    sx = HEADS * D
+    sy = W * sx
+    base = b.to(tl.int64) * H * sy + h * D
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+
+    i = tl.arange(0, TH * TW)
+    qy = ty * TH + i // TW
+    qx = tx * TW + i % TW
+    qvalid = (qy < len_y) & (qx < len_x)
+    q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
+    q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
+    lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
+    hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
+    lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
+    hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+
+    row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
+    row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
+    col_lo = tl.load(LO_X + gx * GMAX_X + tx * TW)
+    col_hi = tl.load(HI_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+
+    m_i = tl.full([TH * TW], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([TH * TW], dtype=tl.float32)
+    acc = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
+    j = tl.arange(0, KR * KC)
+    for ky0 in range(row_lo, row_hi + 1, KR):
+        for kx0 in range(col_lo, col_hi + 1, KC):
+            ky = ky0 + j // KC
+            kx = kx0 + j % KC
+            kvalid = (ky <= row_hi) & (kx <= col_hi)
+            k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
+            kv_mask = kvalid[:, None] & dmask[None, :]
+            k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            mask = ((lo_y[:, None] <= ky[None, :]) & (ky[None, :] <= hi_y[:, None])
+                    & (lo_x[:, None] <= kx[None, :]) & (kx[None, :] <= hi_x[:, None]) & kvalid[None, :])
+            if HAS_RPB:
+                r_off = (h * (2 * KH - 1) + ky[None, :] - qy[:, None] + KH - 1) * (2 * KW - 1) \
+                    + kx[None, :] - qx[:, None] + KW - 1
+                s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
+            s = tl.where(mask, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + base + q_off[:, None] + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=qvalid[:, None] & dmask[None, :])
+    lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634
+    lse_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
+    tl.store(LSE + lse_off, lse, mask=qvalid)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
+    LO_Y, HI_Y, LO_X, HI_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, N_SLOTS,
+    scale, scale_log2,
+    DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    tx = pid % NT_X
+    t = pid // NT_X
+    ty = t % NT_Y
+    t = t // NT_Y
+    gx = t % DIL_X
+    gy = t // DIL_X
+    len_y = (H - gy + DIL_Y - 1) // DIL_Y
+    len_x = (W - gx + DIL_X - 1) // DIL_X
+    if ty * TH >= len_y or tx * TW >= len_x:
+        return
+
+    sx = HEADS * D
+    sy = W * sx
+    base = b.to(tl.int64) * H * sy + h * D
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+
+    i = tl.arange(0, TH * TW)
+    qy = ty * TH + i // TW
+    qx = tx * TW + i % TW
+    qvalid = (qy < len_y) & (qx < len_x)
+    q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
+    qd_mask = qvalid[:, None] & dmask[None, :]
+    q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+    do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+    row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
+    lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row_off, mask=qvalid, other=0.0)
+    lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
+    hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
+    lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
+    hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+
+    row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
+    row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
+    col_lo = tl.load(LO_X + gx * GMAX_X + tx * TW)
+    col_hi = tl.load(HI_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+
+    dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
+    slot = (pid + bh) % N_SLOTS
+    j = tl.arange(0, KR * KC)
+    for ky0 in range(row_lo, row_hi + 1, KR):
+        for kx0 in range(col_lo, col_hi + 1, KC):
+            ky = ky0 + j // KC
+            kx = kx0 + j % KC
+            kvalid = (ky <= row_hi) & (kx <= col_hi)
+            k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
+            kv_mask = kvalid[:, None] & dmask[None, :]
+            k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            mask = ((lo_y[:, None] <= ky[None, :]) & (ky[None, :] <= hi_y[:, None])
+                    & (lo_x[:, None] <= kx[None, :]) & (kx[None, :] <= hi_x[:, None]) & kvalid[None, :])
+            if HAS_RPB:
+                r_off = (h * (2 * KH - 1) + ky[None, :] - qy[:, None] + KH - 1) * (2 * KW - 1) \
+                    + kx[None, :] - qx[:, None] + KW - 1
+                s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
+            p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            if RPB_GRAD:
+                tl.atomic_add(DRPB + slot * HEADS * (2 * KH - 1) * (2 * KW - 1) + r_off, ds, mask=mask)
+    tl.store(DQ + base + q_off[:, None] + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
+    LO_Y, HI_Y, LO_X, HI_X, QMIN_Y, QMAX_Y, QMIN_X, QMAX_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    scale, scale_log2,
+    DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    tx = pid % NT_X
+    t = pid // NT_X
+    ty = t % NT_Y
+    t = t // NT_Y
+    gx = t % DIL_X
+    gy = t // DIL_X
+    len_y = (H - gy + DIL_Y - 1) // DIL_Y
+    len_x = (W - gx + DIL_X - 1) // DIL_X
+    if ty * TH >= len_y or tx * TW >= len_x:
+        return
+
+    sx = HEADS * D
+    sy = W * sx
+    base = b.to(tl.int64) * H * sy + h * D
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+
+    # this program's keys (group coordinates)
+    i = tl.arange(0, TH * TW)
+    ky = ty * TH + i // TW
+    kx = tx * TW + i % TW
+    kvalid = (ky < len_y) & (kx < len_x)
+    k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
+    kd_mask = kvalid[:, None] & dmask[None, :]
+    k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
+    v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
+
+    row_lo = tl.load(QMIN_Y + gy * GMAX_Y + ty * TH)
+    row_hi = tl.load(QMAX_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
+    col_lo = tl.load(QMIN_X + gx * GMAX_X + tx * TW)
+    col_hi = tl.load(QMAX_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+
+    dk = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
+    j = tl.arange(0, KR * KC)
+    for qy0 in range(row_lo, row_hi + 1, KR):
+        for qx0 in range(col_lo, col_hi + 1, KC):
+            qy = qy0 + j // KC
+            qx = qx0 + j % KC
+            qvalid = (qy <= row_hi) & (qx <= col_hi)
+            q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
+            qd_mask = qvalid[:, None] & dmask[None, :]
+            q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+            row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
+            lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + row_off, mask=qvalid, other=0.0)
+            lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
+            hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
+            lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
+            hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+            st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale_log2  # [keys, queries]
+            mask = ((lo_y[None, :] <= ky[:, None]) & (ky[:, None] <= hi_y[None, :])
+                    & (lo_x[None, :] <= kx[:, None]) & (kx[:, None] <= hi_x[None, :]) & kvalid[:, None])
+            if HAS_RPB:
+                r_off = (h * (2 * KH - 1) + ky[:, None] - qy[None, :] + KH - 1) * (2 * KW - 1) \
+                    + kx[:, None] - qx[None, :] + KW - 1
+                st += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
+            pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            dst = pt * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    tl.store(DK + base + k_off[:, None] + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kd_mask)
+    tl.store(DV + base + k_off[:, None] + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kd_mask)
+
+
+def _as_2d(q, kernel_size, dilation, stride, is_causal, rpb):
+    """View 1-D problems as 2-D problems of height 1."""
+    if q.dim() == 5:
+        return q, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), rpb
+    B, L, heads, dim = q.shape
+    rpb2 = None if rpb is None else rpb.reshape(heads, 1, -1)
+    return (q.reshape(B, 1, L, heads, dim), (1, kernel_size[0]), (1, dilation[0]), (1, stride[0]),
+            (False, is_causal[0]), rpb2)
+
+
+def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
+    B, H, W, heads, dim = q.shape
+    dev = str(q.device)
+    ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
+    tx = _tables(W, kernel_size[1], dilation[1], stride[1], is_causal[1], dev)
+    cfg = dict(_config(tuple(kernel_size), (H, W), dim))
+    cfg.update(CONFIG_OVERRIDE.get(which, {}))
+    gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
+    nt_y, nt_x = triton.cdiv(gmax_y, cfg["TH"]), triton.cdiv(gmax_x, cfg["TW"])
+    grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
+    common = dict(DIL_Y=dilation[0], DIL_X=dilation[1], KH=kernel_size[0], KW=kernel_size[1],
+                  BLOCK_D=max(16, triton.next_power_of_2(dim)),
+                  PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return ty, tx, cfg, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common
+
+
+def _split(cfg):
+    meta = {k: cfg[k] for k in ("TH", "TW", "KR", "KC")}
+    return meta, dict(num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+
+
+def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
+    """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
+    shape = q.shape
+    q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
+    k2, v2 = k.reshape(q2.shape), v.reshape(q2.shape)
+    ty, tx, cfg, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd")
+    B, H, W, heads, dim = q2.shape
+    out = torch.empty_like(q2)
+    lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
+    rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
+    meta, launch = _split(cfg)
+    _fwd_kernel[grid](q2, k2, v2, out, lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims,
+                      scale * LOG2E, HAS_RPB=rpb2 is not None, **common, **meta, **launch)
+    return out.reshape(shape), lse.reshape((shape[0], heads) + tuple(shape[1:-2]))
+
+
+def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad):
+    """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
+    shape = q.shape
+    q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
+    k2, v2, do2 = k.reshape(q2.shape), v.reshape(q2.shape), grad_out.reshape(q2.shape)
+    ty, tx, cfg, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd")
+    B, H, W, heads, dim = q2.shape
+    delta = (do2.float() * out.reshape(q2.shape).float()).sum(-1).permute(0, 3, 1, 2).contiguous()
+    lse2 = lse.reshape(B, heads, H, W)
+    dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+    has_rpb = rpb2 is not None
+    rpb_f = rpb2.float().contiguous() if has_rpb else dq
+    n_slots = min(RPB_GRAD_SLOTS, grid[0] * grid[1])
+    if rpb_grad:
+        drpb = torch.zeros((n_slots,) + tuple(rpb_f.shape), device=q.device, dtype=torch.float32)
+    else:
+        drpb = dq
+    meta, launch = _split(cfg)
+    _bwd_dq_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dq, drpb, ty[0], ty[1], tx[0], tx[1], *dims,
+                         n_slots, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad),
+                         **common, **meta, **launch)
+    _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
+                           ty[2], ty[3], tx[2], tx[3], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
+                           **common, **meta, **launch)
+    drpb_out = drpb.sum(0).reshape(rpb.shape).to(rpb.dtype) if rpb_grad else q.new_empty((0,))
+    return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), drpb_out
