@@ -28,7 +28,9 @@ Counting rules:
 * ``macs(num_tokens, num_prefix)``: multiply-adds per sample of the matrix products and convolutions
   (linear layers, attention logits and attention-weighted sums, convs), i.e. exactly what
   ``torch.utils.flop_counter.FlopCounterMode`` counts, divided by two. Element-wise work (norms, softmax,
-  activations, residual adds, biases, means) is not counted. The classifier is included.
+  activations, residual adds, biases, means) is not counted. The classifier is included. The count is for
+  a batch of one: work that does not depend on the input (projecting a learned query) is done once per
+  batch but counted once per sample.
 """
 from __future__ import annotations
 
@@ -137,6 +139,7 @@ class ProbeHead(nn.Module):
     uses_prefix: PrefixUse = "never"
     needs_grid: bool = False
     permutation_invariant: bool = True
+    use_prefix: bool = False
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -145,9 +148,19 @@ class ProbeHead(nn.Module):
         self.in_dim = in_dim
         self.num_classes = num_classes
 
+    def _set_use_prefix(self, use_prefix: bool) -> None:
+        """``use_prefix=True`` is the official ``<pooling>_all``: the prefix tokens are prepended to the patch
+        tokens and pooled like them (they are then required)."""
+        if not isinstance(use_prefix, bool):
+            raise ValueError(f"{self.head_name}: use_prefix must be a bool, got {use_prefix!r}")
+        self.use_prefix = use_prefix
+        self.uses_prefix = "required" if use_prefix else "never"
+
     def _init_classifier(self, width: int) -> None:
+        if hasattr(self, "head_bn") or hasattr(self, "classifier"):
+            raise RuntimeError(f"{type(self).__name__}: the classifier was already built")
         self.width = width
-        self.bn = nn.BatchNorm1d(width, affine=False, eps=1e-6)
+        self.head_bn = nn.BatchNorm1d(width, affine=False, eps=1e-6)
         self.classifier = nn.Linear(width, self.num_classes)
 
     # ---- to implement -------------------------------------------------------------------------------
@@ -155,24 +168,28 @@ class ProbeHead(nn.Module):
              ) -> torch.Tensor:
         """Pool ``tokens [B, N, D]`` (and ``prefix [B, P, D]`` or None) into ``[B, width]``.
 
-        ``grid`` is already resolved (``(H, W)`` with ``H * W == N``) for heads with ``needs_grid``.
+        ``grid`` is already resolved (``(H, W)`` with ``H * W == N``) for heads with ``needs_grid``. With
+        ``use_prefix`` the prefix tokens arrive prepended to ``tokens`` and ``prefix`` is None.
         """
         raise NotImplementedError
 
     def pool_macs(self, num_tokens: int, num_prefix: int) -> int:
-        """Multiply-adds per sample of :meth:`pool` (see the module docstring for the rule)."""
+        """Multiply-adds per sample of :meth:`pool` (see the module docstring for the rule); with
+        ``use_prefix``, ``num_tokens`` already includes the prefix tokens."""
         raise NotImplementedError
 
     # ---- shared -------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, prefix: torch.Tensor | None = None,
                 grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]`` for patch tokens ``[B, N, D]``; see the module docstring."""
-        return self.classifier(self.bn(self.forward_features(tokens, prefix, grid)))
+        return self.classifier(self.head_bn(self.forward_features(tokens, prefix, grid)))
 
     def forward_features(self, tokens: torch.Tensor, prefix: torch.Tensor | None = None,
                          grid: tuple[int, int] | None = None) -> torch.Tensor:
         """The pooled representation ``[B, width]`` (before the BatchNorm and the classifier)."""
         tokens, prefix, grid = self.check_inputs(tokens, prefix, grid)
+        if self.use_prefix:
+            tokens, prefix = torch.cat([prefix, tokens], dim=1), None
         return self.pool(tokens, prefix, grid)
 
     def check_inputs(self, tokens: torch.Tensor, prefix: torch.Tensor | None,
@@ -241,6 +258,8 @@ class ProbeHead(nn.Module):
             num_prefix = 0
         elif self.uses_prefix == "required" and num_prefix == 0:
             raise ValueError(f"{self.head_name}: this head needs prefix tokens; pass num_prefix >= 1")
+        if self.use_prefix:
+            num_tokens, num_prefix = num_tokens + num_prefix, 0
         return int(self.pool_macs(num_tokens, num_prefix)) + self.width * self.num_classes
 
     def extra_repr(self) -> str:

@@ -54,28 +54,25 @@ class EfficientProbe(ProbeHead):
         check_divisible("in_dim // d_out", width, num_queries, "num_queries")
         self.num_queries = num_queries
         self.d_out = d_out
-        self.use_prefix = bool(use_prefix)
-        self.uses_prefix = "required" if self.use_prefix else "never"
+        self._set_use_prefix(use_prefix)
         self.scale = 1.0 / math.sqrt(in_dim)
         self.value = nn.Linear(in_dim, width, bias=False)
         self.queries = nn.Parameter(torch.randn(num_queries, in_dim) * 0.02)
         self._init_classifier(width)
 
-    def keys(self, tokens: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-        """The tokens attended to: the patch tokens, preceded by the prefix tokens when ``use_prefix``."""
-        return torch.cat([prefix, tokens], dim=1) if prefix is not None else tokens
-
     def attention(self, tokens: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention maps ``[B, M, N (+P)]`` of the M queries (rows sum to one), for inspection."""
+        """Attention maps ``[B, M, (P +) N]`` of the M queries (rows sum to one), for inspection."""
         tokens, prefix, _ = self.check_inputs(tokens, prefix, None)
-        return self._attention(self.keys(tokens, prefix))
+        if self.use_prefix:
+            tokens = torch.cat([prefix, tokens], dim=1)
+        return self._attention(tokens)
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.einsum("md,bnd->bmn", self.queries.to(x.dtype), x) * self.scale
         return logits.softmax(dim=-1)
 
     def pool(self, tokens, prefix, grid) -> torch.Tensor:
-        x = self.keys(tokens, prefix)
+        x = tokens
         attn = self._attention(x)                      # [B, M, N]
         pooled = torch.bmm(attn, x)                    # [B, M, D]   pool first ...
         w = self.value.weight.view(self.num_queries, self.width // self.num_queries, self.in_dim)
@@ -83,7 +80,7 @@ class EfficientProbe(ProbeHead):
         return y.flatten(1)
 
     def pool_macs(self, num_tokens: int, num_prefix: int) -> int:
-        n, m, d = num_tokens + num_prefix, self.num_queries, self.in_dim
+        n, m, d = num_tokens, self.num_queries, self.in_dim
         return 2 * m * n * d + d * self.width
 
     def extra_repr(self) -> str:
