@@ -1,1 +1,3 @@
 """vizoo backbones. Importing this package registers every family with timm."""
+
+from vizoo.backbones import nat  # noqa: F401
