@@ -1,0 +1,341 @@
+"""Feature cache: frozen-backbone tokens of one dataset split, written once in shards and reused.
+
+Layout of one cache directory (``<cache_root>/<model-slug>-<split>-<key16>/``)::
+
+    key.json                    the key payload and its SHA-256 (written first, atomically)
+    shard-00000.safetensors     fp16 ``tokens.<layer>`` [n, N, D], ``prefix.<layer>`` [n, P, D], int64 ``labels``
+    shard-00001.safetensors     (each written atomically; safetensors metadata repeats key, start and count)
+    manifest.json               written last, atomically: the cache is complete only when it exists
+
+The key hashes everything that changes the features: model name and arguments, a digest of the weights (every
+tensor of the state dict), the transform (its repr) and data config, the layers, ``norm``, the compute
+precision, and the dataset identity (name, split, root, options, size, a digest of the labels). A directory
+written for a different key is never reused: automatic look-ups go to a directory named by the key, and a
+user who points ``cache_root`` directly at an existing cache directory gets a ValueError naming the fields
+that differ.
+
+An interrupted extraction resumes: completed shards whose metadata match are kept, only the missing shards are
+computed (the split is read in a fixed order with the evaluation transform, so shards are deterministic).
+
+Not in the efficient-probing code (it never caches; every step re-runs the backbone on augmented images).
+Caching changes the protocol (centre crop, no augmentation); the results file records which protocol ran.
+Loaded caches are held in memory (fine for the embedded data and mid-sized sets, not for ImageNet-scale
+token caches).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vizoo.probe.features import extract_tokens, stable_json
+from vizoo.utils import atomic_path, atomic_write_text
+
+CACHE_VERSION = 1
+KEY_FILE = "key.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class CachedSplit:
+    """Features of one split, in memory.
+
+    Attributes:
+        layers: absolute block indices, ascending.
+        tokens: per layer, fp16 patch tokens ``[n, N, D]``.
+        prefix: per layer, fp16 prefix tokens ``[n, P, D]`` (P = 0 without prefix tokens).
+        grids: per layer, the token grid ``(H, W)`` or None.
+        labels: int64 ``[n]``.
+        manifest: the manifest dict (key, payload, shapes, norm, ...).
+    """
+
+    layers: list[int]
+    tokens: dict[int, torch.Tensor]
+    prefix: dict[int, torch.Tensor]
+    grids: dict[int, tuple[int, int] | None]
+    labels: torch.Tensor
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> "CachedSplit":
+        """The rows ``index`` (e.g. a low-shot sample) of every tensor."""
+        return CachedSplit(
+            self.layers,
+            {k: v[index] for k, v in self.tokens.items()},
+            {k: v[index] for k, v in self.prefix.items()},
+            dict(self.grids),
+            self.labels[index],
+            self.manifest,
+        )
+
+
+def dataset_identity(name: str, split: str, dataset: Dataset, **options: Any) -> dict[str, Any]:
+    """What identifies a dataset split in a cache key: name, split, options, size and a digest of the labels.
+
+    Args:
+        name: dataset name (``digits``, ``folder``, ...).
+        split: ``train``, ``val`` or ``test``.
+        dataset: the (raw or transformed) split; its labels are read through ``targets``/``labels`` when
+            present, else by indexing (which loads every image once).
+        **options: anything else that changes the images (root folder, dataset kwargs, image size).
+    """
+    labels = labels_of(dataset)
+    digest = hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16]
+    return dict(name=name, split=split, options=options, num_samples=len(dataset), labels_sha=digest)
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The int64 labels of a dataset (fast paths for vizoo's datasets and torchvision-style ones)."""
+    inner = getattr(dataset, "dataset", dataset)  # TransformedDataset / Subset wrappers
+    for attr in ("labels", "targets"):
+        values = getattr(inner, attr, None)
+        if values is not None and len(values) == len(dataset) and not isinstance(dataset, Subset):
+            return torch.as_tensor(list(values) if not hasattr(values, "__array__") else values,
+                                   dtype=torch.int64)
+    samples = getattr(inner, "samples", None)
+    if samples is not None and len(samples) == len(dataset) and not isinstance(dataset, Subset):
+        return torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def make_payload(model_name: str, model_kwargs: dict[str, Any], weights: str, transform: Any,
+                 data_config: dict[str, Any], layers: Sequence[int], norm: bool, dataset: dict[str, Any],
+                 amp: bool = False) -> dict[str, Any]:
+    """The key payload of one cached split (see the module docstring for what goes in and why).
+
+    Args:
+        model_name: the timm name the backbone was built from.
+        model_kwargs: its extra arguments.
+        weights: the weights' identity (:func:`vizoo.probe.features.weights_digest`).
+        transform: the evaluation transform (its repr is hashed).
+        data_config: timm data config (mean, std, input size, interpolation, crop).
+        layers: sorted absolute block indices.
+        norm: final norm applied.
+        dataset: :func:`dataset_identity` of the split.
+        amp: bfloat16 autocast used.
+    """
+    return dict(
+        version=CACHE_VERSION, model=model_name, model_kwargs=model_kwargs, weights=weights,
+        transform=repr(transform), data_config=data_config, layers=list(layers), norm=bool(norm),
+        precision="bf16-autocast" if amp else "fp32", dataset=dataset,
+    )
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(stable_json(payload).encode()).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-48:] or "model"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _diff_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_fields(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if stable_json(a) == stable_json(b) else [prefix.rstrip(".")]
+
+
+def incompatible_cache_error(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> ValueError:
+    fields = _diff_fields(found, wanted)
+    return ValueError(
+        f"the feature cache at {path} was written for different inputs and cannot be reused here; fields that "
+        f"differ: {', '.join(fields[:12]) or '(format)'}. Point the cache at a parent folder (vizoo picks a "
+        f"sub-folder per key) or delete {path}."
+    )
+
+
+def _is_cache_dir(path: Path) -> bool:
+    return (path / KEY_FILE).exists() or (path / MANIFEST_FILE).exists()
+
+
+def cache_dir_for(cache_root: str | Path, payload: dict[str, Any]) -> Path:
+    """The directory that holds the cache for ``payload``.
+
+    If ``cache_root`` is itself a cache directory (the user pointed at one), it is used only when its key
+    matches; otherwise a ValueError lists the fields that differ.
+    """
+    root = Path(cache_root)
+    key = cache_key(payload)
+    if _is_cache_dir(root):
+        recorded = _read_json(root / (MANIFEST_FILE if (root / MANIFEST_FILE).exists() else KEY_FILE))
+        if recorded.get("key") != key:
+            raise incompatible_cache_error(root, recorded.get("payload", {}), payload)
+        return root
+    dataset = payload["dataset"]
+    return root / f"{_slug(payload['model'])}-{_slug(dataset['name'])}-{dataset['split']}-{key[:16]}"
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def _shard_ok(path: Path, key: str, start: int, count: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return meta.get("key") == key and meta.get("start") == str(start) and meta.get("count") == str(count)
+    except Exception:  # noqa: BLE001  (a corrupt shard is recomputed)
+        return False
+
+
+def extract_split(
+    model: nn.Module,
+    dataset: Dataset,
+    payload: dict[str, Any],
+    layers: Sequence[int],
+    norm: bool,
+    cache_root: str | Path,
+    batch_size: int = 256,
+    shard_size: int = 4096,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[int, Path], None] | None = None,
+) -> CachedSplit:
+    """Extract (or load, or finish) the cached features of one split.
+
+    Args:
+        model: the frozen backbone (eval mode), already on ``device``.
+        dataset: the transformed split (evaluation transform), yielding ``(image tensor, label)``.
+        payload: the key payload (see :func:`make_payload`); must match ``layers`` and ``norm``.
+        layers: sorted absolute block indices.
+        norm: apply the final norm to each block.
+        cache_root: a folder of caches (a sub-folder per key is used), or one cache folder.
+        batch_size: images per forward pass.
+        shard_size: images per shard file.
+        num_workers: DataLoader workers.
+        device: where the backbone runs.
+        amp: bfloat16 autocast on CUDA (recorded in the key through ``payload``).
+        progress: show a progress bar.
+        on_shard: called as ``on_shard(index, path)`` after each shard is written (tests use it to simulate
+            a crash).
+
+    Returns:
+        The :class:`CachedSplit`.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset split is empty; nothing to extract")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
+    key = cache_key(payload)
+    directory = cache_dir_for(cache_root, payload)
+    if (directory / MANIFEST_FILE).exists():
+        return load_split(directory, key=key)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / KEY_FILE).exists():
+        atomic_write_text(directory / KEY_FILE, stable_json(dict(key=key, payload=payload)))
+    n = len(dataset)
+    starts = list(range(0, n, shard_size))
+    todo = [i for i, s in enumerate(starts) if not _shard_ok(directory / _shard_name(i), key, s,
+                                                                min(shard_size, n - s))]
+    shapes: dict[str, Any] = {}
+    bar = _progress_bar(total=sum(min(shard_size, n - starts[i]) for i in todo), enabled=progress,
+                        desc=f"features {payload['dataset']['name']}/{payload['dataset']['split']}")
+    try:
+        for i in todo:
+            start, count = starts[i], min(shard_size, n - starts[i])
+            loader = DataLoader(Subset(dataset, range(start, start + count)), batch_size=batch_size,
+                                shuffle=False, num_workers=num_workers)
+            parts: dict[str, list[torch.Tensor]] = {}
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and images.is_cuda):
+                    outs = extract_tokens(model, images, layers, norm)
+                for layer, out in zip(layers, outs):
+                    parts.setdefault(f"tokens.{layer}", []).append(out.tokens.to("cpu", torch.float16))
+                    parts.setdefault(f"prefix.{layer}", []).append(out.prefix.to("cpu", torch.float16))
+                    shapes[str(layer)] = dict(num_tokens=out.tokens.shape[1], dim=out.tokens.shape[2],
+                                              num_prefix=out.prefix.shape[1], grid=out.grid)
+                parts.setdefault("labels", []).append(torch.as_tensor(labels, dtype=torch.int64))
+                bar.update(len(images))
+            tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+            path = directory / _shard_name(i)
+            from safetensors.torch import save_file
+
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=dict(key=key, start=str(start), count=str(count),
+                                                           shapes=stable_json(shapes)))
+            if on_shard is not None:
+                on_shard(i, path)
+    finally:
+        bar.close()
+    if not shapes:  # every shard was already there: read the shapes back from the first one
+        shapes = _shard_shapes(directory / _shard_name(0))
+    manifest = dict(
+        version=CACHE_VERSION, key=key, payload=payload, num_samples=n, shard_size=shard_size,
+        shards=[_shard_name(i) for i in range(len(starts))], layers=list(layers), norm=norm,
+        dtype="float16", shapes=shapes,
+    )
+    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+    return load_split(directory, key=key)
+
+
+def _shard_shapes(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {})["shapes"])
+
+
+def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
+    """Load a complete cache directory; ``key`` (when given) must match the manifest's."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).exists():
+        raise ValueError(f"{directory} holds no complete feature cache (no {MANIFEST_FILE})")
+    manifest = _read_json(directory / MANIFEST_FILE)
+    if manifest.get("version") != CACHE_VERSION:
+        raise ValueError(f"{directory}: cache format version {manifest.get('version')} is not "
+                         f"{CACHE_VERSION}; delete it and extract again")
+    if key is not None and manifest.get("key") != key:
+        raise ValueError(f"{directory}: cache key {manifest.get('key', '')[:16]} does not match the wanted "
+                         f"key {key[:16]}")
+    shards = [load_file(str(directory / name)) for name in manifest["shards"]]
+    layers = [int(v) for v in manifest["layers"]]
+    tokens = {l: torch.cat([s[f"tokens.{l}"] for s in shards]) for l in layers}
+    prefix = {l: torch.cat([s[f"prefix.{l}"] for s in shards]) for l in layers}
+    grids = {l: (tuple(manifest["shapes"][str(l)]["grid"]) if manifest["shapes"][str(l)]["grid"] else None)
+             for l in layers}
+    labels = torch.cat([s["labels"] for s in shards])
+    if len(labels) != manifest["num_samples"]:
+        raise ValueError(f"{directory}: shards hold {len(labels)} samples, manifest says "
+                         f"{manifest['num_samples']}")
+    return CachedSplit(layers, tokens, prefix, grids, labels, manifest)
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    if not enabled or total == 0:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)

@@ -1,0 +1,217 @@
+"""One probing job from start to end: backbone, data, features (cached) or augmented training, results.
+
+``run_probe(ProbeJob(...))`` is what ``vizoo probe`` calls; it is also the Python entry point::
+
+    from vizoo.probe import ProbeJob, HeadSpec, run_probe
+    report = run_probe(ProbeJob(model="vit_small_patch16_224.augreg_in21k", dataset="folder",
+                                root="/data/pets", heads=[HeadSpec("linear"), HeadSpec("ep")]))
+
+Protocols (recorded in the results):
+
+* ``cached``: the evaluation transform (resize + centre crop), tokens extracted once into the feature cache,
+  heads trained on them (``vizoo.probe.trainer``). Fast; differs from the papers' recipe by having no
+  augmentation (probing.md 9.5).
+* ``augmented``: the papers' recipe (MAE / efficient-probing): RandomResizedCrop + flip on every step and the
+  frozen backbone re-run every step, through Lightning (``vizoo.probe.augmented``).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from vizoo.probe.cache import CachedSplit, dataset_identity, extract_split, make_payload
+from vizoo.probe.features import (
+    BackboneSpec,
+    create_backbone,
+    data_config_for,
+    resolve_layers,
+    weights_digest,
+)
+from vizoo.probe.lowshot import sample_k_shot
+from vizoo.probe.trainer import HeadSpec, TrainConfig, train_probes
+
+PROTOCOLS = ("cached", "augmented")
+
+
+def default_cache_root() -> Path:
+    import os
+
+    base = os.environ.get("VIZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vizoo")
+    return Path(base) / "features"
+
+
+@dataclass
+class ProbeJob:
+    """Everything a probing run needs.
+
+    Args:
+        model: timm model name (vizoo's, timm's, ``hf-hub:...``, ``local-dir:...``).
+        model_kwargs: extra ``timm.create_model`` arguments.
+        pretrained: load the model's pretrained weights.
+        checkpoint: a state-dict file to load instead.
+        dataset: ``digits``, ``mnist5k``, ``shapes`` or ``folder`` (with ``root``).
+        root: image folder root for ``dataset='folder'`` (``train/`` and ``val/`` [and ``test/``]).
+        dataset_kwargs: extra dataset options.
+        image_size: input size (default: the model's).
+        heads: head types to train.
+        train: optimisation settings.
+        protocol: ``cached`` or ``augmented``.
+        layers: blocks to probe (negative from the end); several = layer-wise mode (one result per layer).
+        norm: apply the final norm to the tokens (DINOv2 style) or not (MAE style).
+        k_shot: images per class for low-shot mode (None = all).
+        seeds: low-shot seeds (one result set per seed).
+        cache_dir: root folder of feature caches.
+        extract_batch_size: images per backbone forward.
+        num_workers: DataLoader workers.
+        amp: bfloat16 autocast for the backbone on CUDA.
+        scale: RandomResizedCrop scale (augmented protocol).
+        hflip: horizontal flip probability (augmented protocol).
+        progress: progress bars.
+    """
+
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    checkpoint: str | None = None
+    dataset: str = "digits"
+    root: str | None = None
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    heads: Sequence[HeadSpec] = (HeadSpec("linear"), HeadSpec("ep"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: str = "cached"
+    layers: Sequence[int] | None = None
+    norm: bool = False
+    k_shot: int | None = None
+    seeds: Sequence[int] = (0,)
+    cache_dir: str | None = None
+    extract_batch_size: int = 256
+    num_workers: int = 0
+    amp: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    progress: bool = True
+
+
+def _datamodule(job: ProbeJob, data_config: dict[str, Any], image_size: int):
+    from vizoo.data import ImageDataModule
+
+    return ImageDataModule(
+        dataset=job.dataset, root=job.root, image_size=image_size, batch_size=job.extract_batch_size,
+        num_workers=job.num_workers, augment=True, scale=tuple(job.scale), hflip=job.hflip,
+        color_jitter=0.0, data_config=data_config, dataset_kwargs=dict(job.dataset_kwargs) or None,
+    )
+
+
+def _check_classes(dm) -> list[str]:
+    classes = dm.class_names
+    if len(classes) < 2:
+        raise ValueError(f"dataset {dm.dataset_name!r} has {len(classes)} class(es) {classes}; probing needs "
+                         f"at least 2")
+    for split in ("train", "val"):
+        if len(dm.raw_dataset(split)) == 0:
+            raise ValueError(f"the {split} split of dataset {dm.dataset_name!r} is empty")
+    return list(classes)
+
+
+def _has_split(dm, split: str) -> bool:
+    try:
+        return len(dm.raw_dataset(split)) > 0
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def run_probe(job: ProbeJob) -> dict[str, Any]:
+    """Run a probing job and return the results dict (the JSON that ``vizoo probe`` writes).
+
+    The dict holds ``meta`` (model, weights digest, protocol, norm, layers, data, settings, machine) and
+    ``results``: one entry per (layer, seed, head type) with the selected lr/epoch, validation and test
+    accuracy, parameters, MACs and train time.
+    """
+    if job.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {job.protocol!r}")
+    if not job.heads:
+        raise ValueError("no heads given")
+    job.train.check()
+    from vizoo.heads import get_head_class
+
+    for spec in job.heads:  # unknown names fail before any work
+        get_head_class(spec.name)
+    started = time.perf_counter()
+    spec = BackboneSpec(job.model, dict(job.model_kwargs), job.pretrained, job.checkpoint)
+    model = create_backbone(spec)
+    digest = weights_digest(model)
+    image_size = job.image_size or int(data_config_for(model)["input_size"][-1])
+    data_config = data_config_for(model, image_size)
+    dm = _datamodule(job, data_config, image_size)
+    classes = _check_classes(dm)
+    layers = resolve_layers(model, job.layers)
+    if job.k_shot is not None:  # fail early on a k larger than the smallest class
+        from vizoo.probe.cache import labels_of
+
+        sample_k_shot(labels_of(dm.raw_dataset("train")), job.k_shot, 0, len(classes))
+    meta = dict(
+        model=job.model, model_kwargs=dict(job.model_kwargs), weights_sha256=digest,
+        checkpoint=job.checkpoint, protocol=job.protocol, norm=job.norm, layers=layers, dataset=job.dataset,
+        root=job.root, image_size=image_size, data_config={k: v for k, v in data_config.items()},
+        classes=classes, k_shot=job.k_shot, seeds=list(job.seeds) if job.k_shot else None,
+        train=asdict(job.train), heads=[asdict(h) for h in job.heads],
+        machine=dict(python=platform.python_version(), torch=torch.__version__, device=job.train.device,
+                     cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads()),
+    )
+    if job.protocol == "cached":
+        results, splits = _run_cached(job, model, dm, digest, data_config, layers, classes)
+        meta["split_sizes"] = splits
+    else:
+        from vizoo.probe.augmented import run_augmented
+
+        results, splits = run_augmented(job, model, dm, layers, classes)
+        meta["split_sizes"] = splits
+    meta["wall_time_s"] = time.perf_counter() - started
+    return dict(meta=meta, results=results)
+
+
+def extract_features(job: ProbeJob, model, dm, digest: str, data_config: dict[str, Any], layers: list[int],
+                     split: str, on_shard=None, shard_size: int = 4096) -> CachedSplit:
+    """Cached features of one split for the job's backbone and data (extracting what is missing)."""
+    dataset = dm.split(split, training=False)
+    identity = dataset_identity(job.dataset, split, dm.raw_dataset(split), root=job.root,
+                                dataset_kwargs=dict(job.dataset_kwargs), image_size=dm.hparams.image_size)
+    payload = make_payload(job.model, dict(job.model_kwargs), digest, dm.transform(False), data_config, layers,
+                           job.norm, identity, amp=job.amp)
+    device = job.train.device
+    model.to(device)
+    return extract_split(model, dataset, payload, layers, job.norm, job.cache_dir or default_cache_root(),
+                         batch_size=job.extract_batch_size, shard_size=shard_size, num_workers=job.num_workers,
+                         device=device, amp=job.amp, progress=job.progress, on_shard=on_shard)
+
+
+def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes):
+    splits = {s: extract_features(job, model, dm, digest, data_config, layers, s)
+              for s in ("train", "val", "test") if s != "test" or _has_split(dm, "test")}
+    sizes = {s: len(v) for s, v in splits.items()}
+    results = []
+    seeds = list(job.seeds) if job.k_shot is not None else [None]
+    for layer in layers:
+        for seed in seeds:
+            train = splits["train"]
+            if seed is not None:
+                train = train.subset(sample_k_shot(train.labels, job.k_shot, seed, len(classes)))
+            config = job.train if seed is None else _with_seed(job.train, seed)
+            for r in train_probes(train, splits["val"], splits.get("test"), layer, job.heads, len(classes),
+                                  config, progress=job.progress):
+                entry = r.to_dict()
+                entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
+                results.append(entry)
+    return results, sizes
+
+
+def _with_seed(config: TrainConfig, seed: int) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(config, seed=seed)
