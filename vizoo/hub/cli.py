@@ -1,0 +1,166 @@
+"""``vizoo hub export|push|pull|verify``: move models between timm, ``vizoo fit`` checkpoints and the Hugging Face
+Hub (see :mod:`vizoo.hub`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vizoo.hub.convert import add_card_args, read_label_names, read_metrics
+
+
+def model_from_source(
+    source: str,
+    checkpoint: str | None = None,
+    ema: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, list[str] | None, str]:
+    """Build the model an export starts from.
+
+    Args:
+        source: a model name (``name``, ``name.tag``, ``hf-hub:...``, ``local-dir:...``) whose weights are loaded
+            (pretrained, or from ``checkpoint``), or the path of a ``vizoo fit`` Lightning checkpoint.
+        checkpoint: a weights file (state dict, safetensors) for a model name.
+        ema: from a Lightning checkpoint, take the EMA weights.
+        model_kwargs: extra constructor kwargs for a model name.
+
+    Returns:
+        (model in eval mode, class names or None, a line saying where the weights come from).
+    """
+    import timm
+
+    from vizoo.hub.checkpoints import extract_state_dict, is_lightning_checkpoint, lightning_state_dict, load_file
+    from vizoo.hub.loading import create_model, load_strict
+
+    path = Path(source)
+    if path.is_file():
+        ckpt = load_file(path)
+        if not is_lightning_checkpoint(ckpt):
+            raise ValueError(
+                f"{path} is not a `vizoo fit` checkpoint (no hyper_parameters['model_name']). For a bare state "
+                "dict, give the architecture: `vizoo hub export MODEL OUT --checkpoint FILE`, or for an official "
+                "checkpoint `vizoo convert --model MODEL --checkpoint FILE --out DIR`."
+            )
+        hp = ckpt["hyper_parameters"]
+        kwargs = dict(hp.get("model_kwargs") or {})
+        if hp.get("num_classes") is not None:
+            kwargs["num_classes"] = int(hp["num_classes"])
+        import vizoo  # noqa: F401
+
+        model = create_model(str(hp["model_name"]), pretrained=False, **kwargs)
+        load_strict(model, lightning_state_dict(ckpt, ema=ema), source=f"{path.name} ({'ema.module' if ema else 'model'}.*)")
+        names = hp.get("class_names")
+        where = f"trained with `vizoo fit` (`{path.name}`"
+        for key in ("epoch", "global_step"):
+            if isinstance(ckpt.get(key), int):
+                where += f", {key} {ckpt[key]}"
+        where += ", EMA weights)" if ema else ")"
+        return model.eval(), (list(names) if names else None), where
+    if checkpoint is not None:
+        model = create_model(source, pretrained=False, **(model_kwargs or {}))
+        load_strict(model, extract_state_dict(load_file(checkpoint), ema=ema, source=checkpoint), source=checkpoint)
+        return model.eval(), None, f"loaded from `{Path(checkpoint).name}`"
+    if ":" not in source and not timm.is_model(source.split(".", 1)[0]):
+        if path.suffix in (".ckpt", ".pth", ".pt", ".safetensors", ".bin"):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+    model = create_model(source, pretrained=True, **(model_kwargs or {}))
+    names = model.pretrained_cfg.get("label_names")
+    return model.eval(), (list(names) if names else None), f"pretrained weights of `{source}`"
+
+
+def _error(command: str, err: Exception) -> None:
+    print(f"vizoo hub {command}: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from vizoo.hub.export import export_model
+
+    model, names, where = model_from_source(args.source, args.checkpoint, args.ema, args.model_kwargs)
+    label_names = read_label_names(args.label_names) or names
+    cfg_update = {k: v for k, v in (("tag", args.tag), ("license", args.license)) if v}
+    out = export_model(model, args.out_dir, label_names=label_names, metrics=read_metrics(args.metrics),
+                       pretrained_cfg=cfg_update or None, source=where, repo_id=args.repo_id,
+                       overwrite=args.overwrite)
+    print(f"exported {model.pretrained_cfg.get('architecture')} ({where}) to {out}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from vizoo.hub.publish import push_folder
+
+    url = push_folder(args.folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
+                      commit_message=args.message)
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    from vizoo.hub.publish import pull
+
+    folder = pull(args.repo_id, args.out_dir, revision=args.revision, cache_dir=args.cache_dir,
+                  overwrite=args.overwrite)
+    print(folder)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from vizoo.hub.loading import verify_folder
+
+    model = verify_folder(args.folder)
+    print(f"{args.folder}: OK ({model.pretrained_cfg.get('architecture')} loads strictly and reproduces its "
+          "forward check)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vizoo hub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="write config.json + model.safetensors + README.md for a model")
+    p.add_argument("source", metavar="MODEL_OR_CKPT",
+                   help="a model name with weights (name, name.tag, hf-hub:ORG/REPO, local-dir:DIR) or a "
+                        "`vizoo fit` checkpoint file")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--checkpoint", help="weights file for MODEL (a state dict or safetensors)")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights of a `vizoo fit` checkpoint")
+    p.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of constructor kwargs")
+    p.add_argument("--tag", help="pretrained tag to record (e.g. digits_ft)")
+    p.add_argument("--license", help="license to record in the config and card (e.g. apache-2.0)")
+    add_card_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push", help="verify an export folder, then upload it to the Hub")
+    p.add_argument("folder", metavar="OUT_DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("pull", help="download and verify a Hub repository (into the cache, or OUT_DIR)")
+    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME[@REV]")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="copy the files here (default: cache only)")
+    p.add_argument("--revision", help="branch, tag or commit")
+    p.add_argument("--cache-dir", help="Hub cache (default: HF_HUB_CACHE)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("verify", help="check that an export folder loads back exactly")
+    p.add_argument("folder", metavar="DIR")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _error(args.command, err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Writing a model as a Hugging Face Hub folder in timm's layout: ``config.json`` + ``model.safetensors`` +
+``README.md``.
+
+``config.json`` is timm's own (written by ``timm.models.save_config_for_hf``: ``architecture``, ``model_args``,
+``pretrained_cfg``, ``label_names``) so ``timm.create_model("hf-hub:...")`` and ``"local-dir:..."`` read it
+unchanged. vizoo adds one top-level key, ``vizoo``, that timm ignores: the vizoo version, where the weights came
+from, and a forward check (the first outputs of the model on a seeded input) that ``vizoo hub push`` re-runs before
+it uploads anything. Weights are always written as safetensors, never as a pickle (timm's ``save_for_hf`` defaults
+to ``pytorch_model.bin``). The folder is written under a temporary name beside the target and renamed into place, so
+a killed export never leaves a half-written folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from vizoo.hub.card import model_card
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CHECK_VALUES = 16  # how many leading outputs the forward check records
+
+
+def forward_check_input(input_size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """The seeded input that the forward check feeds the model: one image of ``input_size`` (C, H, W)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, *input_size, generator=gen)
+
+
+@torch.no_grad()
+def forward_check(model: nn.Module, input_size: Sequence[int], seed: int = 0) -> dict[str, Any]:
+    """Run the model (eval mode, fp32, CPU) on a seeded input and summarise its output for later comparison."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        out = model(forward_check_input(input_size, seed).to(device))
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    out = out.detach().float().cpu().flatten()
+    return {
+        "seed": seed,
+        "input_size": [int(s) for s in input_size],
+        "numel": out.numel(),
+        "first": [round(float(v), 7) for v in out[:CHECK_VALUES]],
+        "abs_sum": float(out.abs().sum()),
+    }
+
+
+def compare_forward_check(expected: Mapping[str, Any], got: Mapping[str, Any], rtol: float = 1e-3,
+                          atol: float = 1e-4) -> str | None:
+    """None when two forward checks agree, else a sentence saying how they differ."""
+    if expected["numel"] != got["numel"]:
+        return f"output size {got['numel']} differs from the exported {expected['numel']}"
+    a = torch.tensor(expected["first"], dtype=torch.float64)
+    b = torch.tensor(got["first"], dtype=torch.float64)
+    if not torch.allclose(a, b, rtol=rtol, atol=atol):
+        worst = (a - b).abs().max().item()
+        return f"the first {len(a)} outputs differ from the exported ones (max abs diff {worst:.3g})"
+    ea, ga = expected["abs_sum"], got["abs_sum"]
+    if abs(ea - ga) > rtol * abs(ea) + atol * expected["numel"]:
+        return f"the sum of |outputs| is {ga:.6g}, the export recorded {ea:.6g}"
+    return None
+
+
+def _contiguous_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    sd = {}
+    seen: dict[int, str] = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
+        if ptr in seen and ptr != -1:
+            tensor = tensor.clone()  # safetensors refuses tensors that share memory (tied weights)
+        seen.setdefault(ptr, key)
+        sd[key] = tensor.contiguous()
+    return sd
+
+
+def export_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    label_names: Sequence[str] | Mapping[int, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
+    source: str | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export a timm model (vizoo's or any other) as a Hub folder.
+
+    Args:
+        model: a model built by ``timm.create_model`` (it must have ``pretrained_cfg``).
+        out_dir: the folder to create. It must not exist unless ``overwrite``.
+        label_names: class names, one per output (written as ``label_names``).
+        metrics: name -> value pairs for the model card.
+        model_args: constructor kwargs to record, in addition to those ``timm.create_model`` recorded.
+        pretrained_cfg: entries that replace those of the model's pretrained cfg (e.g. ``tag``, ``license``).
+        source: one line for the card and ``config.json`` saying where the weights come from.
+        repo_id: the Hub repository the folder is meant for (used in the card's loading snippet).
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        The path of the written folder.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        ValueError: the model has no ``pretrained_cfg``, or a model argument cannot be written as JSON.
+    """
+    from timm.models._hub import save_config_for_hf
+
+    import vizoo
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    if not getattr(model, "pretrained_cfg", None):
+        raise ValueError("the model has no pretrained_cfg; build it with timm.create_model(...).")
+    if label_names is not None and len(label_names) != getattr(model, "num_classes", len(label_names)):
+        raise ValueError(f"{len(label_names)} label names given for a model with {model.num_classes} classes.")
+
+    input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    if pretrained_cfg and pretrained_cfg.get("input_size"):
+        input_size = tuple(pretrained_cfg["input_size"])
+    model_config: dict[str, Any] = {
+        "vizoo": {
+            "version": vizoo.__version__,
+            "source": source,
+            "forward_check": forward_check(model, input_size),
+        }
+    }
+    if label_names is not None:
+        model_config["label_names"] = list(label_names) if not isinstance(label_names, Mapping) else dict(label_names)
+    if pretrained_cfg:
+        model_config["pretrained_cfg"] = dict(pretrained_cfg)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        import safetensors.torch
+
+        safetensors.torch.save_file(_contiguous_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_config_for_hf(model, str(tmp / CONFIG_NAME), model_config=model_config,
+                           model_args=dict(model_args or {}))
+        config = json.loads((tmp / CONFIG_NAME).read_text())
+        num_params = sum(p.numel() for p in model.parameters())
+        (tmp / CARD_NAME).write_text(model_card(config, repo_id=repo_id, metrics=metrics, source=source,
+                                                num_params=num_params))
+        _set_default_permissions(tmp)
+        _move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def _set_default_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; give it, and its files, the permissions the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` onto ``out_dir``; an existing ``out_dir`` is moved aside first and removed afterwards."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
