@@ -103,7 +103,7 @@ class MockHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "MockHub":
+    def __enter__(self) -> MockHub:
         self.thread.start()
         return self
 

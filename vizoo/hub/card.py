@@ -3,7 +3,8 @@ data configuration, metrics when given, and how to load it."""
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 PLACEHOLDER_REPO = "YOUR_ORG/YOUR_REPO"
 

@@ -14,8 +14,9 @@ import collections
 import logging
 import pickle
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ class UnsafeObject(dict):
 
     _qualname = "unknown"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D401 - swallow everything
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
 
     def __setstate__(self, state: Any) -> None:

@@ -33,7 +33,12 @@ def model_from_source(
     """
     import timm
 
-    from vizoo.hub.checkpoints import extract_state_dict, is_lightning_checkpoint, lightning_state_dict, load_file
+    from vizoo.hub.checkpoints import (
+        extract_state_dict,
+        is_lightning_checkpoint,
+        lightning_state_dict,
+        load_file,
+    )
     from vizoo.hub.loading import create_model, load_strict
 
     path = Path(source)

@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,16 +132,7 @@ def export_model(
     if label_names is not None and len(label_names) != getattr(model, "num_classes", len(label_names)):
         raise ValueError(f"{len(label_names)} label names given for a model with {model.num_classes} classes.")
 
-    input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    if pretrained_cfg and pretrained_cfg.get("input_size"):
-        input_size = tuple(pretrained_cfg["input_size"])
-    model_config: dict[str, Any] = {
-        "vizoo": {
-            "version": vizoo.__version__,
-            "source": source,
-            "forward_check": forward_check(model, input_size),
-        }
-    }
+    model_config: dict[str, Any] = {}
     if label_names is not None:
         model_config["label_names"] = list(label_names) if not isinstance(label_names, Mapping) else dict(label_names)
     if pretrained_cfg:
@@ -155,6 +147,13 @@ def export_model(
         save_config_for_hf(model, str(tmp / CONFIG_NAME), model_config=model_config,
                            model_args=dict(model_args or {}))
         config = json.loads((tmp / CONFIG_NAME).read_text())
+        # the check runs at the input size the config now declares, the one a loader will resolve
+        config["vizoo"] = {
+            "version": vizoo.__version__,
+            "source": source,
+            "forward_check": forward_check(model, config["pretrained_cfg"]["input_size"]),
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         num_params = sum(p.numel() for p in model.parameters())
         (tmp / CARD_NAME).write_text(model_card(config, repo_id=repo_id, metrics=metrics, source=source,
                                                 num_params=num_params))
