@@ -1,0 +1,152 @@
+"""Export folders load back identically through every timm route, are written atomically, and bad input gets a
+clear error (offline: HF_HUB_OFFLINE=1 is set by tests/conftest.py before huggingface_hub is imported)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from hub_testlib import NUM_CLASSES, TINY_IDS, populate_hub_cache
+
+import vizoo.hub.export as export_mod
+from vizoo.hub import create_model, export_model, verify_folder
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("name", TINY_IDS)
+def test_round_trip_every_route(name, exports, example_input, tmp_path):
+    model, folder, expected = exports[name]
+    cfg_args = json.loads((folder / "config.json").read_text())["model_args"]
+    populate_hub_cache(tmp_path / "cache", f"vizoo-test/{name}", folder)
+    routes = {
+        "local-dir": timm.create_model(f"local-dir:{folder}", pretrained=True),
+        "hf-hub cache": timm.create_model(f"hf-hub:vizoo-test/{name}", pretrained=True, cache_dir=tmp_path / "cache"),
+        "overlay file": timm.create_model(
+            name, pretrained=True, **cfg_args,
+            pretrained_cfg_overlay={"file": str(folder / "model.safetensors"), "num_classes": NUM_CLASSES}),
+        "vizoo create_model": create_model(f"local-dir:{folder}"),
+    }
+    for route, loaded in routes.items():
+        torch.testing.assert_close(_outputs(loaded, example_input), expected, rtol=0, atol=0, msg=route)
+        if route != "overlay file":  # the overlay keeps the registry's cfg, which has no label names
+            assert loaded.pretrained_cfg["label_names"] == [f"class{i}" for i in range(NUM_CLASSES)], route
+
+
+def test_folder_contents(exports):
+    _, folder, _ = exports["nat_mini"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "nat_mini"
+    assert config["model_args"]["embed_dim"] == 16 and config["model_args"]["num_classes"] == NUM_CLASSES
+    assert config["label_names"] == [f"class{i}" for i in range(NUM_CLASSES)]
+    cfg = config["pretrained_cfg"]
+    assert cfg["license"] == "mit" and cfg["paper_ids"] == "arXiv:2204.07143"
+    assert "hf_hub_id" not in cfg and "url" not in cfg  # sources are stripped: the folder is the source
+    assert config["vizoo"]["forward_check"]["numel"] == NUM_CLASSES
+    card = (folder / "README.md").read_text()
+    for text in ("license: mit", "https://arxiv.org/abs/2204.07143", "| top1 | 12.5 |", "hf-hub:", "import vizoo",
+                 "`input_size`: [3, 224, 224]", "random weights (test)"):
+        assert text in card, text
+    # the weights are safetensors, not a pickle: the file starts with a little-endian header length + JSON
+    raw = (folder / "model.safetensors").read_bytes()
+    assert raw[8:9] == b"{" and not raw.startswith(b"PK")
+
+
+def test_export_refuses_existing_and_overwrites_on_request(exports, tmp_path):
+    model, _, _ = exports["test_vit"]
+    out = export_model(model, tmp_path / "m")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_model(model, out)
+    (out / "stale.txt").write_text("x")
+    export_model(model, out, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary or backup folder left
+
+
+def test_failed_export_leaves_nothing(exports, tmp_path, monkeypatch):
+    model, _, _ = exports["test_vit"]
+
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("killed while writing the card")
+
+    monkeypatch.setattr(export_mod, "model_card", broken_card)
+    with pytest.raises(RuntimeError, match="killed"):
+        export_model(model, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_bad_safetensors_local_dir(exports, tmp_path, damage):
+    _, folder, _ = exports["test_vit"]
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    raw = (bad / "model.safetensors").read_bytes()
+    raw = raw[: len(raw) // 2] if damage == "truncated" else b"\xff" * 16 + raw[16:]
+    (bad / "model.safetensors").write_bytes(raw)
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        create_model(f"local-dir:{bad}")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        verify_folder(bad)
+
+
+def test_bad_safetensors_in_hub_cache_is_removed(exports, tmp_path):
+    _, folder, _ = exports["test_vit"]
+    cache = tmp_path / "cache"
+    populate_hub_cache(cache, "vizoo-test/broken", folder)
+    weights = next(cache.rglob("model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupted.*removed from the Hub cache"):
+        create_model("hf-hub:vizoo-test/broken", cache_dir=cache)
+    assert not weights.exists()
+
+
+def test_unregistered_architecture(exports, tmp_path):
+    _, folder, _ = exports["nat_mini"]
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["architecture"] = "nat_mimi"
+    (bad / "config.json").write_text(json.dumps(config))
+    for call in (lambda: create_model(f"local-dir:{bad}"), lambda: verify_folder(bad)):
+        with pytest.raises(ValueError, match=r"unknown model 'nat_mimi'. Did you mean 'nat_mini'.*import vizoo"):
+            call()
+    populate_hub_cache(tmp_path / "cache", "vizoo-test/unknown", bad)
+    with pytest.raises(ValueError, match="import vizoo"):
+        create_model("hf-hub:vizoo-test/unknown", cache_dir=tmp_path / "cache")
+
+
+def test_weights_of_another_variant(exports, tmp_path):
+    _, folder, _ = exports["nat_mini"]
+    other = timm.create_model("nat_mini", embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=5)
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    safetensors.torch.save_file(other.state_dict(), str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"shape mismatch.*stem\.conv1\.weight: file \[12, 3, 3, 3\] vs model \[8, 3, 3, 3\]"):
+        verify_folder(bad)
+
+
+def test_missing_file_offline(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not in the Hub cache.*HF_HUB_OFFLINE=1"):
+        create_model("hf-hub:vizoo-test/never-downloaded", cache_dir=tmp_path / "empty")
+
+
+def test_verify_refuses_pickles_and_a_changed_forward(exports, tmp_path):
+    _, folder, _ = exports["test_vit"]
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle weights"):
+        verify_folder(bad)
+    (bad / "pytorch_model.bin").unlink()
+    config = json.loads((bad / "config.json").read_text())
+    config["vizoo"]["forward_check"]["first"][0] += 0.5
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="forward check"):
+        verify_folder(bad)
