@@ -1,1 +1,4 @@
-"""vizoo.train."""
+"""Training through Lightning: the ``ImageClassifier`` LightningModule and the ``vizoo`` Lightning CLI."""
+from vizoo.train.module import ImageClassifier
+
+__all__ = ["ImageClassifier"]

@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import pytest
+import timm
+
+import vizoo
+from vizoo.cli import main
+
+
+def test_list_models_returns_only_vizoo_models_sorted():
+    names = vizoo.list_models()
+    assert names == sorted(names)
+    for name in names:
+        assert timm.models.model_entrypoint(name).__module__.startswith("vizoo.")
+    assert "resnet50" not in vizoo.list_models("*")
+    assert vizoo.list_models("no_such_model_*") == []
+
+
+def test_vizoo_names_do_not_shadow_timm_names():
+    # timm raises on re-registration of an existing name only as a warning, so check by module
+    for name in vizoo.list_models():
+        assert timm.models.model_entrypoint(name).__module__.startswith("vizoo.backbones")
+
+
+def test_cli_help_and_unknown_command(capsys):
+    main(["--help"])
+    assert "probe" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["fti"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'fti'" in err and "Did you mean 'fit'" in err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "vizoo.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: vizoo" in out.stdout
