@@ -120,17 +120,43 @@ def check_arguments(
     return kernel_size, dilation, stride, is_causal, backend
 
 
+_CHECKED: dict = {}
+
+
+def _checked(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, backend) -> tuple:
+    """``check_arguments`` with a cache of argument combinations that already passed (eager speed)."""
+    key = None
+    if not torch.compiler.is_compiling():
+        try:
+            key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, ndim,
+                   kernel_size, dilation, stride, is_causal, type(scale),
+                   None if rpb is None else (type(rpb), getattr(rpb, "shape", None), getattr(rpb, "dtype", None),
+                                             getattr(rpb, "device", None)),
+                   backend, os.environ.get("TRITON_INTERPRET"))
+            hit = _CHECKED.get(key)
+            if hit is not None:
+                return hit
+        except TypeError:  # unhashable options (lists): just validate
+            key = None
+    result = check_arguments(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, backend)
+    if key is not None and len(_CHECKED) < 4096:
+        _CHECKED[key] = result
+    return result
+
+
 def _na(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, backend) -> Tensor:
-    kernel_size, dilation, stride, is_causal, backend = check_arguments(
+    kernel_size, dilation, stride, is_causal, backend = _checked(
         q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, backend
     )
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if backend == "reference":
         return _reference(q, k, v, kernel_size, dilation, stride, is_causal, rpb=rpb, scale=scale)
-    out, _ = torch.ops.vizoo.na_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), None if rpb is None else rpb.contiguous(),
-        list(kernel_size), list(dilation), list(stride), list(is_causal), scale,
-    )
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rpb = None if rpb is None else rpb.contiguous()
+    if not _ops.tracing():
+        return _ops.TritonNA.apply(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale)
+    out, _ = torch.ops.vizoo.na_fwd(q, k, v, rpb, list(kernel_size), list(dilation), list(stride),
+                                    list(is_causal), scale)
     return out
 
 

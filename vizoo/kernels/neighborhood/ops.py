@@ -107,3 +107,37 @@ def _na_fwd_flops(q_shape, k_shape, v_shape, rpb_shape, kernel_size, *args, out_
 def _na_bwd_flops(grad_out_shape, q_shape, k_shape, v_shape, out_shape_, lse_shape, rpb_shape, kernel_size,
                   *args, out_shape=None, **kwargs) -> int:
     return 2 * _forward_flops(q_shape, kernel_size)
+
+
+class TritonNA(torch.autograd.Function):
+    """Eager fast path: the same kernels as the custom ops without their dispatch overhead.
+
+    ``vizoo.kernels.na*d`` uses it only when nothing is tracing (no torch.compile, no export, no dispatch mode
+    such as FlopCounterMode or FakeTensorMode); otherwise it calls ``torch.ops.vizoo.na_fwd``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
+        from vizoo.kernels.neighborhood import triton as _triton
+
+        out, lse = _triton.forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse, rpb)
+        ctx.options = (kernel_size, dilation, stride, is_causal, scale)
+        ctx.rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from vizoo.kernels.neighborhood import triton as _triton
+
+        q, k, v, out, lse, rpb = ctx.saved_tensors
+        dq, dk, dv, drpb = _triton.backward(grad_out.contiguous(), q, k, v, out, lse, rpb, *ctx.options,
+                                            ctx.rpb_grad)
+        return dq, dk, dv, (drpb if ctx.rpb_grad else None), None, None, None, None, None
+
+
+def tracing() -> bool:
+    """Whether a compiler, exporter or dispatch mode is watching (then only the custom ops will do)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None

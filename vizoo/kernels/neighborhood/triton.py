@@ -11,7 +11,7 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   ``[lo(first), hi(last)]`` per axis. The kernel walks that box in chunks of ``KR x KC`` keys, scores the
   chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
   is stored; the forward writes the output and the log-sum-exp.
-* Backward: ``delta = rowsum(dO * O)`` in PyTorch; one kernel recomputes each query tile's probabilities to
+* Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and the RPB gradient, by atomic adds into a few partial tables summed afterwards); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
   monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics on dQ/dK/dV, so
@@ -103,9 +103,11 @@ def _fwd_kernel(
     q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
     q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
     lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
-    hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
     lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
-    hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+    # window widths (0 for padding queries): key (ky, kx) is attended iff 0 <= ky - lo_y < wy, same for x
+    wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
+    wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
+    r_base = ((h * (2 * KH - 1) + lo_y - qy + KH - 1) * (2 * KW - 1) + lo_x - qx + KW - 1)
 
     row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
     row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
@@ -125,11 +127,11 @@ def _fwd_kernel(
             kv_mask = kvalid[:, None] & dmask[None, :]
             k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-            mask = ((lo_y[:, None] <= ky[None, :]) & (ky[None, :] <= hi_y[:, None])
-                    & (lo_x[:, None] <= kx[None, :]) & (kx[None, :] <= hi_x[:, None]) & kvalid[None, :])
+            dy = ky[None, :] - lo_y[:, None]
+            dx = kx[None, :] - lo_x[:, None]
+            mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
             if HAS_RPB:
-                r_off = (h * (2 * KH - 1) + ky[None, :] - qy[:, None] + KH - 1) * (2 * KW - 1) \
-                    + kx[None, :] - qx[:, None] + KW - 1
+                r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
                 s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
             s = tl.where(mask, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -150,7 +152,7 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
+    Q, K, V, O, DO, LSE, DELTA, RPB, DQ, DRPB,
     LO_Y, HI_Y, LO_X, HI_X,
     H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, N_SLOTS,
     scale, scale_log2,
@@ -189,11 +191,15 @@ def _bwd_dq_kernel(
     do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
     lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + row_off, mask=qvalid, other=0.0)
+    o = tl.load(O + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + row_off, delta, mask=qvalid)  # read by the dk/dv kernel that runs next
     lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
-    hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
     lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
-    hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+    # window widths (0 for padding queries): key (ky, kx) is attended iff 0 <= ky - lo_y < wy, same for x
+    wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
+    wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
+    r_base = ((h * (2 * KH - 1) + lo_y - qy + KH - 1) * (2 * KW - 1) + lo_x - qx + KW - 1)
 
     row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
     row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
@@ -213,11 +219,11 @@ def _bwd_dq_kernel(
             k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-            mask = ((lo_y[:, None] <= ky[None, :]) & (ky[None, :] <= hi_y[:, None])
-                    & (lo_x[:, None] <= kx[None, :]) & (kx[None, :] <= hi_x[:, None]) & kvalid[None, :])
+            dy = ky[None, :] - lo_y[:, None]
+            dx = kx[None, :] - lo_x[:, None]
+            mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
             if HAS_RPB:
-                r_off = (h * (2 * KH - 1) + ky[None, :] - qy[:, None] + KH - 1) * (2 * KW - 1) \
-                    + kx[None, :] - qx[:, None] + KW - 1
+                r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
                 s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -290,15 +296,17 @@ def _bwd_dkdv_kernel(
             lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
             delta = tl.load(DELTA + row_off, mask=qvalid, other=0.0)
             lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
-            hi_y = tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1)
             lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
-            hi_x = tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1)
+            wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
+            wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
             st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale_log2  # [keys, queries]
-            mask = ((lo_y[None, :] <= ky[:, None]) & (ky[:, None] <= hi_y[None, :])
-                    & (lo_x[None, :] <= kx[:, None]) & (kx[:, None] <= hi_x[None, :]) & kvalid[:, None])
+            dy = ky[:, None] - lo_y[None, :]
+            dx = kx[:, None] - lo_x[None, :]
+            mask = ((dy.to(tl.uint32, bitcast=True) < wy[None, :]) & (dx.to(tl.uint32, bitcast=True) < wx[None, :])
+                    & kvalid[:, None])
             if HAS_RPB:
-                r_off = (h * (2 * KH - 1) + ky[:, None] - qy[None, :] + KH - 1) * (2 * KW - 1) \
-                    + kx[:, None] - qx[None, :] + KW - 1
+                r_off = ((h * (2 * KH - 1) + lo_y[None, :] - qy[None, :] + KH - 1) * (2 * KW - 1)
+                         + lo_x[None, :] - qx[None, :] + KW - 1) + dy * (2 * KW - 1) + dx
                 st += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
             pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
             dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
@@ -319,7 +327,20 @@ def _as_2d(q, kernel_size, dilation, stride, is_causal, rpb):
             (False, is_causal[0]), rpb2)
 
 
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+_GEOMETRY: dict = {}
+
+
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
+    """Tables, tile config, runtime sizes, grid and constexprs of one launch (cached per problem)."""
+    key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which,
+           tuple(sorted(CONFIG_OVERRIDE.get(which, {}).items())))
+    hit = _GEOMETRY.get(key)
+    if hit is not None:
+        return hit
     B, H, W, heads, dim = q.shape
     dev = str(q.device)
     ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
@@ -327,12 +348,16 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
     cfg = dict(_config(tuple(kernel_size), (H, W), dim))
     cfg.update(CONFIG_OVERRIDE.get(which, {}))
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
-    nt_y, nt_x = triton.cdiv(gmax_y, cfg["TH"]), triton.cdiv(gmax_x, cfg["TW"])
+    nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
     common = dict(DIL_Y=dilation[0], DIL_X=dilation[1], KH=kernel_size[0], KW=kernel_size[1],
-                  BLOCK_D=max(16, triton.next_power_of_2(dim)),
-                  PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    return ty, tx, cfg, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common
+                  BLOCK_D=max(16, _pow2(dim)), PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    meta, launch = _split(cfg)
+    common.update(meta)
+    common.update(launch)
+    hit = (ty, tx, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common)
+    _GEOMETRY[key] = hit
+    return hit
 
 
 def _split(cfg):
@@ -345,14 +370,13 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     shape = q.shape
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
     k2, v2 = k.reshape(q2.shape), v.reshape(q2.shape)
-    ty, tx, cfg, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd")
+    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd")
     B, H, W, heads, dim = q2.shape
     out = torch.empty_like(q2)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
-    meta, launch = _split(cfg)
     _fwd_kernel[grid](q2, k2, v2, out, lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims,
-                      scale * LOG2E, HAS_RPB=rpb2 is not None, **common, **meta, **launch)
+                      scale * LOG2E, HAS_RPB=rpb2 is not None, **common)
     return out.reshape(shape), lse.reshape((shape[0], heads) + tuple(shape[1:-2]))
 
 
@@ -361,9 +385,9 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     shape = q.shape
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
     k2, v2, do2 = k.reshape(q2.shape), v.reshape(q2.shape), grad_out.reshape(q2.shape)
-    ty, tx, cfg, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd")
+    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd")
     B, H, W, heads, dim = q2.shape
-    delta = (do2.float() * out.reshape(q2.shape).float()).sum(-1).permute(0, 3, 1, 2).contiguous()
+    delta = torch.empty_like(lse.reshape(B, heads, H, W))
     lse2 = lse.reshape(B, heads, H, W)
     dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
     has_rpb = rpb2 is not None
@@ -373,12 +397,11 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
         drpb = torch.zeros((n_slots,) + tuple(rpb_f.shape), device=q.device, dtype=torch.float32)
     else:
         drpb = dq
-    meta, launch = _split(cfg)
-    _bwd_dq_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dq, drpb, ty[0], ty[1], tx[0], tx[1], *dims,
+    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, drpb, ty[0], ty[1], tx[0], tx[1], *dims,
                          n_slots, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad),
-                         **common, **meta, **launch)
+                         **common)
     _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
                            ty[2], ty[3], tx[2], tx[3], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
-                           **common, **meta, **launch)
+                           **common)
     drpb_out = drpb.sum(0).reshape(rpb.shape).to(rpb.dtype) if rpb_grad else q.new_empty((0,))
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), drpb_out

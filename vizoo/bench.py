@@ -1,0 +1,311 @@
+"""``vizoo bench``: GPU benchmarks of vizoo's kernels (and backbones) against their peers, side by side.
+
+Neighborhood attention (bf16, heads-last inputs): vizoo's Triton kernel vs PyTorch FlexAttention (compiled,
+with a block mask built from the same window tables, and a ``score_mod`` for RPB), dense SDPA over all
+tokens (full attention: what NA replaces, not the same operator) and the PyTorch reference. Shapes are the
+four NAT-Tiny stages at 224 (batch 64), a DiNAT dilation-8 layer at 56x56 and a 128x128 high-resolution
+case (k=13, head dim 64). FlexAttention and SDPA get their native ``[B, heads, N, dim]`` layout (no
+transpose is timed). Times are medians of ``triton.testing.do_bench``.
+
+Usage: ``vizoo bench [--check] [--tune] [--models] [--write docs/benchmarks.md]`` (needs a CUDA GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+HBM_BYTES_PER_S = 4.8e12  # H200 datasheet
+
+
+@dataclass
+class Case:
+    name: str
+    batch: int
+    size: tuple
+    heads: int
+    dim: int
+    kernel: int
+    dilation: int = 1
+    rpb: bool = False
+    check_batch: int = 2  # batch used for the correctness check against the reference
+
+
+CASES = [
+    Case("NAT-T s1 56x56 h2", 64, (56, 56), 2, 32, 7, check_batch=8),
+    Case("NAT-T s2 28x28 h4", 64, (28, 28), 4, 32, 7, check_batch=8),
+    Case("NAT-T s3 14x14 h8", 64, (14, 14), 8, 32, 7, check_batch=8),
+    Case("NAT-T s4 7x7 h16", 64, (7, 7), 16, 32, 7, check_batch=8),
+    Case("NAT-T s1 56x56 h2 +rpb", 64, (56, 56), 2, 32, 7, rpb=True, check_batch=8),
+    Case("DiNAT s1 56x56 h2 d8", 64, (56, 56), 2, 32, 7, dilation=8, check_batch=8),
+    Case("hi-res 128x128 h8 k13 d64", 4, (128, 128), 8, 64, 13, check_batch=1),
+]
+
+
+def _inputs(case: Case, batch: int, dtype, requires_grad=True):
+    shape = (batch, *case.size, case.heads, case.dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=requires_grad) for _ in range(3))
+    rpb = None
+    if case.rpb:
+        rpb = (0.5 * torch.randn(case.heads, 2 * case.kernel - 1, 2 * case.kernel - 1, device="cuda")
+               ).requires_grad_(requires_grad)
+    return q, k, v, rpb
+
+
+def check(cases=CASES, log=print) -> list[dict]:
+    """Triton vs reference on the GPU, real shapes (smaller batch), fp32 and bf16, output and all grads."""
+    from vizoo.kernels import na2d
+
+    rows = []
+    for case in cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            q, k, v, rpb = _inputs(case, case.check_batch, dtype)
+            params = [q, k, v] + ([rpb] if rpb is not None else [])
+            res = {}
+            for backend in ("reference", "triton"):
+                o = na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend=backend)
+                if backend == "reference":
+                    g = torch.randn_like(o)
+                res[backend] = [o] + list(torch.autograd.grad(o, params, g))
+            errs = [(a.float() - b.float()).abs().max().item() for a, b in zip(res["reference"], res["triton"])]
+            scale = [a.float().abs().max().item() for a in res["reference"]]
+            row = dict(case=case.name, dtype=str(dtype).replace("torch.", ""),
+                       **{f"max_err_{n}": e for n, e in zip(["out", "dq", "dk", "dv", "drpb"], errs)},
+                       **{f"max_abs_{n}": s for n, s in zip(["out", "dq", "dk", "dv", "drpb"], scale)})
+            rows.append(row)
+            log(json.dumps(row))
+            del res, q, k, v, rpb
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _flex_fns(case: Case):
+    """FlexAttention forward with a block mask (and score_mod for RPB) equivalent to na2d."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from vizoo.kernels.neighborhood.reference import axis_windows
+
+    H, W = case.size
+    d, ks = case.dilation, case.kernel
+    lo_y, hi_y = (t.cuda() for t in axis_windows(H, ks, d, 1, False))
+    lo_x, hi_x = (t.cuda() for t in axis_windows(W, ks, d, 1, False))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qy, qx, ky, kx = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        gy, gx = ky // d, kx // d
+        return ((qy % d == ky % d) & (qx % d == kx % d) & (lo_y[qy] <= gy) & (gy <= hi_y[qy])
+                & (lo_x[qx] <= gx) & (gx <= hi_x[qx]))
+
+    n = H * W
+    block_mask = create_block_mask(mask_mod, None, None, n, n, device="cuda")
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return compiled, block_mask, (lo_y, lo_x)
+
+
+def _timeit(fn: Callable, reps: int = 100) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median") * 1e3  # microseconds
+
+
+def _gpu_time(fn: Callable, iters: int = 20) -> float:
+    """Mean GPU kernel time per call (us) from the profiler: excludes Python and launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total = sum(e.device_time_total for e in prof.key_averages() if e.device_time_total > 0 and not
+                e.key.startswith("cudaDeviceSynchronize"))
+    return total / iters
+
+
+def bench_kernels(cases=CASES, log=print, reference=True) -> list[dict]:
+    """Forward and forward+backward times (us) of triton / flex / sdpa / reference for each case, bf16."""
+    import torch.nn.functional as F
+
+    from vizoo.kernels import na2d
+
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 64  # one compiled Flex per case; never fall back to eager Flex
+    rows = []
+    for case in cases:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
+        params = [q, k, v] + ([rpb] if rpb is not None else [])
+        g = torch.randn_like(q)
+        B, (H, W) = case.batch, case.size
+        n = H * W
+        qt, kt, vt = (t.detach().reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
+                      .requires_grad_(True) for t in (q, k, v))
+        gt = g.reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
+        flex, block_mask, _ = _flex_fns(case)
+        score_mod = None
+        if rpb is not None:
+            ks, kk = case.kernel, 2 * case.kernel - 1
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                # clamped: Flex also evaluates score_mod on masked pairs inside partial blocks
+                dy = (kv_idx // W - q_idx // W + ks - 1).clamp(0, kk - 1)
+                dx = (kv_idx % W - q_idx % W + ks - 1).clamp(0, kk - 1)
+                return score + rpb[h, dy, dx]
+
+        impls: dict[str, tuple[Callable, list]] = {
+            "triton": (lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton"),
+                       params),
+            "flex": (lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask),
+                     [qt, kt, vt] + ([rpb] if rpb is not None else [])),
+            "sdpa (dense)": (lambda: F.scaled_dot_product_attention(qt, kt, vt), [qt, kt, vt]),
+        }
+        if reference:
+            impls["reference"] = (
+                lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="reference"), params)
+        row = dict(case=case.name, batch=B)
+        for name, (fn, ps) in impls.items():
+            grad = gt if name in ("flex", "sdpa (dense)") else g
+            try:
+                with torch.no_grad():
+                    row[f"{name} fwd"] = _timeit(fn)
+                row[f"{name} fwd+bwd"] = _timeit(lambda: torch.autograd.grad(fn(), ps, grad))
+            except Exception as e:  # OOM, or a peer that cannot run this case
+                log(f"  {name} failed: {type(e).__name__}: {str(e)[:300]}")
+                row.setdefault(f"{name} fwd", float("nan"))
+                row[f"{name} fwd+bwd"] = float("nan")
+                torch.cuda.empty_cache()
+            log(f"  {case.name} {name}: {row.get(f'{name} fwd'):.1f} / {row.get(f'{name} fwd+bwd'):.1f} us")
+        row["triton fwd GPU-only"] = _gpu_time(impls["triton"][0])
+        row["triton fwd+bwd GPU-only"] = _gpu_time(lambda: torch.autograd.grad(impls["triton"][0](), params, g))
+        if case.kernel == 7:
+            io_bytes = 4 * q.numel() * q.element_size() + B * n * case.heads * 4  # q, k, v, o + lse
+            row["triton fwd HBM %"] = 100 * io_bytes / (row["triton fwd"] * 1e-6) / HBM_BYTES_PER_S
+            row["triton fwd GPU-only HBM %"] = 100 * io_bytes / (row["triton fwd GPU-only"] * 1e-6) / HBM_BYTES_PER_S
+        row["fwd speedup vs flex"] = row["flex fwd"] / row["triton fwd"]
+        row["fwd+bwd speedup vs flex"] = row["flex fwd+bwd"] / row["triton fwd+bwd"]
+        rows.append(row)
+        log(json.dumps(row))
+        del q, k, v, rpb, qt, kt, vt
+        torch.cuda.empty_cache()
+    return rows
+
+
+TUNE_FWD = [
+    dict(TH=8, TW=8, KR=1, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=4),
+    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
+    dict(TH=8, TW=16, KR=2, KC=32, num_warps=4), dict(TH=16, TW=8, KR=2, KC=16, num_warps=4),
+    dict(TH=16, TW=8, KR=4, KC=16, num_warps=8), dict(TH=4, TW=16, KR=1, KC=32, num_warps=4),
+    dict(TH=4, TW=16, KR=2, KC=32, num_warps=4), dict(TH=8, TW=16, KR=4, KC=32, num_warps=8),
+    dict(TH=16, TW=16, KR=2, KC=32, num_warps=8), dict(TH=8, TW=8, KR=2, KC=16, num_warps=4, num_stages=3),
+]
+
+
+def tune(cases, log=print) -> list[dict]:
+    """Sweep tile configs for the forward and for the backward; report each config's time per case."""
+    from vizoo.kernels import na2d
+    from vizoo.kernels.neighborhood import triton as tk
+
+    rows = []
+    for case in cases:
+        torch.manual_seed(0)
+        q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
+        g = torch.randn_like(q)
+        for which in ("fwd", "bwd"):
+            for cfg in TUNE_FWD:
+                tk.CONFIG_OVERRIDE[which] = cfg
+                try:
+                    if which == "fwd":
+                        with torch.no_grad():
+                            t = _timeit(lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb,
+                                                     backend="triton"), reps=50)
+                    else:
+                        o = na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton")
+                        t = _timeit(lambda: torch.autograd.grad(o, [q, k, v], g, retain_graph=True), reps=50)
+                except Exception as e:  # a config that does not compile (e.g. out of shared memory)
+                    t = float("nan")
+                    log(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+                row = dict(case=case.name, which=which, time_us=t, **cfg)
+                rows.append(row)
+                log(json.dumps(row))
+            tk.CONFIG_OVERRIDE[which] = {}
+    return rows
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "n/a"
+        if x != 0 and abs(x) < 0.01:
+            return f"{x:.1e}"
+        return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    import triton
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{name}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()},"
+            f" {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="vizoo bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="first check Triton vs reference on the GPU")
+    parser.add_argument("--tune", action="store_true", help="sweep kernel tile configs instead of benchmarking")
+    parser.add_argument("--no-reference", action="store_true", help="skip timing the (slow) reference")
+    parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases")
+    parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
+    parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("vizoo bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    wanted = [w for w in args.cases.split(",") if w]
+    cases = ([c for c in CASES if c.name in wanted] or [c for c in CASES if any(w in c.name for w in wanted)]
+             if wanted else CASES)
+    out: dict = {"environment": environment(), "command": "vizoo bench " + " ".join(argv or sys.argv[1:])}
+    print(out["environment"], flush=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.check:
+        out["check"] = check(cases, log)
+    if args.tune:
+        out["tune"] = tune(cases, log)
+    else:
+        out["kernels"] = bench_kernels(cases, log, reference=not args.no_reference)
+    md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
+    for key in ("check", "kernels", "tune"):
+        if key in out:
+            md += [f"### {key}", "", markdown_table(out[key]), ""]
+    text = "\n".join(md)
+    print(text)
+    from vizoo.utils import atomic_write_text
+
+    if args.json:
+        atomic_write_text(args.json, json.dumps(out, indent=1))
+    if args.markdown:
+        atomic_write_text(args.markdown, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
