@@ -6,13 +6,16 @@ bias, output projection with bias, no residual, no MLP, query initialised to zer
 
     q = W_Q LN_q(u),  k_n = W_K LN_k(x_n),  v_n = W_V LN_v(x_n);  out = proj(MHA(q, k, v))   (LN eps 1e-5)
 
-Faithful: layers, defaults, initialisation (zero query, PyTorch defaults elsewhere) and outputs. With the
+Faithful: layers, defaults, initialisation (zero query, PyTorch defaults elsewhere) and outputs (up to a
+constant shift that the head's BatchNorm removes). With the
 zero query, q is zero at initialisation: attention starts uniform, and W_Q, W_K and the LN_q/LN_k weights
 get gradient only once LN_q's bias has moved (after the first step), exactly as in the official module.
-Differs: two parameters of the official module always get zero gradient and are left out
-(vizoo = official - 3D parameters: 3,133,672 at D=768):
+Differs: parameters of the official module whose gradient is always zero are left out
+(vizoo = official - 5D parameters: 3,132,136 at D=768):
 * ``norm2_cross`` (2D) is built but never used;
-* LN_k's bias (D) adds W_K b to every key, i.e. the same amount to every logit of the query.
+* LN_k's bias (D) adds W_K b to every key, i.e. the same amount to every logit of the query;
+* LN_v's bias and the output projection's bias (D each) shift the pooled vector by a constant (attention
+  weights sum to one), which the head's train-mode BatchNorm removes.
 """
 from __future__ import annotations
 
@@ -43,11 +46,11 @@ class CAEProbe(ProbeHead):
         self.query = nn.Parameter(torch.zeros(in_dim))
         self.norm_q = nn.LayerNorm(in_dim)
         self.norm_k = nn.LayerNorm(in_dim, bias=False)
-        self.norm_v = nn.LayerNorm(in_dim)
+        self.norm_v = nn.LayerNorm(in_dim, bias=False)
         self.q = nn.Linear(in_dim, in_dim, bias=False)
         self.k = nn.Linear(in_dim, in_dim, bias=False)
         self.v = nn.Linear(in_dim, in_dim, bias=False)
-        self.proj = nn.Linear(in_dim, in_dim)
+        self.proj = nn.Linear(in_dim, in_dim, bias=False)
         self._init_classifier(in_dim)
 
     def pool(self, tokens, prefix, grid) -> torch.Tensor:

@@ -7,9 +7,11 @@ std 0.02, PyTorch defaults elsewhere).
 
     u = LN1([c; x]);  c = c + g1 * proj(MHA(W_Q u_0, W_K u, W_V u));  c = c + g2 * MLP(LN2(c));  out = LN(c)
 
-Faithful: layers, defaults, initialisation and outputs.
-Differs: the key bias is left out; it shifts all logits by the same amount, so its gradient is always zero
-(vizoo = official - D parameters: 7,859,944 at D=768).
+Faithful: layers, defaults, initialisation and outputs (up to a constant shift that the head's BatchNorm
+removes).
+Differs: two biases whose gradient is always zero are left out (vizoo = official - 2D parameters: 7,859,176
+at D=768): the key bias shifts all logits by the same amount (the softmax cancels it), and the final
+LayerNorm's bias shifts the pooled vector by a constant (the head's train-mode BatchNorm removes it).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class CaiTProbe(ProbeHead):
         self.norm2 = nn.LayerNorm(in_dim, eps=1e-6)
         self.mlp = FeedForward(in_dim, int(in_dim * mlp_ratio))
         self.gamma2 = nn.Parameter(torch.full((in_dim,), float(init_scale)))
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim, bias=False)
         self.cls_token = nn.Parameter(torch.zeros(in_dim))
         trunc_normal_(self.cls_token, std=0.02)
         self._init_classifier(in_dim)

@@ -7,11 +7,13 @@ the attention pooling that ends CLIP's ResNets; the efficient-probing code uses 
     x   = LN(tokens);  x = [mean_n x_n ; x_1..x_N] + P          P: learned absolute position table (g^2 + 1) x D
     out = proj( MHA(q = W_Q x_0, k = W_K x, v = W_V x) )        4 heads over all N + 1 tokens; token 0's output
 
-Faithful: layers, initialisation (trunc-normal std D^-0.5 for P and the q/k/v weights, zero q/v biases),
-outputs on the official 14 x 14 grid.
+Faithful: layers, initialisation (trunc-normal std D^-0.5 for P and the q/k/v weights, zero q bias),
+outputs on the official 14 x 14 grid (up to a constant shift that the head's BatchNorm removes).
 Differs:
-* the key bias is left out: it shifts every logit of a query by the same amount, so the softmax cancels it
-  and its gradient is always zero (vizoo = official - D parameters: 3,283,432 at D=768);
+* three biases whose gradient is always zero are left out (vizoo = official - 3D parameters: 3,281,896 at
+  D=768): the key bias shifts every logit of a query by the same amount (the softmax cancels it); the value
+  and output-projection biases shift the pooled vector by a constant (attention weights sum to one), which
+  the head's train-mode BatchNorm removes;
 * the official module computes queries, attention and the output projection for all N + 1 tokens and keeps
   token 0; vizoo computes token 0 only (same output; ~235M instead of ~525M multiply-adds at D=768, N=196);
 * other grids work: the position table (built for ``feat_size`` x ``feat_size``) is resampled bicubically
@@ -53,14 +55,13 @@ class CLIPAttentionPoolProbe(ProbeHead):
         std = in_dim ** -0.5
         self.q = nn.Linear(in_dim, in_dim)
         self.k = nn.Linear(in_dim, in_dim, bias=False)
-        self.v = nn.Linear(in_dim, in_dim)
-        self.proj = nn.Linear(in_dim, in_dim)
+        self.v = nn.Linear(in_dim, in_dim, bias=False)
+        self.proj = nn.Linear(in_dim, in_dim, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(feat_size * feat_size + 1, in_dim))
         trunc_normal_(self.pos_embed, std=std)
         for lin in (self.q, self.k, self.v):
             trunc_normal_(lin.weight, std=std)
         nn.init.zeros_(self.q.bias)
-        nn.init.zeros_(self.v.bias)
         self.norm = nn.LayerNorm(in_dim, eps=1e-6)
         self._init_classifier(in_dim)
 

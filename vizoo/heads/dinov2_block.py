@@ -6,7 +6,11 @@ MLP bias, mlp_ratio 4, no LayerScale, LayerNorm eps 1e-5, PyTorch default initia
 
     x = x + proj(MHSA(LN1(x)));  x = x + MLP(LN2(x));  out = mean_n x_n
 
-Faithful: layers, defaults, parameter count (12 D^2 + 10 D), outputs. No difference known.
+Faithful: layers, defaults, initialisation and outputs (up to a constant shift that the head's BatchNorm
+removes).
+Differs: the MLP's output bias is left out (vizoo = official - D parameters: 7,853,800 at D=768). It is added
+to every token and so shifts the mean by a constant, which the head's train-mode BatchNorm removes; its
+gradient is always zero.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ class DINOv2BlockProbe(ProbeHead):
         self.qkv = nn.Linear(in_dim, 3 * in_dim, bias=False)
         self.proj = nn.Linear(in_dim, in_dim)
         self.norm2 = nn.LayerNorm(in_dim)
-        self.mlp = FeedForward(in_dim, int(in_dim * mlp_ratio))
+        self.mlp = FeedForward(in_dim, int(in_dim * mlp_ratio), out_bias=False)
         self._init_classifier(in_dim)
 
     def pool(self, tokens, prefix, grid) -> torch.Tensor:

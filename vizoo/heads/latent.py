@@ -10,10 +10,12 @@
   trunc-normal std 0.02, zero biases, proj/fc2 weights divided by sqrt(2)):
   q = u + proj(MHA(W_Q u, W_K LN1(x), W_V LN1(x)));  out = q + MLP(LN2(q)).
 
-Faithful: layers, defaults, initialisation and outputs of both.
-Differs: the key bias is left out of both. It shifts all logits of a query by the same amount, which the
-softmax cancels, so its gradient is always zero (vizoo = official - D parameters: 7,853,800 for siglip and
-7,856,872 for vjepa at D=768). V-JEPA's ``depth > 1`` (extra self-attention blocks), unused by the probing
+Faithful: layers, defaults, initialisation and outputs of both (up to a constant shift that the head's
+BatchNorm removes).
+Differs: two biases whose gradient is always zero are left out of both (vizoo = official - 2D parameters:
+7,853,032 for siglip and 7,856,104 for vjepa at D=768): the key bias shifts all logits of a query by the
+same amount (the softmax cancels it), and the MLP's output bias shifts the pooled vector by a constant
+(the head's train-mode BatchNorm removes it). V-JEPA's ``depth > 1`` (extra self-attention blocks), unused by the probing
 code, is not offered.
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ class _LatentQueryProbe(ProbeHead):
         self.v = nn.Linear(in_dim, in_dim)
         self.proj = nn.Linear(in_dim, in_dim)
         self.norm2 = nn.LayerNorm(in_dim) if norms else nn.Identity()
-        self.mlp = FeedForward(in_dim, int(in_dim * mlp_ratio))
+        self.mlp = FeedForward(in_dim, int(in_dim * mlp_ratio), out_bias=False)
 
     query_residual = False
 

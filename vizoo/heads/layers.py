@@ -47,13 +47,17 @@ def attention_macs(num_queries: int, num_keys: int, dim_k: int, dim_v: int) -> i
 
 
 class FeedForward(nn.Module):
-    """``fc2(GELU(fc1(x)))`` with biases, the transformer MLP (timm ``Mlp``, DINOv2/V-JEPA ``MLP``)."""
+    """``fc2(GELU(fc1(x)))``, the transformer MLP (timm ``Mlp``, DINOv2/V-JEPA ``MLP``).
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    ``out_bias=False`` drops fc2's bias, for heads where it would only shift the pooled vector by a constant
+    (which the head's train-mode BatchNorm removes, so it would never get a gradient).
+    """
+
+    def __init__(self, dim: int, hidden: int, out_bias: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, bias=out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

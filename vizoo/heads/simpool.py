@@ -10,8 +10,11 @@ esimpool:  q = LN(mean_n x_n),   k_n = LN(x_n),      v_n = x_n (raw); h channel-
 
 (LN: LayerNorm with affine parameters, eps 1e-6, shared by queries and keys in eSimPool.)
 
-Faithful: layers, defaults, parameter counts (2D^2 + 2D and 2D) and outputs.
-Differs, fixing official failures: vizoo builds on any device (the official classes create tensors on
+Faithful: layers, defaults and outputs; eSimPool's parameter count (2D).
+Differs: SimPool's LayerNorm has no bias in vizoo (vizoo = official - D: 1,949,416 at D=768). In the keys that
+bias adds the same amount to every logit (the softmax cancels it); in the values it shifts the pooled vector
+by a constant (attention weights sum to one), which the head's train-mode BatchNorm removes; so its gradient
+is always zero. Also fixing official failures: vizoo builds on any device (the official classes create tensors on
 'cuda' in ``__init__``); it does not ``squeeze()`` the output, so a batch of one works; eSimPool's head count
 defaults to 12 but falls back to the largest divisor of D below 12 when 12 does not divide D (the official
 head crashes for D=1024; vizoo uses 8 heads there). SimPool's gamma (power-mean) option, unused by the
@@ -47,7 +50,7 @@ class SimPoolProbe(ProbeHead):
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self._set_use_prefix(use_prefix)
         self.num_heads = num_heads
-        self.norm = nn.LayerNorm(in_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(in_dim, eps=1e-6, bias=False)   # its bias would get no gradient (docstring)
         self.wq = nn.Linear(in_dim, in_dim, bias=False)
         self.wk = nn.Linear(in_dim, in_dim, bias=False)
         self._init_classifier(in_dim)
