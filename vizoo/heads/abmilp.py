@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, register_head
 from vizoo.heads.layers import attention_macs, multihead_attention
 
 _SA = ("none", "map", "both")
@@ -52,7 +52,7 @@ class ABMILPProbe(ProbeHead):
             raise ValueError(f"abmilp: self_attention must be one of {_SA}, got {self_attention!r}")
         if activation not in _ACT:
             raise ValueError(f"abmilp: activation must be one of {tuple(_ACT)}, got {activation!r}")
-        _check_positive_int("depth", depth)
+        check_positive_int("depth", depth)
         self._set_use_prefix(use_prefix)
         self.self_attention = self_attention
         self.depth = depth

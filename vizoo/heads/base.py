@@ -105,12 +105,13 @@ def create_head(name: str, in_dim: int, num_classes: int, **kwargs) -> "ProbeHea
     if unknown:
         accepted = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
         raise ValueError(f"probe head {name!r} got unknown option(s) {unknown}; accepted options: {accepted}")
-    _check_positive_int("in_dim", in_dim)
-    _check_positive_int("num_classes", num_classes)
+    check_positive_int("in_dim", in_dim)
+    check_positive_int("num_classes", num_classes)
     return cls(in_dim, num_classes, **kwargs)
 
 
-def _check_positive_int(what: str, value: object) -> None:
+def check_positive_int(what: str, value: object) -> None:
+    """Raise a ValueError unless ``value`` is a positive int (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
 
@@ -143,8 +144,8 @@ class ProbeHead(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
         super().__init__()
-        _check_positive_int("in_dim", in_dim)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("in_dim", in_dim)
+        check_positive_int("num_classes", num_classes)
         self.in_dim = in_dim
         self.num_classes = num_classes
 
@@ -251,7 +252,7 @@ class ProbeHead(nn.Module):
         Counts matrix products and convolutions only (what FlopCounterMode counts, halved), classifier
         included. ``num_prefix`` only matters for heads that use the prefix tokens.
         """
-        _check_positive_int("num_tokens", num_tokens)
+        check_positive_int("num_tokens", num_tokens)
         if isinstance(num_prefix, bool) or not isinstance(num_prefix, int) or num_prefix < 0:
             raise ValueError(f"num_prefix must be a non-negative int, got {num_prefix!r}")
         if self.uses_prefix == "never":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 from vizoo.heads.layers import attention_macs, multihead_attention
 
 
@@ -39,7 +39,7 @@ class CAEProbe(ProbeHead):
 
     def __init__(self, in_dim: int, num_classes: int, num_heads: int = 8, use_prefix: bool = False) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("num_heads", num_heads)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self._set_use_prefix(use_prefix)
         self.num_heads = num_heads

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, register_head
 
 
 @register_head("cbam")
@@ -38,8 +38,8 @@ class CBAMProbe(ProbeHead):
 
     def __init__(self, in_dim: int, num_classes: int, reduction: int = 16, spatial_kernel_size: int = 7) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("reduction", reduction)
-        _check_positive_int("spatial_kernel_size", spatial_kernel_size)
+        check_positive_int("reduction", reduction)
+        check_positive_int("spatial_kernel_size", spatial_kernel_size)
         if spatial_kernel_size % 2 == 0:
             raise ValueError(f"cbam: spatial_kernel_size must be odd, got {spatial_kernel_size}")
         hidden = max(1, int(in_dim / reduction + 0.5))

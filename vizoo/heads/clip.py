@@ -26,7 +26,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 from vizoo.heads.layers import attention_macs, multihead_attention
 
 
@@ -47,8 +47,8 @@ class CLIPAttentionPoolProbe(ProbeHead):
 
     def __init__(self, in_dim: int, num_classes: int, num_heads: int = 4, feat_size: int = 14) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("feat_size", feat_size)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("feat_size", feat_size)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self.num_heads = num_heads
         self.feat_size = feat_size

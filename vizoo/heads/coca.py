@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, register_head
 
 
 @register_head("coca")
@@ -39,8 +39,8 @@ class CoCaProbe(ProbeHead):
     def __init__(self, in_dim: int, num_classes: int, num_heads: int = 8, head_dim: int = 64,
                  use_prefix: bool = False) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("head_dim", head_dim)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("head_dim", head_dim)
         self._set_use_prefix(use_prefix)
         self.num_heads = num_heads
         self.head_dim = head_dim

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 
 
 @register_head("ep")
@@ -47,8 +47,8 @@ class EfficientProbe(ProbeHead):
     def __init__(self, in_dim: int, num_classes: int, num_queries: int = 32, d_out: int = 1,
                  use_prefix: bool = False) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_queries", num_queries)
-        _check_positive_int("d_out", d_out)
+        check_positive_int("num_queries", num_queries)
+        check_positive_int("d_out", d_out)
         check_divisible("in_dim", in_dim, d_out, "d_out")
         width = in_dim // d_out
         check_divisible("in_dim // d_out", width, num_queries, "num_queries")

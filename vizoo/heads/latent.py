@@ -26,7 +26,7 @@ import torch
 from timm.layers import trunc_normal_, trunc_normal_tf_
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 from vizoo.heads.layers import FeedForward, attention_macs, multihead_attention
 
 
@@ -36,7 +36,7 @@ class _LatentQueryProbe(ProbeHead):
     def __init__(self, in_dim: int, num_classes: int, num_heads: int, mlp_ratio: float, use_prefix: bool,
                  norms: bool) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("num_heads", num_heads)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise ValueError(f"{self.head_name}: mlp_ratio must be a positive number, got {mlp_ratio!r}")

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 
 
 @register_head("mhca")
@@ -41,8 +41,8 @@ class MultiHeadCrossAttentionProbe(ProbeHead):
     def __init__(self, in_dim: int, num_classes: int, num_heads: int = 16, num_queries: int = 1,
                  token_norm: bool = True) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("num_queries", num_queries)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("num_queries", num_queries)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self.num_heads = num_heads
         self.num_queries = num_queries

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, _check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
 from vizoo.heads.layers import attention_macs, multihead_attention
 
 
@@ -46,7 +46,7 @@ class SimPoolProbe(ProbeHead):
 
     def __init__(self, in_dim: int, num_classes: int, num_heads: int = 1, use_prefix: bool = False) -> None:
         super().__init__(in_dim, num_classes)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("num_heads", num_heads)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self._set_use_prefix(use_prefix)
         self.num_heads = num_heads
@@ -82,7 +82,7 @@ class ESimPoolProbe(ProbeHead):
         super().__init__(in_dim, num_classes)
         if num_heads is None:
             num_heads = _default_heads(in_dim)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("num_heads", num_heads)
         check_divisible("in_dim", in_dim, num_heads, "num_heads")
         self._set_use_prefix(use_prefix)
         self.num_heads = num_heads
