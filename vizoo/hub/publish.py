@@ -132,6 +132,8 @@ def pull(
         for name in HUB_FILES:
             try:
                 paths[name] = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
+            except LocalEntryNotFoundError:
+                raise  # a subclass of EntryNotFoundError: not cached while offline, handled below
             except EntryNotFoundError:
                 if name != CARD_NAME:
                     raise FileNotFoundError(f"{repo_id} has no {name}; is it a timm/vizoo export?") from None
