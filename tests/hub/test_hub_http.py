@@ -19,16 +19,18 @@ from hub_testlib import TINY_IDS
 from mock_hub import MockHub
 
 CLIENT = r"""
-import json, sys
+import json, sys, time
+t0 = time.time()
 import safetensors.torch, torch, timm
 import vizoo.hub.cli as hub_cli
 from vizoo.hub import create_model, pull
 
 job = json.loads(sys.argv[1])
 x = safetensors.torch.load_file(job["input"])["x"]
-results, outputs = {}, {}
+results, outputs, timings = {}, {}, {"imports": round(time.time() - t0, 2)}
 
 def record(key, fn):
+    t = time.time()
     try:
         fn()
         results[key] = "ok"
@@ -36,6 +38,7 @@ def record(key, fn):
         results[key] = f"exit {err.code}"
     except Exception as err:
         results[key] = f"{type(err).__name__}: {err}"
+    timings[key] = round(time.time() - t, 2)
 
 for name, folder in job["push"].items():
     record(f"push {name}", lambda: hub_cli.main(["push", folder, f"vizoo-test/{name}"]))
@@ -51,6 +54,7 @@ for repo in job.get("pull_fails", []):
     record(f"create {repo}", lambda repo=repo: create_model(f"hf-hub:{repo}"))
 safetensors.torch.save_file(outputs, job["outputs"])
 json.dump(results, open(job["results"], "w"))
+print(json.dumps(timings))
 """
 
 
@@ -59,6 +63,7 @@ def _run(job: dict, env: dict, tmp_path, tag: str) -> tuple[dict, dict]:
     proc = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(job)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    print(tag, "seconds per step:", proc.stdout.strip().splitlines()[-1])
     return json.loads((tmp_path / f"{tag}.json").read_text()), safetensors.torch.load_file(job["outputs"])
 
 
