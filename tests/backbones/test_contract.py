@@ -1,0 +1,104 @@
+"""The timm model contract (DESIGN.md), checked over every registered vizoo model on CPU at a small input size.
+
+Families add themselves by registering: this file names no model. A model may give the input size for this
+test as ``pretrained_cfg['test_input_size']`` (as timm's own models do); otherwise 64x64 is used.
+"""
+import functools
+
+import pytest
+import timm
+import torch
+from timm.models import group_parameters
+
+import vizoo
+
+MODELS = vizoo.list_models()
+NUM_CLASSES = 7
+
+
+@functools.lru_cache(maxsize=1)
+def build(name: str):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=NUM_CLASSES).eval()
+    size = model.pretrained_cfg.get("test_input_size") or (3, 64, 64)
+    x = torch.randn(2, *size[-3:])
+    return model, x
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_head_and_classifier(name):
+    model, x = build(name)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert torch.allclose(model.forward_head(feats), out, atol=1e-5)
+    assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()
+    assert pre.shape == (2, model.head_hidden_size)
+    assert model.num_classes == NUM_CLASSES
+    assert isinstance(model.get_classifier(), torch.nn.Module)
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    first = cfg["first_conv"] if isinstance(cfg["first_conv"], str) else cfg["first_conv"][0]
+    assert first + ".weight" in state, f"first_conv {first!r} names no parameter"
+    classifiers = cfg["classifier"] if isinstance(cfg["classifier"], (list, tuple)) else [cfg["classifier"]]
+    for c in classifiers:
+        assert c + ".weight" in state, f"classifier {c!r} names no parameter"
+        assert state[c + ".weight"].shape[0] == NUM_CLASSES
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier(name):
+    model = timm.create_model(name, num_classes=NUM_CLASSES).eval()
+    size = model.pretrained_cfg.get("test_input_size") or (3, 64, 64)
+    x = torch.randn(1, *size[-3:])
+    with torch.no_grad():
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.head_hidden_size)
+        model.reset_classifier(0, "")
+        unpooled = model(x)
+        assert unpooled.ndim >= 3, "reset_classifier(0, '') must leave the features unpooled"
+        model.reset_classifier(5)
+        assert model(x).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_and_features_only(name):
+    model, x = build(name)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert torch.allclose(final, model.forward_features(x), atol=1e-5)
+        assert len(intermediates) >= 1
+        only = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert len(only) == 1 and torch.allclose(only[0], intermediates[-1], atol=1e-5)
+    assert len(model.feature_info) >= 3
+    features = timm.create_model(name, features_only=True).eval()
+    channels = features.feature_info.channels()
+    with torch.no_grad():
+        maps = features(x)
+    assert [m.shape[1] for m in maps] == channels
+    assert features.feature_info.reduction() == sorted(features.feature_info.reduction())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grad_checkpointing_backward_and_param_groups(name):
+    model, x = build(name)
+    with torch.no_grad():
+        expected = model(x)
+        model.set_grad_checkpointing(True)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    model.train()
+    try:
+        model(x).square().mean().backward()
+    finally:
+        model.set_grad_checkpointing(False)
+        model.eval()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+
+    names = {n for n, _ in model.named_parameters()}
+    grouped = group_parameters(model, model.group_matcher())
+    assert sorted(n for group in grouped.values() for n in group) == sorted(names)
+    for entry in model.no_weight_decay():
+        assert any(n == entry or n.startswith(entry + ".") or n.endswith("." + entry) for n in names), entry
