@@ -25,6 +25,7 @@ differentiable. Memory is O(N * prod(kernel_size) * heads * dim), so it is meant
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -69,6 +70,11 @@ def _axis_view(t: Tensor, axis: int, ndim: int) -> Tensor:
     shape[axis] = t.shape[0]
     shape[ndim + axis] = t.shape[1]
     return t.reshape(shape)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_indices(spatial, kernel_size, dilation, stride, is_causal, device):
+    return neighborhood_indices(spatial, kernel_size, dilation, stride, is_causal, device)
 
 
 def neighborhood_indices(
@@ -136,7 +142,11 @@ def neighborhood_attention(
     B, *spatial, heads, dim = q.shape
     scale = dim**-0.5 if scale is None else scale
     compute = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    key, valid, rel = neighborhood_indices(spatial, kernel_size, dilation, stride, is_causal, q.device)
+    options = tuple(map(tuple, (spatial, kernel_size, dilation, stride, is_causal)))
+    if torch.compiler.is_compiling():
+        key, valid, rel = neighborhood_indices(*options, q.device)
+    else:
+        key, valid, rel = _cached_indices(*options, q.device)
     n = key.shape[0]
     qf = q.reshape(B, n, heads, dim).to(compute)
     kg = k.reshape(B, n, heads, dim).to(compute)[:, key]  # [B, N, K, heads, dim]

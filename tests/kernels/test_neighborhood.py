@@ -1,0 +1,305 @@
+"""Neighborhood attention: the reference against a brute-force definition, the Triton kernel against the
+reference (values and every gradient), torch.library integration, and argument checks.
+
+On CPU the Triton kernel runs under TRITON_INTERPRET=1 (set by tests/conftest.py), so CPU shapes are tiny;
+tests marked ``gpu`` repeat the comparison at the real NAT/DiNAT shapes.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vizoo.kernels import na1d, na2d
+from vizoo.kernels.neighborhood.reference import neighborhood_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# brute force: a dense mask built straight from the written definition, one (query, key) pair at a time
+def _attends(q: int, key: int, L: int, k: int, d: int, s: int, causal: bool) -> bool:
+    if q % d != key % d:
+        return False
+    group_len = len(range(q % d, L, d))
+    qi, ki = q // d, key // d
+    if causal:
+        leader = min((qi // s) * s + s - 1, group_len - 1)
+        return ki <= qi and leader - ki < k
+    leader = min((qi // s) * s + s // 2, group_len - 1)
+    left, right = k // 2, k // 2 - (1 - k % 2)  # even k: one fewer key on the right
+    centre = min(max(leader, left), group_len - 1 - right)
+    return centre - left <= ki <= centre + right
+
+
+def brute_force(q, k, v, kernel_size, dilation, stride, causal, rpb=None):
+    """Dense softmax attention over all tokens with an explicit mask (and RPB looked up per pair)."""
+    B, *spatial, heads, dim = q.shape
+    coords = list(itertools.product(*[range(n) for n in spatial]))
+    n = len(coords)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    bias = torch.zeros(heads, n, n, dtype=torch.float64)
+    for i, qc in enumerate(coords):
+        for j, kc in enumerate(coords):
+            ok = all(_attends(a, b, L, ks, d, s, c) for a, b, L, ks, d, s, c in
+                     zip(qc, kc, spatial, kernel_size, dilation, stride, causal))
+            mask[i, j] = ok
+            if ok and rpb is not None:
+                idx = tuple(b // d - a // d + ks - 1 for a, b, ks, d in zip(qc, kc, kernel_size, dilation))
+                bias[:, i, j] = rpb[(slice(None),) + idx].double()
+    qf, kf, vf = (t.double().reshape(B, n, heads, dim).transpose(1, 2) for t in (q, k, v))
+    scores = qf @ kf.transpose(-1, -2) * dim**-0.5 + bias
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(-1) @ vf
+    return out.transpose(1, 2).reshape(q.shape), mask
+
+
+def _tup(x, n):
+    return (x,) * n if isinstance(x, (int, bool)) else tuple(x)
+
+
+REF_CASES = [  # (spatial, kernel, dilation, stride, causal, rpb)
+    ((9,), 3, 1, 1, False, True),
+    ((11,), 4, 2, 3, False, False),
+    ((10,), 3, 3, 2, True, True),
+    ((7, 9), 3, 1, 1, False, True),
+    ((9, 7), (4, 2), (2, 3), (2, 2), (False, True), False),
+    ((8, 8), (2, 5), (3, 1), (1, 1), (True, False), True),
+    ((6, 9), (3, 3), (1, 2), (3, 3), (False, False), False),
+]
+
+
+@pytest.mark.parametrize("spatial,ks,dil,stride,causal,use_rpb", REF_CASES)
+def test_reference_matches_brute_force(spatial, ks, dil, stride, causal, use_rpb):
+    n = len(spatial)
+    ks, dil, stride, causal = _tup(ks, n), _tup(dil, n), _tup(stride, n), _tup(causal, n)
+    q, k, v = (torch.randn(2, *spatial, 2, 8, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, *[2 * x - 1 for x in ks], dtype=torch.float64) if use_rpb else None
+    expected, mask = brute_force(q, k, v, ks, dil, stride, causal, rpb)
+    got = neighborhood_attention(q, k, v, ks, dil, stride, causal, rpb=rpb)
+    torch.testing.assert_close(got, expected)
+    if not any(causal):  # every query sees exactly prod(kernel_size) keys
+        assert (mask.sum(1) == torch.tensor(ks).prod()).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_reference_property(data):
+    """Random valid option combinations: reference == brute force."""
+    n = data.draw(st.sampled_from([1, 2]))
+    spatial, ks, dil, stride, causal = [], [], [], [], []
+    for _ in range(n):
+        L = data.draw(st.integers(2, 9))
+        d = data.draw(st.integers(1, max(1, L // 2)))
+        k = data.draw(st.integers(1, L // d))
+        spatial.append(L)
+        dil.append(d)
+        ks.append(k)
+        stride.append(data.draw(st.integers(1, k)))
+        causal.append(data.draw(st.booleans()))
+    use_rpb = data.draw(st.booleans()) and all(s == 1 for s in stride)
+    q, k, v = (torch.randn(1, *spatial, 2, 4, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, *[2 * x - 1 for x in ks], dtype=torch.float64) if use_rpb else None
+    expected, _ = brute_force(q, k, v, ks, dil, stride, causal, rpb)
+    torch.testing.assert_close(neighborhood_attention(q, k, v, ks, dil, stride, causal, rpb=rpb), expected)
+
+
+def test_reference_gradcheck():
+    q, k, v = (torch.randn(1, 6, 4, 1, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(1, 5, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda q, k, v, rpb: na2d(q, k, v, (3, 2), dilation=(2, 1), is_causal=(False, True), rpb=rpb,  # noqa
+                                   backend="reference")
+    assert torch.autograd.gradcheck(fn, (q, k, v, rpb))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton vs reference
+TRITON_CASES = [  # (spatial, kernel, dilation, stride, causal, rpb)
+    ((9, 7), 3, 1, 1, False, True),
+    ((9, 7), (4, 3), (2, 1), (3, 1), (False, True), False),
+    ((9, 7), (3, 2), (2, 3), (2, 2), (True, False), False),
+    ((7, 9), (2, 4), 1, 1, (True, True), True),
+    ((6, 6), 6, 1, 6, False, False),  # blocked attention == full attention here
+    ((20,), 5, 3, 1, False, True),
+    ((20,), 6, 1, 4, True, False),
+    ((19,), 4, 2, 2, False, False),
+]
+
+
+def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2, dim=16, atol=2e-5, rtol=1e-4,
+             device=DEVICE):
+    fn = na1d if len(spatial) == 1 else na2d
+    q, k, v = (torch.randn(batch, *spatial, heads, dim, device=device, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    n = len(spatial)
+    rpb = None
+    if use_rpb:
+        rpb = torch.randn(heads, *[2 * x - 1 for x in _tup(ks, n)], device=device, requires_grad=True)
+    params = [q, k, v] + ([rpb] if use_rpb else [])
+    results = {}
+    for backend in ("reference", "triton"):
+        out = fn(q, k, v, ks, dilation=dil, stride=stride, is_causal=causal, rpb=rpb, backend=backend)
+        assert out.shape == q.shape and out.dtype == dtype
+        if backend == "reference":
+            grad = torch.randn_like(out)
+        results[backend] = [out] + list(torch.autograd.grad(out, params, grad))
+    for name, ref, tri in zip(["out", "dq", "dk", "dv", "drpb"], results["reference"], results["triton"]):
+        torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("spatial,ks,dil,stride,causal,use_rpb", TRITON_CASES)
+def test_triton_matches_reference_fp32(spatial, ks, dil, stride, causal, use_rpb):
+    _compare(spatial, ks, dil, stride, causal, use_rpb, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [
+    torch.float16,
+    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+        DEVICE == "cpu", reason="the Triton interpreter computes bf16 wrongly (numpy has no bf16); GPU tests cover it")),
+])
+def test_triton_matches_reference_half(dtype):
+    _compare((9, 7), (3, 4), (2, 1), 1, (False, True), True, dtype, atol=3e-2, rtol=3e-2)
+
+
+def test_triton_head_dim_not_power_of_two():
+    _compare((7, 7), 3, 1, 1, False, True, torch.float32, dim=24)
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_triton_property(data):
+    """A few random option combinations: Triton == reference (values and gradients)."""
+    spatial, ks, dil, stride, causal = [], [], [], [], []
+    for _ in range(2):
+        L = data.draw(st.integers(4, 9))
+        d = data.draw(st.integers(1, 2))
+        k = data.draw(st.integers(2, L // d))
+        spatial.append(L)
+        dil.append(d)
+        ks.append(k)
+        stride.append(data.draw(st.integers(1, k)))
+        causal.append(data.draw(st.booleans()))
+    use_rpb = data.draw(st.booleans()) and all(s == 1 for s in stride)
+    _compare(tuple(spatial), tuple(ks), tuple(dil), tuple(stride), tuple(causal), use_rpb, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size,heads,dim,ks,dil,use_rpb", [
+    ((56, 56), 2, 32, 7, 1, True), ((56, 56), 2, 32, 7, 8, False), ((28, 28), 4, 32, 7, 4, True),
+    ((14, 14), 8, 32, 7, 2, True), ((7, 7), 16, 32, 7, 1, True), ((64, 48), 4, 64, 13, 1, False),
+    ((32, 32), 2, 128, (5, 8), (2, 1), False),
+])
+def test_triton_matches_reference_gpu(size, heads, dim, ks, dil, use_rpb, dtype):
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=6e-2, rtol=5e-2)
+    _compare(size, ks, dil, 1, False, use_rpb, dtype, batch=4, heads=heads, dim=dim, device="cuda", **tol)
+
+
+@pytest.mark.gpu
+def test_triton_causal_strided_gpu():
+    _compare((40, 33), (7, 5), (2, 3), (3, 2), (True, False), False, torch.float32, batch=2, dim=32,
+             device="cuda", atol=1e-4, rtol=1e-4)
+    _compare((1024,), 33, 2, 1, True, True, torch.bfloat16, batch=2, heads=4, dim=64, device="cuda",
+             atol=6e-2, rtol=5e-2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library integration
+def test_dispatch_default_backend():
+    q = torch.randn(1, 7, 7, 1, 16, device=DEVICE)
+    out = na2d(q, q, q, 3)
+    ref = na2d(q, q, q, 3, backend="reference")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_compile_matches_eager_reference():
+    q, k, v = (torch.randn(2, 8, 6, 2, 8) for _ in range(3))
+    fn = lambda q, k, v: na2d(q, k, v, 3, dilation=(2, 1), backend="reference")  # noqa: E731
+    # aot_eager: traces through dynamo + AOTAutograd (no graph break allowed) without a C++ build, which
+    # alone takes minutes on a CI runner
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v), fn(q, k, v))
+
+
+def test_custom_op_opcheck():
+    q, k, v = (torch.randn(1, 6, 5, 1, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(1, 5, 5, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.vizoo.na_fwd.default, (q, k, v, rpb, [3, 3], [1, 1], [1, 1], [False, True], 0.25),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+class _NAModule(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        self.rpb = torch.nn.Parameter(torch.zeros(2, 5, 5))
+
+    def forward(self, x):
+        return na2d(x, x, x, 3, rpb=self.rpb, backend=self.backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_export(backend):
+    x = torch.randn(1, 6, 7, 2, 16, device=DEVICE)
+    module = _NAModule(backend).to(DEVICE)
+    program = torch.export.export(module, (x,))
+    if backend == "triton":
+        assert "vizoo.na_fwd" in str(program.graph)
+    torch.testing.assert_close(program.module()(x), module(x))
+
+
+def test_compile_triton_no_graph_break():
+    x = torch.randn(1, 6, 7, 2, 16, device=DEVICE, requires_grad=True)
+    fn = lambda x: na2d(x, x * 2, x, 3, backend="triton").sum()  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x), x)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(fn(x), x)[0])
+
+
+def test_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q = torch.randn(2, 7, 6, 2, 16, device=DEVICE, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = na2d(q, q, q, (3, 5), backend="triton")
+    assert counter.get_total_flops() == 4 * 2 * 7 * 6 * 2 * 15 * 16
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == 2 * 4 * 2 * 7 * 6 * 2 * 15 * 16
+    with FlopCounterMode(display=False) as counter:  # the reference counts the same (two bmm per call)
+        na2d(q.detach(), q.detach(), q.detach(), (3, 5), backend="reference")
+    assert counter.get_total_flops() == 4 * 2 * 7 * 6 * 2 * 15 * 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks
+def _q(*shape, **kw):
+    return torch.randn(*shape, **kw)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: na2d(_q(1, 8, 8, 1, 16), _q(1, 8, 8, 1, 16), _q(1, 8, 8, 1, 16), 5, dilation=2), "kernel_size \\* dilation"),
+    (lambda: na1d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 3, stride=4), "stride must not exceed"),
+    (lambda: na1d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 0), ">= 1"),
+    (lambda: na2d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 3), "layout"),
+    (lambda: na2d(_q(1, 8, 8, 1, 16), _q(1, 8, 7, 1, 16), _q(1, 8, 8, 1, 16), 3), "same shape"),
+    (lambda: na2d(_q(1, 8, 8, 2, 16), _q(1, 8, 8, 2, 16), _q(1, 8, 8, 2, 16), 3, rpb=_q(2, 3, 3)), "rpb must have shape"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16, dtype=torch.float64)] * 3, 3, backend="triton"), "unsupported dtype"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16).int()] * 3, 3), "unsupported dtype"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 8)] * 3, 3, backend="triton"), "head dim"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 256)] * 3, 3, backend="triton"), "head dim"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16)] * 3, (3, 3, 3)), "tuple of 2"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16)] * 3, 3, is_causal=(True,)), "tuple of 2"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16)] * 3, 3, backend="tritn"), "Did you mean 'triton'"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_rpb_requires_stride_one():
+    x = _q(1, 9, 9, 2, 16)
+    with pytest.raises(ValueError, match="rpb requires stride 1"):
+        na2d(x, x, x, 3, stride=2, rpb=_q(2, 5, 5))
