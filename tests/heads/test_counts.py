@@ -10,7 +10,7 @@ left.
 import pytest
 import torch
 
-from vizoo.heads import create_head, list_heads
+from vizoo.heads import create_head, describe_heads, list_heads
 
 C = 1000
 # name -> ({D: official total}, dead parameters left out by vizoo as a function of D)
@@ -62,3 +62,14 @@ def test_headline_counts():
     # EP knobs from the paper / logs
     assert create_head("ep", 768, 1000, num_queries=8).num_params() == 1_364_968
     assert create_head("ep", 768, 1000, num_queries=48, d_out=8).num_params() == 207_592
+
+
+def test_describe_heads_table_at_768():
+    rows = {r["name"]: r for r in describe_heads(768, C, num_tokens=196)}
+    assert set(rows) == set(OFFICIAL)
+    for name, (totals, dead) in OFFICIAL.items():
+        assert rows[name]["params"] == totals[768] - dead(768)
+    assert rows["ep"]["macs"] == 2 * 32 * 196 * 768 + 768 * 768 + 768 * 1000   # 10,991,616
+    assert rows["mhca"]["macs"] == 2 * 196 * 768 * 768 + 2 * 196 * 768 + 768 * 1000
+    assert rows["linear"]["macs"] == 768_000
+    assert describe_heads(768, C, 196, names=["ep"], options={"ep": {"use_prefix": True}})[0]["macs"] is None

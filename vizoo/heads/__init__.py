@@ -52,6 +52,7 @@ the official ``<name>_all``: the prefix tokens are pooled together with the patc
 from vizoo.heads.base import (
     ProbeHead,
     create_head,
+    describe_heads,
     get_head_class,
     head_options,
     list_heads,
@@ -63,4 +64,4 @@ from vizoo.heads import (  # noqa: E402,F401  isort: skip
     linear, ep, mhca, abmilp, simpool, clip, coca, cae, latent, cait, dinov2_block, cbam, dolg,
 )
 
-__all__ = ["ProbeHead", "create_head", "get_head_class", "head_options", "list_heads", "register_head"]
+__all__ = ["ProbeHead", "create_head", "describe_heads", "get_head_class", "head_options", "list_heads", "register_head"]

@@ -265,3 +265,35 @@ class ProbeHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}"
+
+
+def describe_heads(in_dim: int, num_classes: int, num_tokens: int, num_prefix: int = 0,
+                   names: list[str] | None = None, options: dict[str, dict] | None = None) -> list[dict]:
+    """One row per head: name, trainable parameters, multiply-adds per sample and the call properties.
+
+    Heads are built on the ``meta`` device (no memory, no initialisation), so this is cheap for any width.
+
+    Args:
+        in_dim: token width D.
+        num_classes: number of classes C.
+        num_tokens: patch tokens N per sample (for the multiply-adds).
+        num_prefix: prefix tokens per sample (counted only by heads that use them).
+        names: heads to describe (default: all registered).
+        options: per-head keyword options, ``{name: {option: value}}``.
+
+    Returns:
+        A list of dicts with keys name, params, macs, uses_prefix, permutation_invariant, needs_grid.
+    """
+    rows = []
+    for name in names if names is not None else list_heads():
+        with torch.device("meta"):
+            head = create_head(name, in_dim, num_classes, **(options or {}).get(name, {}))
+        rows.append({
+            "name": name,
+            "params": head.num_params(),
+            "macs": head.macs(num_tokens, num_prefix) if (num_prefix or head.uses_prefix != "required") else None,
+            "uses_prefix": head.uses_prefix,
+            "permutation_invariant": head.permutation_invariant,
+            "needs_grid": head.needs_grid,
+        })
+    return rows
