@@ -20,7 +20,8 @@ What a backbone family provides (in its own module, e.g. ``vizoo/backbones/nat.p
 * ``checkpoint_filter_fn(state_dict, model)`` passed as ``build_model_with_cfg(pretrained_filter_fn=...)``. It
   must return a state dict already in vizoo's layout unchanged (timm runs it on Hub exports too);
 * optionally ``CHECKPOINT_EXPECTED_MISSING`` / ``CHECKPOINT_EXPECTED_UNEXPECTED``: tuples of glob patterns of keys
-  that an official checkpoint legitimately lacks (e.g. buffers the model regenerates) or carries unused.
+  that an official checkpoint legitimately lacks (e.g. buffers the model regenerates) or carries unused;
+* optionally ``CONVERT_NOTE``: a sentence ``vizoo convert`` prints after converting one of its checkpoints.
 
 tests/hub/test_cfgs.py checks all of this for every model in ``vizoo.list_models()``.
 """

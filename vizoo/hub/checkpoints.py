@@ -162,6 +162,20 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def check_safetensors(path: str | Path) -> None:
+    """Cheaply check a safetensors file's header and size (no tensor is read); ValueError if it is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a valid safetensors file ({err}); it is truncated or corrupted. "
+            "Delete it (and, for a Hub download, its cache entry) and write or download it again."
+        ) from err
+
+
 def is_lightning_checkpoint(obj: Any) -> bool:
     """True for a ``vizoo fit`` checkpoint: a dict with ``state_dict`` and ``hyper_parameters['model_name']``."""
     return (

@@ -9,7 +9,9 @@ the family declares them expected, through glob patterns in its module:
 * ``CHECKPOINT_EXPECTED_MISSING``: e.g. buffers the model regenerates (``*.relative_position_index``);
 * ``CHECKPOINT_EXPECTED_UNEXPECTED``: file entries the filter may leave and the model does not use;
 
-or the user passes ``--allow-missing`` / ``--allow-unexpected``. Shape mismatches always fail and are listed by key
+or the user passes ``--allow-missing`` / ``--allow-unexpected``. A family may also set ``CONVERT_NOTE``, a sentence
+printed after every conversion (e.g. that NAT and DiNAT checkpoints share one key layout, so the filter cannot
+tell them apart). Shape mismatches always fail and are listed by key
 (the usual cause: a checkpoint for another variant). Pickled files are read without running code from them
 (:mod:`vizoo.hub.checkpoints`).
 """
@@ -39,6 +41,7 @@ class ConversionReport:
     explained_missing: list[str] = field(default_factory=list)
     dropped_unexpected: list[str] = field(default_factory=list)
     out_dir: str | None = None
+    note: str | None = None
 
     def summary(self) -> str:
         lines = [
@@ -49,6 +52,8 @@ class ConversionReport:
             lines.append(f"  expected missing (kept at init): {', '.join(self.explained_missing)}")
         if self.dropped_unexpected:
             lines.append(f"  expected unexpected (dropped): {', '.join(self.dropped_unexpected)}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if self.out_dir:
             lines.append(f"  written to {self.out_dir}")
         return "\n".join(lines)
@@ -176,7 +181,7 @@ def convert_checkpoint(
 
     result = ConversionReport(model_name=model_name, checkpoint=checkpoint.name, sha256=sha256_of(checkpoint),
                               num_tensors=len(filtered), explained_missing=explained_missing,
-                              dropped_unexpected=dropped)
+                              dropped_unexpected=dropped, note=getattr(module, "CONVERT_NOTE", None))
     if out_dir is not None:
         source = f"converted from the official checkpoint `{checkpoint.name}` (sha256 {result.sha256}) by `vizoo convert`"
         if ema:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vizoo.hub.checkpoints import load_safetensors
+from vizoo.hub.checkpoints import check_safetensors, load_safetensors
 from vizoo.hub.export import CONFIG_NAME, WEIGHTS_NAME, compare_forward_check, forward_check
 from vizoo.utils import unknown_name_error
 
@@ -124,7 +124,7 @@ def create_model(model_name: str, pretrained: bool = True, **kwargs: Any) -> nn.
             raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it a folder written by `vizoo hub export`?")
         _check_architecture(json.loads((folder / CONFIG_NAME).read_text()), str(folder / CONFIG_NAME))
         if pretrained and (folder / WEIGHTS_NAME).is_file():
-            load_safetensors(folder / WEIGHTS_NAME)  # a clear error for a truncated file, before timm's
+            check_safetensors(folder / WEIGHTS_NAME)  # a clear error for a damaged file, before timm's
     try:
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except RuntimeError as err:
