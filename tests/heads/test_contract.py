@@ -184,3 +184,11 @@ def test_grid_heads_need_a_grid_for_non_square_n(name):
     with pytest.raises(ValueError, match=r"grid \(3, 5\) does not match N=12"):
         head(torch.randn(2, 12, D), grid=(3, 5))
     assert head(torch.randn(2, 12, D), grid=(3, 4)).shape == (2, C)
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_class_attributes_describe_the_default_configuration(name):
+    head = create_head(name, D, C)
+    cls = get_head_class(name)
+    assert (head.uses_prefix, head.needs_grid, head.permutation_invariant) == \
+        (cls.uses_prefix, cls.needs_grid, cls.permutation_invariant)

@@ -131,7 +131,8 @@ class ProbeHead(nn.Module):
 
     Class attributes:
         head_name: registry name (set by :func:`register_head`).
-        uses_prefix: ``'required'`` | ``'optional'`` | ``'never'`` (may be set per instance).
+        uses_prefix: ``'required'`` | ``'optional'`` | ``'never'``; the class attribute describes the default
+            options, the instance attribute the options it was built with (e.g. ``use_prefix=True``).
         needs_grid: the pooling needs the 2-D layout of the tokens (convs, absolute position embeddings).
         permutation_invariant: the output does not change when the patch tokens are permuted.
     """

@@ -28,6 +28,8 @@ class LinearProbe(ProbeHead):
             and the patch mean otherwise (the research note's "cls if available").
     """
 
+    uses_prefix = "optional"   # the default pool='auto'; set per instance from ``pool``
+
     def __init__(self, in_dim: int, num_classes: int, pool: str = "auto") -> None:
         super().__init__(in_dim, num_classes)
         if pool not in _POOLS:
