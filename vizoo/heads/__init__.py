@@ -60,7 +60,7 @@ from vizoo.heads.base import (
 )
 
 # Importing the modules registers the heads.
-from vizoo.heads import (  # noqa: E402,F401  isort: skip
+from vizoo.heads import (  # noqa: F401  isort: skip
     linear, ep, mhca, abmilp, simpool, clip, coca, cae, latent, cait, dinov2_block, cbam, dolg,
 )
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ from vizoo.utils import unknown_name_error
 
 PrefixUse = Literal["required", "optional", "never"]
 
-_REGISTRY: dict[str, type["ProbeHead"]] = {}
+_REGISTRY: dict[str, type[ProbeHead]] = {}
 
 H = TypeVar("H", bound=type)
 
@@ -70,7 +71,7 @@ def list_heads() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_head_class(name: str) -> type["ProbeHead"]:
+def get_head_class(name: str) -> type[ProbeHead]:
     """The class registered under ``name``; unknown names raise a ValueError listing close matches."""
     if name not in _REGISTRY:
         raise unknown_name_error("probe head", name, _REGISTRY)
@@ -87,7 +88,7 @@ def head_options(name: str) -> dict[str, object]:
     }
 
 
-def create_head(name: str, in_dim: int, num_classes: int, **kwargs) -> "ProbeHead":
+def create_head(name: str, in_dim: int, num_classes: int, **kwargs) -> ProbeHead:
     """Build the probing head ``name`` for ``in_dim``-wide tokens and ``num_classes`` classes.
 
     Args:
@@ -154,7 +155,7 @@ class ProbeHead(nn.Module):
         """``use_prefix=True`` is the official ``<pooling>_all``: the prefix tokens are prepended to the patch
         tokens and pooled like them (they are then required)."""
         if not isinstance(use_prefix, bool):
-            raise ValueError(f"{self.head_name}: use_prefix must be a bool, got {use_prefix!r}")
+            raise ValueError(f"{self.head_name}: use_prefix must be a bool, got {use_prefix!r}")  # noqa: TRY004
         self.use_prefix = use_prefix
         self.uses_prefix = "required" if use_prefix else "never"
 

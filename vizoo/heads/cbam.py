@@ -53,7 +53,7 @@ class CBAMProbe(ProbeHead):
         return self.fc2(torch.relu(self.fc1(v)))
 
     def pool(self, tokens, prefix, grid) -> torch.Tensor:
-        b, n, d = tokens.shape
+        b, _, d = tokens.shape
         x = tokens.transpose(1, 2).reshape(b, d, *grid)                      # [B, D, H, W]
         gate = torch.sigmoid(self._channel_mlp(x.mean(dim=(2, 3))) + self._channel_mlp(x.amax(dim=(2, 3))))
         x1 = x * gate[:, :, None, None]

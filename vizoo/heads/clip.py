@@ -26,7 +26,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_divisible, check_positive_int, register_head
 from vizoo.heads.layers import attention_macs, multihead_attention
 
 

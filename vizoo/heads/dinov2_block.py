@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_divisible, check_positive_int, register_head
 from vizoo.heads.layers import FeedForward, attention_macs, multihead_attention
 
 

@@ -26,7 +26,7 @@ import torch
 from timm.layers import trunc_normal_, trunc_normal_tf_
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_divisible, check_positive_int, register_head
 from vizoo.heads.layers import FeedForward, attention_macs, multihead_attention
 
 

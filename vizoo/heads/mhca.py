@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from vizoo.heads.base import ProbeHead, check_positive_int, check_divisible, register_head
+from vizoo.heads.base import ProbeHead, check_divisible, check_positive_int, register_head
 
 
 @register_head("mhca")
