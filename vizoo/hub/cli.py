@@ -67,7 +67,12 @@ def model_from_source(
         return model.eval(), (list(names) if names else None), where
     if checkpoint is not None:
         model = create_model(source, pretrained=False, **(model_kwargs or {}))
-        load_strict(model, extract_state_dict(load_file(checkpoint), ema=ema, source=checkpoint), source=checkpoint)
+        try:
+            load_strict(model, extract_state_dict(load_file(checkpoint), ema=ema, source=checkpoint),
+                        source=checkpoint)
+        except ValueError as err:
+            raise ValueError(f"{err} (--checkpoint takes weights in vizoo/timm's own layout; convert an official "
+                             "checkpoint with `vizoo convert --model MODEL --checkpoint FILE --out DIR`.)") from err
         return model.eval(), None, f"loaded from `{Path(checkpoint).name}`"
     if ":" not in source and not timm.is_model(source.split(".", 1)[0]):
         if path.suffix in (".ckpt", ".pth", ".pt", ".safetensors", ".bin"):

@@ -11,6 +11,7 @@ a killed export never leaves a half-written folder.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -38,13 +39,17 @@ def forward_check_input(input_size: Sequence[int], seed: int = 0) -> torch.Tenso
 
 @torch.no_grad()
 def forward_check(model: nn.Module, input_size: Sequence[int], seed: int = 0) -> dict[str, Any]:
-    """Run the model (eval mode, fp32, CPU) on a seeded input and summarise its output for later comparison."""
+    """Run the model (eval mode, fp32, CPU) on a seeded input and summarise its output for later comparison.
+
+    A model on another device or in another dtype is checked on an fp32 CPU copy, the form a loader rebuilds.
+    """
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.device.type != "cpu" or (p.is_floating_point() and p.dtype != torch.float32) for p in params):
+        model = copy.deepcopy(model).cpu().float()
     was_training = model.training
     model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        out = model(forward_check_input(input_size, seed).to(device))
+        out = model(forward_check_input(input_size, seed))
     finally:
         model.train(was_training)
     if isinstance(out, (tuple, list)):
