@@ -150,3 +150,10 @@ def test_verify_refuses_pickles_and_a_changed_forward(exports, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="forward check"):
         verify_folder(bad)
+
+
+def test_imagenet_models_get_synset_label_names(tmp_path):
+    model = timm.create_model("nat_mini.in1k", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                              img_size=64)
+    config = json.loads((export_model(model, tmp_path / "m") / "config.json").read_text())
+    assert len(config["label_names"]) == 1000 and config["label_names"][0] == "n01440764"

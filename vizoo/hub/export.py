@@ -80,6 +80,14 @@ def compare_forward_check(expected: Mapping[str, Any], got: Mapping[str, Any], r
     return None
 
 
+def _imagenet_label_names(model: nn.Module) -> list[str] | None:
+    """ImageNet synsets for a model whose cfg says it classifies an ImageNet subset (timm infers it), else None."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    return list(ImageNetInfo(subset).label_names()) if subset else None
+
+
 def _contiguous_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {}
     seen: dict[int, str] = {}
@@ -110,7 +118,8 @@ def export_model(
     Args:
         model: a model built by ``timm.create_model`` (it must have ``pretrained_cfg``).
         out_dir: the folder to create. It must not exist unless ``overwrite``.
-        label_names: class names, one per output (written as ``label_names``).
+        label_names: class names, one per output (written as ``label_names``); by default the ImageNet synsets
+            when the model's cfg says it classifies ImageNet (timm's ``infer_imagenet_subset``), else none.
         metrics: name -> value pairs for the model card.
         model_args: constructor kwargs to record, in addition to those ``timm.create_model`` recorded.
         pretrained_cfg: entries that replace those of the model's pretrained cfg (e.g. ``tag``, ``license``).
@@ -138,6 +147,8 @@ def export_model(
         raise ValueError(f"{len(label_names)} label names given for a model with {model.num_classes} classes.")
 
     model_config: dict[str, Any] = {}
+    if label_names is None and not model.pretrained_cfg.get("label_names"):
+        label_names = _imagenet_label_names(model)
     if label_names is not None:
         model_config["label_names"] = list(label_names) if not isinstance(label_names, Mapping) else dict(label_names)
     if pretrained_cfg:
