@@ -65,7 +65,8 @@ def test_export_lightning_checkpoint_raw_and_ema(tmp_path, capsys):
     assert config["pretrained_cfg"]["tag"] == "digits_ft" and config["model_args"]["num_classes"] == NUM_CLASSES
     card = (tmp_path / "raw" / "README.md").read_text()
     assert "vizoo fit" in card and "epoch 4" in card and "| val/acc | 0.91 |" in card
-    assert "EMA weights" in json.loads((tmp_path / "ema" / "config.json").read_text())["vizoo"]["source"]
+    ema_config = json.loads((tmp_path / "ema" / "config.json").read_text())
+    assert "EMA weights" in ema_config["vizoo"]["source"] and ema_config["pretrained_cfg"]["tag"] == "vizoo_fit"
     vizoo_main(["hub", "verify", str(tmp_path / "ema")])
     assert "OK" in capsys.readouterr().out
 

@@ -93,6 +93,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, names, where = model_from_source(args.source, args.checkpoint, args.ema, args.model_kwargs)
     label_names = read_label_names(args.label_names) or names
     cfg_update = {k: v for k, v in (("tag", args.tag), ("license", args.license)) if v}
+    if Path(args.source).is_file():
+        cfg_update.setdefault("tag", "vizoo_fit")  # the architecture's default tag names other weights
     out = export_model(model, args.out_dir, label_names=label_names, metrics=read_metrics(args.metrics),
                        pretrained_cfg=cfg_update or None, source=where, repo_id=args.repo_id,
                        overwrite=args.overwrite)
@@ -135,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="weights file for MODEL (a state dict or safetensors)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights of a `vizoo fit` checkpoint")
     p.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of constructor kwargs")
-    p.add_argument("--tag", help="pretrained tag to record (e.g. digits_ft)")
+    p.add_argument("--tag", help="pretrained tag to record (e.g. digits_ft; default for a `vizoo fit` checkpoint: "
+                                 "vizoo_fit)")
     p.add_argument("--license", help="license to record in the config and card (e.g. apache-2.0)")
     add_card_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
