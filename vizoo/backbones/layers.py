@@ -99,7 +99,8 @@ class NeighborhoodAttention2d(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         if rpb:
             self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
-            trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+            if not self.rpb.is_meta:
+                trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
         else:
             self.register_parameter("rpb", None)
         self.proj = nn.Linear(dim, dim)

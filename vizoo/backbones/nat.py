@@ -204,6 +204,8 @@ class NATStage(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     """Official initialisation: trunc-normal(0.02) Linear weights with zero bias, unit LayerNorms."""
+    if any(p.is_meta for p in module.parameters(recurse=False)):
+        return  # shapes only (e.g. counting parameters or MACs): nothing to initialise
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
