@@ -186,14 +186,23 @@ def bench_kernels(cases=CASES, log=print, reference=True) -> list[dict]:
                 row[f"{name} fwd+bwd"] = float("nan")
                 torch.cuda.empty_cache()
             log(f"  {case.name} {name}: {row.get(f'{name} fwd'):.1f} / {row.get(f'{name} fwd+bwd'):.1f} us")
-        row["triton fwd GPU-only"] = _gpu_time(impls["triton"][0])
-        row["triton fwd+bwd GPU-only"] = _gpu_time(lambda: torch.autograd.grad(impls["triton"][0](), params, g))
+        for name, grad in (("triton", g), ("flex", gt)):
+            fn, ps = impls[name]
+            try:
+                with torch.no_grad():
+                    row[f"{name} fwd GPU-only"] = _gpu_time(fn)
+                row[f"{name} fwd+bwd GPU-only"] = _gpu_time(lambda: torch.autograd.grad(fn(), ps, grad))
+            except Exception as e:
+                log(f"  {name} GPU-only failed: {type(e).__name__}: {str(e)[:300]}")
+                row[f"{name} fwd GPU-only"] = row[f"{name} fwd+bwd GPU-only"] = float("nan")
         if case.kernel == 7:
             io_bytes = 4 * q.numel() * q.element_size() + B * n * case.heads * 4  # q, k, v, o + lse
             row["triton fwd HBM %"] = 100 * io_bytes / (row["triton fwd"] * 1e-6) / HBM_BYTES_PER_S
             row["triton fwd GPU-only HBM %"] = 100 * io_bytes / (row["triton fwd GPU-only"] * 1e-6) / HBM_BYTES_PER_S
         row["fwd speedup vs flex"] = row["flex fwd"] / row["triton fwd"]
         row["fwd+bwd speedup vs flex"] = row["flex fwd+bwd"] / row["triton fwd+bwd"]
+        row["GPU-only fwd speedup vs flex"] = row["flex fwd GPU-only"] / row["triton fwd GPU-only"]
+        row["GPU-only fwd+bwd speedup vs flex"] = row["flex fwd+bwd GPU-only"] / row["triton fwd+bwd GPU-only"]
         rows.append(row)
         log(json.dumps(row))
         del q, k, v, rpb, qt, kt, vt
@@ -202,6 +211,12 @@ def bench_kernels(cases=CASES, log=print, reference=True) -> list[dict]:
 
 
 TUNE_FWD = [
+    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=4, KC=16, num_warps=2),
+    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=1), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
+    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=3), dict(TH=4, TW=8, KR=4, KC=16, num_warps=2),
+    dict(TH=8, TW=8, KR=8, KC=16, num_warps=4), dict(TH=16, TW=16, KR=1, KC=32, num_warps=8),
+]
+TUNE_OLD = [
     dict(TH=8, TW=8, KR=1, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=4),
     dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
     dict(TH=8, TW=16, KR=2, KC=32, num_warps=4), dict(TH=16, TW=8, KR=2, KC=16, num_warps=4),
@@ -242,6 +257,39 @@ def tune(cases, log=print) -> list[dict]:
     return rows
 
 
+MODELS = ("nat_tiny", "dinat_tiny", "swin_tiny_patch4_window7_224")
+
+
+def bench_models(names=MODELS, batch: int = 256, log=print) -> list[dict]:
+    """Images/s of whole backbones at 224, bf16 autocast: inference and one training step (fwd+bwd)."""
+    import timm
+
+    import vizoo  # noqa: F401  (registers vizoo's models with timm)
+
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).cuda()
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        row = dict(model=name, batch=batch, params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            row["infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+        model.train()
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().logsumexp(-1).mean()
+            loss.backward()
+
+        row["train step img/s"] = batch / (_timeit(step, reps=300) * 1e-6)
+        rows.append(row)
+        log(json.dumps(row))
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
 def _fmt(x) -> str:
     if isinstance(x, float):
         if math.isnan(x):
@@ -273,6 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--check", action="store_true", help="first check Triton vs reference on the GPU")
     parser.add_argument("--tune", action="store_true", help="sweep kernel tile configs instead of benchmarking")
     parser.add_argument("--no-reference", action="store_true", help="skip timing the (slow) reference")
+    parser.add_argument("--models", action="store_true", help="also time whole backbones (images/s)")
+    parser.add_argument("--only-models", action="store_true", help="time only the backbones")
     parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
@@ -290,10 +340,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         out["check"] = check(cases, log)
     if args.tune:
         out["tune"] = tune(cases, log)
-    else:
+    elif not args.only_models:
         out["kernels"] = bench_kernels(cases, log, reference=not args.no_reference)
+    if args.models or args.only_models:
+        out["models"] = bench_models(log=log)
     md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
-    for key in ("check", "kernels", "tune"):
+    for key in ("check", "kernels", "models", "tune"):
         if key in out:
             md += [f"### {key}", "", markdown_table(out[key]), ""]
     text = "\n".join(md)

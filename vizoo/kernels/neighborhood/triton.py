@@ -12,10 +12,9 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
   is stored; the forward writes the output and the log-sum-exp.
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
-  get dQ (and the RPB gradient, by atomic adds into a few partial tables summed afterwards); a second
+  get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
-  monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics on dQ/dK/dV, so
-  those are deterministic; the RPB gradient is not bit-deterministic.
+  monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics anywhere.
 """
 from __future__ import annotations
 
@@ -26,10 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels.neighborhood.reference import axis_windows
+from vizoo.kernels.neighborhood.reference import _cached_indices, axis_windows
 
 LOG2E = 1.4426950408889634
-RPB_GRAD_SLOTS = 32
 
 
 @functools.lru_cache(maxsize=256)
@@ -49,11 +47,13 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
     return tuple(t.to(torch.int32).to(device) for t in (lo_t, hi_t, qmin, qmax))
 
 
-def _config(kernel: tuple, shape: tuple, dim: int) -> dict:
-    """Tile sizes: query tile TH x TW, key chunk KR x KC (powers of two)."""
+def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd") -> dict:
+    """Tile sizes: query tile TH x TW, key chunk KR x KC (powers of two); picked by sweeps on an H200."""
     H, W = shape
     if H == 1:  # 1-D
         return dict(TH=1, TW=64, KR=1, KC=64 if kernel[1] > 16 else 32, num_warps=4)
+    if which == "bwd" and kernel[1] <= 9:
+        return dict(TH=8, TW=8, KR=2, KC=16, num_warps=2)
     TW = 8 if kernel[1] <= 9 else 16
     TH = 8 if TW == 8 else 4
     KC = triton.next_power_of_2(TW + kernel[1] - 1)
@@ -152,9 +152,9 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, RPB, DQ, DRPB,
+    Q, K, V, O, DO, LSE, DELTA, RPB, DQ, DS,
     LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, N_SLOTS,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
     scale, scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
@@ -207,7 +207,6 @@ def _bwd_dq_kernel(
     col_hi = tl.load(HI_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
 
     dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
-    slot = (pid + bh) % N_SLOTS
     j = tl.arange(0, KR * KC)
     for ky0 in range(row_lo, row_hi + 1, KR):
         for kx0 in range(col_lo, col_hi + 1, KC):
@@ -229,8 +228,8 @@ def _bwd_dq_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-            if RPB_GRAD:
-                tl.atomic_add(DRPB + slot * HEADS * (2 * KH - 1) * (2 * KW - 1) + r_off, ds, mask=mask)
+            if RPB_GRAD:  # dS of each (query, neighbour j = dy * KW + dx); reduced into d_rpb on the host
+                tl.store(DS + row_off[:, None] * (KH * KW) + dy * KW + dx, ds, mask=mask)
     tl.store(DQ + base + q_off[:, None] + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)
 
 
@@ -345,7 +344,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
     dev = str(q.device)
     ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
     tx = _tables(W, kernel_size[1], dilation[1], stride[1], is_causal[1], dev)
-    cfg = dict(_config(tuple(kernel_size), (H, W), dim))
+    cfg = dict(_config(tuple(kernel_size), (H, W), dim, which))
     cfg.update(CONFIG_OVERRIDE.get(which, {}))
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
@@ -392,16 +391,19 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
     has_rpb = rpb2 is not None
     rpb_f = rpb2.float().contiguous() if has_rpb else dq
-    n_slots = min(RPB_GRAD_SLOTS, grid[0] * grid[1])
-    if rpb_grad:
-        drpb = torch.zeros((n_slots,) + tuple(rpb_f.shape), device=q.device, dtype=torch.float32)
-    else:
-        drpb = dq
-    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, drpb, ty[0], ty[1], tx[0], tx[1], *dims,
-                         n_slots, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad),
+    kk = ks[0] * ks[1]
+    ds = torch.zeros(B * heads * H * W * kk, device=q.device, dtype=torch.float32) if rpb_grad else dq
+    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, ds, ty[0], ty[1], tx[0],
+                         tx[1], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad),
                          **common)
     _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
                            ty[2], ty[3], tx[2], tx[3], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
                            **common)
-    drpb_out = drpb.sum(0).reshape(rpb.shape).to(rpb.dtype) if rpb_grad else q.new_empty((0,))
+    if rpb_grad:
+        rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
+        per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
+        drpb = torch.zeros(heads, rpb_f[0].numel(), device=q.device, dtype=torch.float32)
+        drpb_out = drpb.index_add_(1, rel.reshape(-1), per_pair).reshape(rpb.shape).to(rpb.dtype)
+    else:
+        drpb_out = q.new_empty((0,))
     return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), drpb_out
