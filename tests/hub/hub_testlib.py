@@ -12,13 +12,13 @@ import vizoo
 # here falls back to its smallest variant at full size (slow): add it when a family lands.
 TINY_BY_FAMILY = {
     "nat": [
-        ("nat_mini", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=64)),
-        ("dinat_iso_small", dict(embed_dim=16, depth=2, num_heads=1, img_size=64)),
+        ("nat_mini", {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "img_size": 64}),
+        ("dinat_iso_small", {"embed_dim": 16, "depth": 2, "num_heads": 1, "img_size": 64}),
     ],
     "inline": [],
     "overlock": [],
 }
-TIMM_MODEL = ("test_vit", dict(img_size=64))
+TIMM_MODEL = ("test_vit", {"img_size": 64})
 NUM_CLASSES = 5
 INPUT = (2, 3, 64, 64)
 

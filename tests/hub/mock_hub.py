@@ -58,7 +58,7 @@ class MockHub:
                     data = data[: len(data) // 2]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
-                self.send_header("ETag", '"%s"' % hashlib.sha256(f.read_bytes()).hexdigest())
+                self.send_header("ETag", f'"{hashlib.sha256(f.read_bytes()).hexdigest()}"')
                 self.send_header("X-Repo-Commit", hub.commits.get(m.group(1), "b" * 40))
                 self.end_headers()
                 if body:
@@ -103,7 +103,7 @@ class MockHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> MockHub:
+    def __enter__(self) -> MockHub:  # noqa: PYI034
         self.thread.start()
         return self
 

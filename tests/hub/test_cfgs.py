@@ -67,7 +67,7 @@ def test_filter_is_wired_and_keeps_native_weights(name, kwargs, monkeypatch, exa
 
     monkeypatch.setattr(module, "checkpoint_filter_fn", spy)
     ref = timm.create_model(name, **kwargs).eval()
-    overlay = dict(state_dict=ref.state_dict(), num_classes=kwargs["num_classes"])
+    overlay = {"state_dict": ref.state_dict(), "num_classes": kwargs["num_classes"]}
     loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
     assert calls, f"{name}: build_model_with_cfg did not call {module.__name__}.checkpoint_filter_fn"
     with torch.no_grad():

@@ -22,7 +22,7 @@ def _outputs(model, x):
 
 @pytest.mark.parametrize("name", TINY_IDS)
 def test_round_trip_every_route(name, exports, example_input, tmp_path):
-    model, folder, expected = exports[name]
+    _, folder, expected = exports[name]
     cfg_args = json.loads((folder / "config.json").read_text())["model_args"]
     populate_hub_cache(tmp_path / "cache", f"vizoo-test/{name}", folder)
     routes = {

@@ -215,7 +215,7 @@ def extract_state_dict(obj: Any, ema: bool = False, source: str = "checkpoint") 
     if is_lightning_checkpoint(obj):
         return lightning_state_dict(obj, ema=ema)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source} holds a {type(obj).__name__}, not a state dict or a checkpoint dict.")
+        raise ValueError(f"{source} holds a {type(obj).__name__}, not a state dict or a checkpoint dict.")  # noqa: TRY004
     keys = EMA_KEYS if ema else WEIGHT_KEYS
     sd: Any = obj
     for key in keys:

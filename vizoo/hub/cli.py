@@ -74,9 +74,9 @@ def model_from_source(
             raise ValueError(f"{err} (--checkpoint takes weights in vizoo/timm's own layout; convert an official "
                              "checkpoint with `vizoo convert --model MODEL --checkpoint FILE --out DIR`.)") from err
         return model.eval(), None, f"loaded from `{Path(checkpoint).name}`"
-    if ":" not in source and not timm.is_model(source.split(".", 1)[0]):
-        if path.suffix in (".ckpt", ".pth", ".pt", ".safetensors", ".bin"):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+    looks_like_file = path.suffix in (".ckpt", ".pth", ".pt", ".safetensors", ".bin")
+    if looks_like_file and ":" not in source and not timm.is_model(source.split(".", 1)[0]):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
     model = create_model(source, pretrained=True, **(model_kwargs or {}))
     names = model.pretrained_cfg.get("label_names")
     return model.eval(), (list(names) if names else None), f"pretrained weights of `{source}`"

@@ -45,8 +45,8 @@ class ConversionReport:
 
     def summary(self) -> str:
         lines = [
-            f"converted {self.checkpoint} (sha256 {self.sha256[:16]}...) -> {self.model_name}: "
-            f"{self.num_tensors} tensors loaded",
+            (f"converted {self.checkpoint} (sha256 {self.sha256[:16]}...) -> {self.model_name}: "
+             f"{self.num_tensors} tensors loaded"),
         ]
         if self.explained_missing:
             lines.append(f"  expected missing (kept at init): {', '.join(self.explained_missing)}")
@@ -234,7 +234,7 @@ def read_metrics(value: str | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as err:
         raise ValueError(f"--metrics must be a JSON dict or a JSON file, got {value!r}: {err}") from err
     if not isinstance(metrics, dict):
-        raise ValueError(f"--metrics must be a JSON dict, got {type(metrics).__name__}.")
+        raise ValueError(f"--metrics must be a JSON dict, got {type(metrics).__name__}.")  # noqa: TRY004
     return metrics
 
 
