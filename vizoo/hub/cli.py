@@ -82,7 +82,7 @@ def model_from_source(
     return model.eval(), (list(names) if names else None), f"pretrained weights of `{source}`"
 
 
-def _error(command: str, err: Exception) -> None:
+def _error(command: str, err: Exception | str) -> None:
     print(f"vizoo hub {command}: error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
 
@@ -171,8 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # OSError: missing files, and huggingface_hub's HTTP and token errors
         _error(args.command, err)
+    except Exception as err:
+        if type(err).__module__.split(".")[0] not in ("huggingface_hub", "httpx", "httpx2", "requests"):
+            raise
+        _error(args.command, f"{type(err).__name__}: {err} (is the Hub reachable? HF_ENDPOINT, network, token)")
 
 
 if __name__ == "__main__":
