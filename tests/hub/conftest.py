@@ -1,9 +1,14 @@
 """Fixtures for the Hub tests: the tiny models of hub_testlib.py, exported once per session."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # hub_testlib / mock_hub, under any --import-mode
 from hub_testlib import INPUT, NUM_CLASSES, TINY
 
 from vizoo.hub import export_model
