@@ -412,3 +412,36 @@ def test_pretrained_cfgs():
     model = meta_model("dinat_large.in22k_ft_in1k_384")
     assert model.pretrained_cfg["input_size"] == (3, 384, 384) and model.pretrained_cfg["crop_pct"] == 1.0
     assert isinstance(meta_model("nat_iso_small"), NATIsotropic)
+
+
+# ------------------------------------------------------------------------------------ configs
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "nat"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_configs_name_real_arguments_and_official_recipe(path):
+    import inspect
+
+    import yaml
+
+    from vizoo.data import ImageDataModule
+    from vizoo.train.module import ImageClassifier
+
+    cfg = yaml.safe_load(path.read_text())
+    model_args = set(inspect.signature(ImageClassifier).parameters)
+    data_args = set(inspect.signature(ImageDataModule).parameters)
+    assert set(cfg["model"]) <= model_args, set(cfg["model"]) - model_args
+    assert set(cfg["data"]) <= data_args, set(cfg["data"]) - data_args
+    name = cfg["model"]["model_name"]
+    assert name in NAMES
+    if path.stem == "nat_demo_cpu":
+        assert cfg["trainer"]["accelerator"] == "cpu" and cfg["data"]["dataset"] == "digits"
+        return
+    official_drop_path = {"mini": 0.2, "tiny": 0.2, "small": 0.3, "base": 0.5, "iso_small": 0.1, "iso_base": 0.4}
+    size = name.split("_", 1)[1]
+    assert cfg["model"]["drop_path_rate"] == official_drop_path[size]
+    m = cfg["model"]
+    assert (m["lr"], m["weight_decay"], m["warmup_epochs"], m["min_lr"]) == (1e-3, 0.05, 20, 5e-6)
+    assert (m["mixup"], m["cutmix"], m["label_smoothing"]) == (0.8, 1.0, 0.1)
+    assert cfg["trainer"]["max_epochs"] == 300 and cfg["data"]["auto_augment"] == "rand-m9-mstd0.5-inc1"
