@@ -133,3 +133,18 @@ def test_convert_unknown_model(tmp_path):
     with pytest.raises(ValueError, match="Did you mean 'nat_mini'"):
         convert_checkpoint("nat_minii", tmp_path / "x.pth", None)
 
+
+
+def test_extract_state_dict_layouts():
+    from vizoo.hub.checkpoints import extract_state_dict
+
+    a, b = torch.zeros(1), torch.ones(1)
+    cswin_like = {"model": {"w": a}, "state_dict_ema": {"w": b}, "max_accuracy_e": 83.0}
+    assert extract_state_dict(cswin_like)["w"] is a  # the paper's numbers are the raw weights
+    assert extract_state_dict(cswin_like, ema=True)["w"] is b
+    assert extract_state_dict({"state_dict": {"module.w": a}}) == {"w": a}  # OverLoCK: wrapper and DDP prefix
+    assert extract_state_dict({"w": a}) == {"w": a}
+    with pytest.raises(ValueError, match="no EMA weights"):
+        extract_state_dict({"model": {"w": a}}, ema=True)
+    with pytest.raises(ValueError, match=r"found no tensors.*'epoch'"):
+        extract_state_dict({"epoch": 3, "optimizer": {}})
