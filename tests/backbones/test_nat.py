@@ -383,6 +383,19 @@ def test_converter_maps_isotropic_layout():
     assert out.keys() == model.state_dict().keys()
 
 
+def test_timm_pretrained_loading_uses_the_converter(tmp_path):
+    official = official_state_dict(32, (1, 2, 1, 1), (1, 2, 4, 8), 2.0, layer_scale=True, num_classes=1000)
+    path = tmp_path / "nat_tiny_official.pth"
+    torch.save({"model": official}, path)
+    args = dict(TINY, layer_scale=1e-5, pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm.create_model("nat_mini", pretrained=True, **args)
+    assert torch.equal(model.stages[2].blocks[0].attn.rpb, official["levels.2.blocks.0.attn.rpb"])
+    assert torch.equal(model.head.fc.weight, official["head.weight"])
+    new_head = timm.create_model("nat_mini", pretrained=True, num_classes=5, **args)  # timm drops the head
+    assert torch.equal(new_head.stem.conv1.weight, official["patch_embed.proj.0.weight"])
+    assert new_head.head.fc.weight.shape == (5, 256)
+
+
 def test_converter_errors(tiny_official):
     model = tiny("nat_mini", layer_scale=1e-5, num_classes=10)
     missing = {k: v for k, v in tiny_official.items() if k != "levels.1.blocks.0.attn.rpb"}
