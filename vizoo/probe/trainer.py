@@ -63,6 +63,9 @@ class TrainConfig:
         device: where the heads train.
         eval_batch_size: batch size for validation/test scoring.
         time_heads: measure each instance's own step time (synchronises on CUDA).
+        cpu_threads: intra-op threads while training on the CPU (None: leave torch's setting). The default 1
+            is deliberate: head steps are tiny, and on 2 cores a second thread made every op ~10-70x slower
+            (thread hand-off dominates; measured on the project's 2-core machine under load).
     """
 
     epochs: int = 30
@@ -76,6 +79,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_batch_size: int = 1024
     time_heads: bool = True
+    cpu_threads: int | None = 1
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -195,6 +199,16 @@ def train_probes(train: CachedSplit, val: CachedSplit, test: CachedSplit | None,
     if not heads:
         raise ValueError("no heads to train; give at least one head name")
     _check_inputs(train, val, layer, num_classes)
+    threads = torch.get_num_threads()
+    if config.cpu_threads and not str(config.device).startswith("cuda"):
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _train(train, val, test, layer, heads, num_classes, config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(train, val, test, layer, heads, num_classes, config, progress) -> list[HeadResult]:
     device = config.device
     dim = train.tokens[layer].shape[2]
     num_tokens, num_prefix = train.tokens[layer].shape[1], train.prefix[layer].shape[1]

@@ -1,0 +1,233 @@
+"""``vizoo probe``: evaluate a frozen backbone with many probing heads at once.
+
+Examples::
+
+    vizoo probe                                   # the main job: the shipped demo backbone, see demo.py
+    vizoo probe -c configs/probe/ep.yaml --model vit_base_patch16_224.mae --dataset folder --root /data/x
+    vizoo probe --model resnet50.a1_in1k --dataset folder --root /data/pets --heads linear ep:num_queries=16 \\
+        --lrs 1e-3 3e-3 1e-2 --epochs 30 --layers -1 -2 --norm
+    vizoo probe --list-heads
+
+Settings come from, in increasing priority: built-in defaults, the YAML file given with ``-c`` (keys are the
+long option names with underscores), and explicit command-line options. With no arguments at all the main job
+runs (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``).
+
+Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = dict(
+    model=None, model_kwargs={}, pretrained=True, checkpoint=None, dataset="digits", root=None,
+    dataset_kwargs={}, image_size=None, heads=["linear", "ep"], head_kwargs={}, lrs=[1e-3], epochs=30,
+    batch_size=128, optimizer="adamw", weight_decay=0.0, warmup_epochs=0.0, scale_lr=False, seed=0,
+    protocol="cached", layers=None, norm=False, k_shot=None, seeds=[0], output_dir=None, cache_dir=None,
+    device=None, amp=False, extract_batch_size=256, num_workers=0, scale=[0.08, 1.0], hflip=0.5,
+    progress=True,
+)
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON/YAML: {text!r} ({err})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vizoo probe", argument_default=argparse.SUPPRESS,
+        description="Probe a frozen timm/vizoo backbone with linear and attentive heads (many at once). "
+                    "With no arguments, runs the main job on the shipped demo backbone.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", help="YAML file of settings (see configs/probe/)")
+    p.add_argument("--list-heads", action="store_true", help="list the probing heads and their options")
+    g = p.add_argument_group("backbone")
+    g.add_argument("--model", help="timm model name (vizoo's, timm's, hf-hub:..., local-dir:...)")
+    g.add_argument("--model-kwargs", type=_json_arg, help='JSON dict for timm.create_model, e.g. \'{"img_size": 32}\'')
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random weights")
+    g.add_argument("--checkpoint", help="state-dict file to load into the backbone")
+    g.add_argument("--layers", type=int, nargs="+", help="blocks to probe, negative from the end (several: "
+                   "layer-wise mode); default: the last")
+    g.add_argument("--norm", action=argparse.BooleanOptionalAction,
+                   help="apply the final norm to the tokens (DINOv2 style) or not (MAE style, default)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 backbone on CUDA")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", help="digits | mnist5k | shapes | folder (with --root)")
+    d.add_argument("--root", help="image folder with train/ and val/ (and optionally test/) sub-folders")
+    d.add_argument("--dataset-kwargs", type=_json_arg, help="JSON dict of dataset options")
+    d.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    d.add_argument("--k-shot", type=int, help="low-shot mode: k training images per class")
+    d.add_argument("--seeds", type=int, nargs="+", help="low-shot seeds (default 0)")
+    h = p.add_argument_group("heads and training")
+    h.add_argument("--heads", nargs="+", help="head names, optionally with options: ep:num_queries=8,d_out=2; "
+                   "'all' = every registered head")
+    h.add_argument("--head-kwargs", type=_json_arg, help='JSON dict name -> options, e.g. \'{"ep": {"num_queries": 8}}\'')
+    h.add_argument("--lrs", type=float, nargs="+", help="learning rates to sweep (each head trained at each)")
+    h.add_argument("--epochs", type=int)
+    h.add_argument("--batch-size", type=int)
+    h.add_argument("--optimizer", choices=["adamw", "lars", "sgd"])
+    h.add_argument("--weight-decay", type=float)
+    h.add_argument("--warmup-epochs", type=float)
+    h.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, help="lr = base lr * batch / 256")
+    h.add_argument("--seed", type=int)
+    h.add_argument("--protocol", choices=["cached", "augmented"],
+                   help="cached: features extracted once (fast); augmented: RandomResizedCrop + backbone every step")
+    h.add_argument("--scale", type=float, nargs=2, help="RandomResizedCrop scale (augmented protocol)")
+    h.add_argument("--hflip", type=float, help="flip probability (augmented protocol)")
+    o = p.add_argument_group("run")
+    o.add_argument("--output-dir", help="where results.json and results.png go")
+    o.add_argument("--cache-dir", help="feature cache root (default ~/.cache/vizoo/features or $VIZOO_CACHE)")
+    o.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    o.add_argument("--extract-batch-size", type=int)
+    o.add_argument("--num-workers", type=int)
+    o.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML settings file; unknown keys are a ValueError listing the accepted ones."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a probe config must be a mapping of settings")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; accepted: {', '.join(sorted(DEFAULTS))}")
+    return data
+
+
+def parse_heads(items: list[Any], head_kwargs: dict[str, dict[str, Any]]):
+    """Head specs from strings (``ep`` or ``ep:num_queries=8,d_out=2``), dicts or ``all``."""
+    from vizoo.heads import get_head_class, list_heads
+    from vizoo.probe.trainer import HeadSpec
+
+    specs = []
+    for item in items:
+        if isinstance(item, dict):
+            name, kwargs, label = item.get("name"), dict(item.get("kwargs") or {}), item.get("label", "")
+        elif isinstance(item, str) and item == "all":
+            specs += [HeadSpec(n, dict(head_kwargs.get(n, {}))) for n in list_heads()]
+            continue
+        elif isinstance(item, str):
+            name, _, opts = item.partition(":")
+            kwargs, label = {}, ""
+            for pair in filter(None, opts.split(",")):
+                key, eq, value = pair.partition("=")
+                if not eq:
+                    raise ValueError(f"head option {pair!r} in {item!r} must look like key=value")
+                kwargs[key.strip()] = yaml.safe_load(value)
+        else:
+            raise ValueError(f"a head must be a name, 'name:key=value,...' or a mapping; got {item!r}")
+        get_head_class(name)  # unknown names: ValueError listing the valid ones
+        merged = {**head_kwargs.get(name, {}), **kwargs}
+        specs.append(HeadSpec(name, merged, label))
+    return specs
+
+
+def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Defaults, then the config file, then explicit options (the main job when argv is empty)."""
+    from vizoo.probe.demo import DEMO_CONFIG
+
+    args = build_parser().parse_args(argv)
+    settings = dict(DEFAULTS)
+    if not argv:
+        settings.update(DEMO_CONFIG)
+    if getattr(args, "config", None):
+        settings.update(load_config(args.config))
+    settings.update({k: v for k, v in vars(args).items() if k not in ("config", "list_heads")})
+    return settings, args
+
+
+def job_from_settings(settings: dict[str, Any]):
+    """A :class:`ProbeJob` from resolved settings."""
+    import torch
+
+    from vizoo.probe.demo import expand_model_name
+    from vizoo.probe.pipeline import ProbeJob
+    from vizoo.probe.trainer import TrainConfig
+
+    s = settings
+    if not s["model"]:
+        raise ValueError("no model given: pass --model NAME (any timm/vizoo name, hf-hub:..., local-dir:...) "
+                         "or run `vizoo probe` with no arguments for the demo")
+    device = s["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    heads = parse_heads(list(s["heads"]), dict(s["head_kwargs"] or {}))
+    train = TrainConfig(epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lrs=[float(v) for v in s["lrs"]],
+                        optimizer=s["optimizer"], weight_decay=float(s["weight_decay"]),
+                        warmup_epochs=float(s["warmup_epochs"]), scale_lr=bool(s["scale_lr"]), seed=int(s["seed"]),
+                        device=device)
+    layers = s["layers"]
+    if isinstance(layers, int):
+        layers = [layers]
+    return ProbeJob(
+        model=expand_model_name(s["model"]), model_kwargs=dict(s["model_kwargs"] or {}),
+        pretrained=bool(s["pretrained"]), checkpoint=s["checkpoint"], dataset=s["dataset"], root=s["root"],
+        dataset_kwargs=dict(s["dataset_kwargs"] or {}), image_size=s["image_size"], heads=heads, train=train,
+        protocol=s["protocol"], layers=layers, norm=bool(s["norm"]), k_shot=s["k_shot"],
+        seeds=[int(v) for v in s["seeds"]], cache_dir=s["cache_dir"], extract_batch_size=int(s["extract_batch_size"]),
+        num_workers=int(s["num_workers"]), amp=bool(s["amp"]), scale=tuple(s["scale"]), hflip=float(s["hflip"]),
+        progress=bool(s["progress"]),
+    )
+
+
+def _list_heads() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vizoo.heads import get_head_class, head_options, list_heads
+
+    table = Table(title="probing heads (vizoo probe --heads NAME[:key=value,...])")
+    table.add_column("name")
+    table.add_column("prefix tokens")
+    table.add_column("options (defaults)")
+    for name in list_heads():
+        opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
+        table.add_row(name, str(get_head_class(name).uses_prefix), opts)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Entry point of ``vizoo probe`` (``argv`` without the subcommand name). Returns the results dict."""
+    from vizoo.probe.report import print_table, write_json, write_plot
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        settings, args = resolve_settings(argv)
+        if getattr(args, "list_heads", False):
+            _list_heads()
+            return None
+        job = job_from_settings(settings)
+        from vizoo.probe.pipeline import run_probe
+
+        report = run_probe(job)
+    except ValueError as err:
+        print(f"vizoo probe: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    report["meta"]["settings"] = {k: v for k, v in settings.items()}
+    out = Path(settings["output_dir"] or _default_output_dir(settings))
+    print_table(report)
+    json_path = write_json(report, out / "results.json")
+    png_path = write_plot(report, out / "results.png")
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path else " (matplotlib missing: no plot)"))
+    return report
+
+
+def _default_output_dir(settings: dict[str, Any]) -> Path:
+    import re
+
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(settings["model"])).name)
+    return Path("vizoo_probe") / f"{model}-{settings['dataset']}-{settings['protocol']}"
+
+
+if __name__ == "__main__":
+    main()
