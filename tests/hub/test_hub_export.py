@@ -157,3 +157,13 @@ def test_imagenet_models_get_synset_label_names(tmp_path):
                               img_size=64)
     config = json.loads((export_model(model, tmp_path / "m") / "config.json").read_text())
     assert len(config["label_names"]) == 1000 and config["label_names"][0] == "n01440764"
+
+
+def test_export_that_would_not_load_back_writes_nothing(tmp_path):
+    model = timm.create_model("test_vit", img_size=64, embed_dim=32, num_heads=2)
+    del model._model_args["embed_dim"]  # as if built by hand: timm did not record this constructor argument
+    with pytest.raises(ValueError, match=r"does not load back.*shape mismatch.*pass them as model_args"):
+        export_model(model, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+    export_model(model, tmp_path / "m", model_args={"embed_dim": 32})
+    verify_folder(tmp_path / "m")

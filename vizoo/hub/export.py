@@ -112,6 +112,7 @@ def export_model(
     source: str | None = None,
     repo_id: str | None = None,
     overwrite: bool = False,
+    verify: bool = True,
 ) -> Path:
     """Export a timm model (vizoo's or any other) as a Hub folder.
 
@@ -126,13 +127,16 @@ def export_model(
         source: one line for the card and ``config.json`` saying where the weights come from.
         repo_id: the Hub repository the folder is meant for (used in the card's loading snippet).
         overwrite: replace an existing ``out_dir``.
+        verify: before the folder is moved into place, check that it loads back exactly
+            (:func:`vizoo.hub.loading.verify_folder`: strict load, timm's loader, the forward check).
 
     Returns:
         The path of the written folder.
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
-        ValueError: the model has no ``pretrained_cfg``, or a model argument cannot be written as JSON.
+        ValueError: the model has no ``pretrained_cfg``, a model argument cannot be written as JSON, or the
+            written folder does not load back (then nothing is left at ``out_dir``).
     """
     from timm.models._hub import save_config_for_hf
 
@@ -174,6 +178,16 @@ def export_model(
         (tmp / CARD_NAME).write_text(model_card(config, repo_id=repo_id, metrics=metrics, source=source,
                                                 num_params=num_params))
         _set_default_permissions(tmp)
+        if verify:
+            from vizoo.hub.loading import verify_folder
+
+            try:
+                verify_folder(tmp)
+            except (ValueError, FileNotFoundError) as err:
+                raise ValueError(
+                    f"the export of {config['architecture']} does not load back, so nothing was written: {err} "
+                    "If the model was built with constructor arguments timm did not record, pass them as model_args."
+                ) from err
         _move_into_place(tmp, out_dir)
     finally:
         if tmp.exists():

@@ -178,8 +178,8 @@ def verify_folder(folder: str | Path, check_forward: bool = True) -> nn.Module:
     """Check that an export folder loads back exactly; return the loaded model.
 
     The checks: ``config.json`` parses and names a registered architecture; ``model.safetensors`` exists and is
-    valid; no pickle weights are present; the model builds from ``model_args`` and loads the file strictly (every
-    key, every shape); timm's own ``local-dir:`` loader (which also runs the family's ``pretrained_filter_fn``)
+    valid; no pickle weights are present; the model builds from ``model_args`` and the saved ``pretrained_cfg`` and
+    loads the file strictly (every key, every shape); timm's own ``local-dir:`` loader (which also runs the family's ``pretrained_filter_fn``)
     gives the same weights; and, if the export recorded one, the forward check reproduces.
 
     Raises:
@@ -204,7 +204,8 @@ def verify_folder(folder: str | Path, check_forward: bool = True) -> nn.Module:
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}.")
     state_dict = load_safetensors(folder / WEIGHTS_NAME)
 
-    model = timm.create_model(arch, pretrained=False, **config.get("model_args", {}))
+    # built the way timm's loaders build it (model_args + the saved pretrained_cfg, whose tag some families read)
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False)
     load_strict(model, state_dict, source=str(folder / WEIGHTS_NAME))
     model.eval()
 
