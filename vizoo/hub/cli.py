@@ -121,8 +121,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from vizoo.hub.loading import verify_folder
 
     model = verify_folder(args.folder)
-    print(f"{args.folder}: OK ({model.pretrained_cfg.get('architecture')} loads strictly and reproduces its "
-          "forward check)")
+    config = json.loads((Path(args.folder) / "config.json").read_text())
+    check = ("reproduces its forward check" if (config.get("vizoo") or {}).get("forward_check")
+             else "no forward check recorded")
+    print(f"{args.folder}: OK ({model.pretrained_cfg.get('architecture')} loads strictly; {check})")
 
 
 def build_parser() -> argparse.ArgumentParser:
