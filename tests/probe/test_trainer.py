@@ -1,0 +1,103 @@
+"""The cached multi-head trainer: lr selection on validation, prefix checks, bad inputs, LARS and the schedule."""
+import math
+
+import pytest
+import torch
+
+from vizoo.probe.cache import CachedSplit
+from vizoo.probe.optim import LARS, warmup_cosine
+from vizoo.probe.trainer import HeadSpec, TrainConfig, train_probes
+
+
+def make_split(n, seed, num_prefix=0, num_classes=4, dim=16, tokens=9):
+    """Tokens whose mean points along a class direction (linearly separable), plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    directions = torch.eye(dim)[:num_classes] * 3.0
+    x = torch.randn(n, tokens, dim, generator=g) + directions[labels][:, None, :]
+    prefix = x.mean(1, keepdim=True).expand(n, num_prefix, dim).contiguous()
+    return CachedSplit([5], {5: x.half()}, {5: prefix.half()}, {5: (3, 3)}, labels, {})
+
+
+def test_selection_picks_the_good_lr_over_lr_zero():
+    train, val, test = make_split(200, 0), make_split(80, 1), make_split(80, 2)
+    config = TrainConfig(epochs=4, batch_size=32, lrs=[0.0, 1e-2], seed=0)
+    (linear, ep) = train_probes(train, val, test, 5, [HeadSpec("linear"), HeadSpec("ep", {"num_queries": 4})], 4,
+                                config, progress=False)
+    for result in (linear, ep):
+        assert result.lr == pytest.approx(1e-2)
+        by_lr = {s["lr"]: s["val_top1"] for s in result.sweep}
+        assert by_lr[1e-2] > 85.0 and by_lr[1e-2] > by_lr[0.0] + 30  # lr 0 never learns
+        assert result.test_top1 > 85.0 and result.test_top5 == 100.0 and result.top5_k == 4
+        assert len(result.sweep[0]["val_top1_per_epoch"]) == 4
+    assert linear.params == 16 * 4 + 4 and linear.macs == 64
+    assert ep.label == "ep(num_queries=4)"
+
+
+def test_selection_uses_validation_not_test():
+    """Swap the labels of the test split: the choice (made on validation) must not change."""
+    train, val, test = make_split(120, 0), make_split(60, 1), make_split(60, 2)
+    flipped = CachedSplit(test.layers, test.tokens, test.prefix, test.grids, (test.labels + 1) % 4, {})
+    config = TrainConfig(epochs=2, batch_size=32, lrs=[1e-3, 1e-2])
+    a = train_probes(train, val, test, 5, [HeadSpec("linear")], 4, config, progress=False)[0]
+    b = train_probes(train, val, flipped, 5, [HeadSpec("linear")], 4, config, progress=False)[0]
+    assert (a.lr, a.best_epoch, a.val_top1) == (b.lr, b.best_epoch, b.val_top1)
+    assert b.test_top1 < 30.0 < a.test_top1
+
+
+def test_prefix_heads_use_the_class_token_when_present():
+    train, val = make_split(64, 0, num_prefix=1), make_split(32, 1, num_prefix=1)
+    (r,) = train_probes(train, val, None, 5, [HeadSpec("linear", {"pool": "cls"})], 4,
+                        TrainConfig(epochs=2, batch_size=32, lrs=[1e-2]), progress=False)
+    assert r.test_top1 is None and r.val_top1 > 50.0
+
+
+def test_head_that_needs_prefix_tokens_on_patch_only_features():
+    train, val = make_split(32, 0), make_split(16, 1)
+    with pytest.raises(ValueError, match="needs prefix tokens.*pool='avg'"):
+        train_probes(train, val, None, 5, [HeadSpec("linear", {"pool": "cls"})], 4, TrainConfig(epochs=1),
+                     progress=False)
+
+
+def test_bad_inputs():
+    train, val = make_split(32, 0), make_split(16, 1)
+    with pytest.raises(ValueError, match="unknown probe head 'epp'.*Did you mean 'ep'"):
+        train_probes(train, val, None, 5, [HeadSpec("epp")], 4, TrainConfig(epochs=1), progress=False)
+    one_class = CachedSplit([5], train.tokens, train.prefix, train.grids, torch.zeros(32, dtype=torch.long), {})
+    with pytest.raises(ValueError, match="only 1 class"):
+        train_probes(one_class, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        train_probes(train, val, None, 5, [HeadSpec("linear")], 1, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="layer 3 is not in"):
+        train_probes(train, val, None, 3, [HeadSpec("linear")], 4, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="lrs must be"):
+        train_probes(train, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(lrs=[]), progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train_probes(train, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(optimizer="adam"), progress=False)
+    with pytest.raises(ValueError, match="unknown option"):
+        train_probes(train, val, None, 5, [HeadSpec("ep", {"queries": 3})], 4, TrainConfig(), progress=False)
+
+
+def test_lars_matches_hand_computation():
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([w, b], lr=0.5, weight_decay=0.1, momentum=0.9, trust_coefficient=0.001)
+    w.grad = torch.tensor([[0.0, 1.0]])
+    b.grad = torch.tensor([2.0])
+    opt.step()
+    g = torch.tensor([[0.3, 1.4]])  # grad + wd * w
+    ratio = 0.001 * 5.0 / math.hypot(0.3, 1.4)
+    torch.testing.assert_close(w.detach(), torch.tensor([[3.0, 4.0]]) - 0.5 * ratio * g)
+    torch.testing.assert_close(b.detach(), torch.tensor([0.0]))  # vectors: no decay, no trust ratio
+    b.grad = torch.tensor([2.0])
+    opt.step()
+    torch.testing.assert_close(b.detach(), torch.tensor([0.0 - 0.5 * (0.9 * 2.0 + 2.0)]))  # momentum
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == 0.0
+    assert warmup_cosine(5, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+    assert warmup_cosine(3, 10, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
