@@ -758,18 +758,21 @@ _TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
 
 def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"))
+    implied = dict(_TAG_MODEL_ARGS.get(f"{variant}.{cfg.tag}", {}))
     if cfg.input_size is not None:
-        kwargs.setdefault("img_size", cfg.input_size[-1])
-    for key, value in _TAG_MODEL_ARGS.get(f"{variant}.{cfg.tag}", {}).items():
-        kwargs.setdefault(key, value)
+        implied["img_size"] = cfg.input_size[-1]
+    implied = {k: v for k, v in implied.items() if k not in kwargs}
     # all four stages for the hierarchical models, the last three blocks for the isotropic ones (like timm's ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
+        **kwargs, **implied,
     )
+    # timm merges the caller's kwargs over this, so exported configs also carry what the tag implied
+    model._model_args = dict(getattr(model, "_model_args", {}), **implied)
+    return model
 
 
 _NAT_URL = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
