@@ -75,7 +75,8 @@ def check(cases=CASES, log=print) -> list[dict]:
                 if backend == "reference":
                     g = torch.randn_like(o)
                 res[backend] = [o] + list(torch.autograd.grad(o, params, g))
-            errs = [(a.float() - b.float()).abs().max().item() for a, b in zip(res["reference"], res["triton"])]
+            pairs = zip(res["reference"], res["triton"])
+            errs = [(a.float() - b.float()).abs().max().item() for a, b in pairs]
             scale = [a.float().abs().max().item() for a in res["reference"]]
             row = dict(case=case.name, dtype=str(dtype).replace("torch.", ""),
                        **{f"max_err_{n}": e for n, e in zip(["out", "dq", "dk", "dv", "drpb"], errs)},
@@ -133,81 +134,85 @@ def _gpu_time(fn: Callable, iters: int = 20) -> float:
 
 def bench_kernels(cases=CASES, log=print, reference=True) -> list[dict]:
     """Forward and forward+backward times (us) of triton / flex / sdpa / reference for each case, bf16."""
-    import torch.nn.functional as F
-
-    from vizoo.kernels import na2d
-
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = 64  # one compiled Flex per case; never fall back to eager Flex
     rows = []
     for case in cases:
         torch._dynamo.reset()
-        torch.manual_seed(0)
-        q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
-        params = [q, k, v] + ([rpb] if rpb is not None else [])
-        g = torch.randn_like(q)
-        B, (H, W) = case.batch, case.size
-        n = H * W
-        qt, kt, vt = (t.detach().reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
-                      .requires_grad_(True) for t in (q, k, v))
-        gt = g.reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
-        flex, block_mask, _ = _flex_fns(case)
-        score_mod = None
-        if rpb is not None:
-            ks, kk = case.kernel, 2 * case.kernel - 1
-
-            def score_mod(score, b, h, q_idx, kv_idx):
-                # clamped: Flex also evaluates score_mod on masked pairs inside partial blocks
-                dy = (kv_idx // W - q_idx // W + ks - 1).clamp(0, kk - 1)
-                dx = (kv_idx % W - q_idx % W + ks - 1).clamp(0, kk - 1)
-                return score + rpb[h, dy, dx]
-
-        impls: dict[str, tuple[Callable, list]] = {
-            "triton": (lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton"),
-                       params),
-            "flex": (lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask),
-                     [qt, kt, vt] + ([rpb] if rpb is not None else [])),
-            "sdpa (dense)": (lambda: F.scaled_dot_product_attention(qt, kt, vt), [qt, kt, vt]),
-        }
-        if reference:
-            impls["reference"] = (
-                lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="reference"), params)
-        row = dict(case=case.name, batch=B)
-        for name, (fn, ps) in impls.items():
-            grad = gt if name in ("flex", "sdpa (dense)") else g
-            try:
-                with torch.no_grad():
-                    row[f"{name} fwd"] = _timeit(fn)
-                row[f"{name} fwd+bwd"] = _timeit(lambda: torch.autograd.grad(fn(), ps, grad))
-            except Exception as e:  # OOM, or a peer that cannot run this case
-                log(f"  {name} failed: {type(e).__name__}: {str(e)[:300]}")
-                row.setdefault(f"{name} fwd", float("nan"))
-                row[f"{name} fwd+bwd"] = float("nan")
-                torch.cuda.empty_cache()
-            log(f"  {case.name} {name}: {row.get(f'{name} fwd'):.1f} / {row.get(f'{name} fwd+bwd'):.1f} us")
-        for name, grad in (("triton", g), ("flex", gt)):
-            fn, ps = impls[name]
-            try:
-                with torch.no_grad():
-                    row[f"{name} fwd GPU-only"] = _gpu_time(fn)
-                row[f"{name} fwd+bwd GPU-only"] = _gpu_time(lambda: torch.autograd.grad(fn(), ps, grad))
-            except Exception as e:
-                log(f"  {name} GPU-only failed: {type(e).__name__}: {str(e)[:300]}")
-                row[f"{name} fwd GPU-only"] = row[f"{name} fwd+bwd GPU-only"] = float("nan")
-        if case.kernel == 7:
-            io_bytes = 4 * q.numel() * q.element_size() + B * n * case.heads * 4  # q, k, v, o + lse
-            row["triton fwd HBM %"] = 100 * io_bytes / (row["triton fwd"] * 1e-6) / HBM_BYTES_PER_S
-            row["triton fwd GPU-only HBM %"] = 100 * io_bytes / (row["triton fwd GPU-only"] * 1e-6) / HBM_BYTES_PER_S
-        row["fwd speedup vs flex"] = row["flex fwd"] / row["triton fwd"]
-        row["fwd+bwd speedup vs flex"] = row["flex fwd+bwd"] / row["triton fwd+bwd"]
-        row["GPU-only fwd speedup vs flex"] = row["flex fwd GPU-only"] / row["triton fwd GPU-only"]
-        row["GPU-only fwd+bwd speedup vs flex"] = row["flex fwd+bwd GPU-only"] / row["triton fwd+bwd GPU-only"]
-        rows.append(row)
-        log(json.dumps(row))
-        del q, k, v, rpb, qt, kt, vt
+        rows.append(_bench_case(case, log, reference))
         torch.cuda.empty_cache()
     return rows
+
+
+def _bench_case(case: Case, log, reference: bool) -> dict:
+    import torch.nn.functional as F
+
+    from vizoo.kernels import na2d
+
+    torch.manual_seed(0)
+    q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
+    params = [q, k, v] + ([rpb] if rpb is not None else [])
+    g = torch.randn_like(q)
+    B, (H, W) = case.batch, case.size
+    n = H * W
+    qt, kt, vt = (t.detach().reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
+                  .requires_grad_(True) for t in (q, k, v))
+    gt = g.reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
+    flex, block_mask, _ = _flex_fns(case)
+    score_mod = None
+    if rpb is not None:
+        ks, kk = case.kernel, 2 * case.kernel - 1
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            # clamped: Flex also evaluates score_mod on masked pairs inside partial blocks
+            dy = (kv_idx // W - q_idx // W + ks - 1).clamp(0, kk - 1)
+            dx = (kv_idx % W - q_idx % W + ks - 1).clamp(0, kk - 1)
+            return score + rpb[h, dy, dx]
+
+    impls: dict[str, tuple[Callable, list]] = {
+        "triton": (lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton"),
+                   params),
+        "flex": (lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask),
+                 [qt, kt, vt] + ([rpb] if rpb is not None else [])),
+        "sdpa (dense)": (lambda: F.scaled_dot_product_attention(qt, kt, vt), [qt, kt, vt]),
+    }
+    if reference:
+        impls["reference"] = (
+            lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="reference"), params)
+    row = dict(case=case.name, batch=B)
+    for name, (fn, ps) in impls.items():
+        grad = gt if name in ("flex", "sdpa (dense)") else g
+        try:
+            with torch.no_grad():
+                row[f"{name} fwd"] = _timeit(fn)
+            row[f"{name} fwd+bwd"] = _timeit(lambda: torch.autograd.grad(fn(), ps, grad))
+        except Exception as e:  # OOM, or a peer that cannot run this case
+            log(f"  {name} failed: {type(e).__name__}: {str(e)[:300]}")
+            row.setdefault(f"{name} fwd", float("nan"))
+            row[f"{name} fwd+bwd"] = float("nan")
+            torch.cuda.empty_cache()
+        log(f"  {case.name} {name}: {row.get(f'{name} fwd'):.1f} / {row.get(f'{name} fwd+bwd'):.1f} us")
+    for name, grad in (("triton", g), ("flex", gt)):
+        fn, ps = impls[name]
+        try:
+            with torch.no_grad():
+                row[f"{name} fwd GPU-only"] = _gpu_time(fn)
+            row[f"{name} fwd+bwd GPU-only"] = _gpu_time(lambda: torch.autograd.grad(fn(), ps, grad))
+        except Exception as e:
+            log(f"  {name} GPU-only failed: {type(e).__name__}: {str(e)[:300]}")
+            row[f"{name} fwd GPU-only"] = row[f"{name} fwd+bwd GPU-only"] = float("nan")
+    if case.kernel == 7:
+        io_bytes = 4 * q.numel() * q.element_size() + B * n * case.heads * 4  # q, k, v, o + lse
+        row["triton fwd HBM %"] = 100 * io_bytes / (row["triton fwd"] * 1e-6) / HBM_BYTES_PER_S
+        gpu_s = row["triton fwd GPU-only"] * 1e-6
+        row["triton fwd GPU-only HBM %"] = 100 * io_bytes / gpu_s / HBM_BYTES_PER_S
+    row["fwd speedup vs flex"] = row["flex fwd"] / row["triton fwd"]
+    row["fwd+bwd speedup vs flex"] = row["flex fwd+bwd"] / row["triton fwd+bwd"]
+    row["GPU-only fwd speedup vs flex"] = row["flex fwd GPU-only"] / row["triton fwd GPU-only"]
+    row["GPU-only fwd+bwd speedup vs flex"] = row["flex fwd+bwd GPU-only"] / row["triton fwd+bwd GPU-only"]
+    log(json.dumps(row))
+    return row
 
 
 TUNE_FWD = [
@@ -285,7 +290,7 @@ def bench_models(names=MODELS, batch: int = 256, log=print) -> list[dict]:
         row["train step img/s"] = batch / (_timeit(step, reps=300) * 1e-6)
         rows.append(row)
         log(json.dumps(row))
-        del model
+        model = None  # free it before the next one is built
         torch.cuda.empty_cache()
     return rows
 
@@ -312,14 +317,15 @@ def environment() -> str:
     import triton
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{name}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()},"
+    return (f"{name}, torch {torch.__version__}, triton {triton.__version__}, "
+            f"python {platform.python_version()},"
             f" {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="vizoo bench", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="first check Triton vs reference on the GPU")
-    parser.add_argument("--tune", action="store_true", help="sweep kernel tile configs instead of benchmarking")
+    parser.add_argument("--tune", action="store_true", help="sweep kernel tile configs only")
     parser.add_argument("--no-reference", action="store_true", help="skip timing the (slow) reference")
     parser.add_argument("--models", action="store_true", help="also time whole backbones (images/s)")
     parser.add_argument("--only-models", action="store_true", help="time only the backbones")

@@ -147,7 +147,8 @@ def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2,
             grad = torch.randn_like(out)
         results[backend] = [out] + list(torch.autograd.grad(out, params, grad))
     for name, ref, tri in zip(["out", "dq", "dk", "dv", "drpb"], results["reference"], results["triton"]):
-        torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("spatial,ks,dil,stride,causal,use_rpb", TRITON_CASES)
@@ -158,7 +159,8 @@ def test_triton_matches_reference_fp32(spatial, ks, dil, stride, causal, use_rpb
 @pytest.mark.parametrize("dtype", [
     torch.float16,
     pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-        DEVICE == "cpu", reason="the Triton interpreter computes bf16 wrongly (numpy has no bf16); GPU tests cover it")),
+        DEVICE == "cpu",
+        reason="the Triton interpreter computes bf16 wrongly (numpy has no bf16); GPU tests cover it")),
 ])
 def test_triton_matches_reference_half(dtype):
     _compare((9, 7), (3, 4), (2, 1), 1, (False, True), True, dtype, atol=3e-2, rtol=3e-2)
@@ -226,7 +228,8 @@ def test_compile_matches_eager_reference():
 def test_custom_op_opcheck():
     q, k, v = (torch.randn(1, 6, 5, 1, 16, device=DEVICE, requires_grad=True) for _ in range(3))
     rpb = torch.randn(1, 5, 5, device=DEVICE, requires_grad=True)
-    torch.library.opcheck(torch.ops.vizoo.na_fwd.default, (q, k, v, rpb, [3, 3], [1, 1], [1, 1], [False, True], 0.25),
+    args = (q, k, v, rpb, [3, 3], [1, 1], [1, 1], [False, True], 0.25)
+    torch.library.opcheck(torch.ops.vizoo.na_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -280,12 +283,12 @@ def _q(*shape, **kw):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: na2d(_q(1, 8, 8, 1, 16), _q(1, 8, 8, 1, 16), _q(1, 8, 8, 1, 16), 5, dilation=2), "kernel_size \\* dilation"),
+    (lambda: na2d(*[_q(1, 8, 8, 1, 16)] * 3, 5, dilation=2), "kernel_size \\* dilation"),
     (lambda: na1d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 3, stride=4), "stride must not exceed"),
     (lambda: na1d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 0), ">= 1"),
     (lambda: na2d(_q(1, 8, 1, 16), _q(1, 8, 1, 16), _q(1, 8, 1, 16), 3), "layout"),
     (lambda: na2d(_q(1, 8, 8, 1, 16), _q(1, 8, 7, 1, 16), _q(1, 8, 8, 1, 16), 3), "same shape"),
-    (lambda: na2d(_q(1, 8, 8, 2, 16), _q(1, 8, 8, 2, 16), _q(1, 8, 8, 2, 16), 3, rpb=_q(2, 3, 3)), "rpb must have shape"),
+    (lambda: na2d(*[_q(1, 8, 8, 2, 16)] * 3, 3, rpb=_q(2, 3, 3)), "rpb must have shape"),
     (lambda: na2d(*[_q(1, 8, 8, 1, 16, dtype=torch.float64)] * 3, 3, backend="triton"), "unsupported dtype"),
     (lambda: na2d(*[_q(1, 8, 8, 1, 16).int()] * 3, 3), "unsupported dtype"),
     (lambda: na2d(*[_q(1, 8, 8, 1, 8)] * 3, 3, backend="triton"), "head dim"),

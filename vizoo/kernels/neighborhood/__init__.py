@@ -1,4 +1,4 @@
-"""Neighborhood attention: ``na1d`` and ``na2d`` (NAT, DiNAT, GNA strides, causal axes, relative position bias).
+"""Neighborhood attention ``na1d`` / ``na2d``: NAT, DiNAT, GNA strides, causal axes, relative position bias.
 
 Public functions validate their arguments, then dispatch to the fused Triton kernel (``triton.py``, through
 the ``vizoo::na_fwd`` / ``vizoo::na_bwd`` custom ops of ``ops.py``) or to the plain PyTorch reference
@@ -101,10 +101,11 @@ def check_arguments(
             raise ValueError(f"kernel_size, dilation and stride must be >= 1, got kernel_size={kernel_size}, "
                              f"dilation={dilation}, stride={stride}")
         if ks * d > L:
-            raise ValueError(f"kernel_size * dilation must not exceed the axis length: axis {axis} has length "
-                             f"{L} but kernel_size {ks} * dilation {d} = {ks * d}")
+            raise ValueError(f"kernel_size * dilation must not exceed the axis length: axis {axis} has "
+                             f"length {L} but kernel_size {ks} * dilation {d} = {ks * d}")
         if s > ks:
-            raise ValueError(f"stride must not exceed kernel_size: axis {axis} has stride {s} > kernel_size {ks}")
+            raise ValueError(f"stride must not exceed kernel_size: axis {axis} has stride {s} > "
+                             f"kernel_size {ks}")
     if rpb is not None:
         expected = (heads,) + tuple(2 * ks - 1 for ks in kernel_size)
         if not isinstance(rpb, Tensor) or tuple(rpb.shape) != expected:
@@ -130,8 +131,8 @@ def _checked(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale
         try:
             key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, ndim,
                    kernel_size, dilation, stride, is_causal, type(scale),
-                   None if rpb is None else (type(rpb), getattr(rpb, "shape", None), getattr(rpb, "dtype", None),
-                                             getattr(rpb, "device", None)),
+                   None if rpb is None else (type(rpb), getattr(rpb, "shape", None),
+                                             getattr(rpb, "dtype", None), getattr(rpb, "device", None)),
                    backend, os.environ.get("TRITON_INTERPRET"))
             hit = _CHECKED.get(key)
             if hit is not None:

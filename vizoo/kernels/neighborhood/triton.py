@@ -19,7 +19,6 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
@@ -32,7 +31,7 @@ LOG2E = 1.4426950408889634
 
 @functools.lru_cache(maxsize=256)
 def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, device: str):
-    """Per-group window tables: ``lo, hi`` of each query and ``qmin, qmax`` of each key, int32 ``[d, ceil(L/d)]``."""
+    """Per-group int32 tables ``[d, ceil(L/d)]``: ``lo, hi`` of each query, ``qmin, qmax`` of each key."""
     lo, hi = axis_windows(length, kernel, dilation, stride, causal)
     gmax = -(-length // dilation)
     pos = torch.arange(length)
@@ -67,7 +66,7 @@ CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}}  # tile overrides per pass, used 
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, RPB,
+    Q, K, V, OUT, LSE, RPB,
     LO_Y, HI_Y, LO_X, HI_X,
     H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
     scale_log2,
@@ -129,7 +128,8 @@ def _fwd_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             dy = ky[None, :] - lo_y[:, None]
             dx = kx[None, :] - lo_x[:, None]
-            mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
+            mask = ((dy.to(tl.uint32, bitcast=True) < wy[:, None])
+                    & (dx.to(tl.uint32, bitcast=True) < wx[:, None]))
             if HAS_RPB:
                 r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
                 s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
@@ -143,7 +143,7 @@ def _fwd_kernel(
             m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    tl.store(O + base + q_off[:, None] + offs_d[None, :], out.to(O.dtype.element_ty),
+    tl.store(OUT + base + q_off[:, None] + offs_d[None, :], out.to(OUT.dtype.element_ty),
              mask=qvalid[:, None] & dmask[None, :])
     lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634
     lse_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
@@ -152,7 +152,7 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, RPB, DQ, DS,
+    Q, K, V, OUT, DO, LSE, DELTA, RPB, DQ, DS,
     LO_Y, HI_Y, LO_X, HI_X,
     H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
     scale, scale_log2,
@@ -191,7 +191,7 @@ def _bwd_dq_kernel(
     do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
     lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
-    o = tl.load(O + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+    o = tl.load(OUT + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + row_off, delta, mask=qvalid)  # read by the dk/dv kernel that runs next
     lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
@@ -220,7 +220,8 @@ def _bwd_dq_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             dy = ky[None, :] - lo_y[:, None]
             dx = kx[None, :] - lo_x[:, None]
-            mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
+            mask = ((dy.to(tl.uint32, bitcast=True) < wy[:, None])
+                    & (dx.to(tl.uint32, bitcast=True) < wx[:, None]))
             if HAS_RPB:
                 r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
                 s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
@@ -301,7 +302,8 @@ def _bwd_dkdv_kernel(
             st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale_log2  # [keys, queries]
             dy = ky[:, None] - lo_y[None, :]
             dx = kx[:, None] - lo_x[None, :]
-            mask = ((dy.to(tl.uint32, bitcast=True) < wy[None, :]) & (dx.to(tl.uint32, bitcast=True) < wx[None, :])
+            mask = ((dy.to(tl.uint32, bitcast=True) < wy[None, :])
+                    & (dx.to(tl.uint32, bitcast=True) < wx[None, :])
                     & kvalid[:, None])
             if HAS_RPB:
                 r_off = ((h * (2 * KH - 1) + lo_y[None, :] - qy[None, :] + KH - 1) * (2 * KW - 1)
@@ -393,8 +395,9 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     rpb_f = rpb2.float().contiguous() if has_rpb else dq
     kk = ks[0] * ks[1]
     ds = torch.zeros(B * heads * H * W * kk, device=q.device, dtype=torch.float32) if rpb_grad else dq
-    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, ds, ty[0], ty[1], tx[0],
-                         tx[1], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad),
+    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, ds,
+                         ty[0], ty[1], tx[0], tx[1], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
+                         RPB_GRAD=bool(rpb_grad),
                          **common)
     _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
                            ty[2], ty[3], tx[2], tx[3], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
