@@ -9,7 +9,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # hub_testlib / mock_hub, under any --import-mode
-from hub_testlib import INPUT, NUM_CLASSES, TINY
+from hub_testlib import INPUT, NUM_CLASSES, TINY, input_for
 
 from vizoo.hub import export_model
 
@@ -20,8 +20,8 @@ def example_input() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory, example_input):
-    """name -> (model in eval mode with random weights, export folder, reference output on example_input)."""
+def exports(tmp_path_factory):
+    """name -> (model in eval mode with random weights, export folder, input batch, reference output)."""
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for name, kwargs in TINY:
@@ -29,6 +29,7 @@ def exports(tmp_path_factory, example_input):
         model = timm.create_model(name, **kwargs).eval()
         folder = export_model(model, root / name, label_names=[f"class{i}" for i in range(NUM_CLASSES)],
                               metrics={"top1": 12.5}, source="random weights (test)")
+        x = input_for(model, kwargs)
         with torch.no_grad():
-            out[name] = (model, folder, model(example_input))
+            out[name] = (model, folder, x, model(x))
     return out

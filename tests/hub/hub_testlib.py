@@ -61,6 +61,12 @@ TINY = tiny_models()
 TINY_IDS = [n for n, _ in TINY]
 
 
+def input_for(model: torch.nn.Module, kwargs: dict) -> torch.Tensor:
+    """A seeded batch at the model's size: ``img_size`` from the tiny kwargs, else its cfg's input size."""
+    side = kwargs.get("img_size") or model.pretrained_cfg["input_size"][-1]
+    return torch.randn(INPUT[0], 3, side, side, generator=torch.Generator().manual_seed(1))
+
+
 def populate_hub_cache(cache: Path, repo_id: str, folder: Path, revision: str = "c" * 40) -> None:
     """Lay out ``folder``'s files as a Hub cache entry (plain files; no blobs or symlinks are needed)."""
     entry = cache / f"models--{repo_id.replace('/', '--')}"

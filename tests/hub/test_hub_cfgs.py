@@ -7,7 +7,7 @@ import sys
 import pytest
 import timm
 import torch
-from hub_testlib import TINY, families, family_of
+from hub_testlib import TINY, families, family_of, input_for
 from timm.models._registry import get_arch_pretrained_cfgs
 
 import vizoo
@@ -55,7 +55,7 @@ def test_list_pretrained_lists_nat():
 
 @pytest.mark.parametrize("name,kwargs", [spec for spec in TINY if spec[0] in vizoo.list_models()],
                          ids=lambda v: v if isinstance(v, str) else "")
-def test_filter_is_wired_and_keeps_native_weights(name, kwargs, monkeypatch, example_input):
+def test_filter_is_wired_and_keeps_native_weights(name, kwargs, monkeypatch):
     """Loading pretrained weights runs the family's checkpoint_filter_fn, which leaves vizoo's layout as is."""
     module = sys.modules[timm.models.model_entrypoint(name).__module__]
     original = module.checkpoint_filter_fn
@@ -71,7 +71,8 @@ def test_filter_is_wired_and_keeps_native_weights(name, kwargs, monkeypatch, exa
     loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
     assert calls, f"{name}: build_model_with_cfg did not call {module.__name__}.checkpoint_filter_fn"
     with torch.no_grad():
-        torch.testing.assert_close(loaded(example_input), ref(example_input), rtol=0, atol=0)
+        x = input_for(ref, kwargs)
+        torch.testing.assert_close(loaded(x), ref(x), rtol=0, atol=0)
 
 
 def test_every_family_has_a_tiny_test_model():

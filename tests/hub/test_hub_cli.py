@@ -107,19 +107,19 @@ def test_export_errors_are_clear(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_lightning_module_and_probe_accept_hub_names(exports, example_input):
-    model, folder, expected = exports["nat_mini"]
+def test_lightning_module_and_probe_accept_hub_names(exports):
+    model, folder, x, expected = exports["nat_mini"]
     try:
         from vizoo.train.module import ImageClassifier
     except ImportError:
         pytest.skip("vizoo.train.module not available")
     module = ImageClassifier(model_name=f"local-dir:{folder}", pretrained=True, num_classes=NUM_CLASSES).eval()
     with torch.no_grad():
-        torch.testing.assert_close(module(example_input), expected, rtol=0, atol=0)
+        torch.testing.assert_close(module(x), expected, rtol=0, atol=0)
 
     from vizoo.probe.features import BackboneSpec, create_backbone
 
     backbone = create_backbone(BackboneSpec(model=f"local-dir:{folder}"))
     with torch.no_grad():
-        torch.testing.assert_close(backbone(example_input), model.forward_head(model.forward_features(example_input),
+        torch.testing.assert_close(backbone(x), model.forward_head(model.forward_features(x),
                                                                               pre_logits=True), rtol=1e-5, atol=1e-6)

@@ -21,8 +21,8 @@ def _outputs(model, x):
 
 
 @pytest.mark.parametrize("name", TINY_IDS)
-def test_round_trip_every_route(name, exports, example_input, tmp_path):
-    _, folder, expected = exports[name]
+def test_round_trip_every_route(name, exports, tmp_path):
+    _, folder, x, expected = exports[name]
     cfg_args = json.loads((folder / "config.json").read_text())["model_args"]
     populate_hub_cache(tmp_path / "cache", f"vizoo-test/{name}", folder)
     routes = {
@@ -34,13 +34,13 @@ def test_round_trip_every_route(name, exports, example_input, tmp_path):
         "vizoo create_model": create_model(f"local-dir:{folder}"),
     }
     for route, loaded in routes.items():
-        torch.testing.assert_close(_outputs(loaded, example_input), expected, rtol=0, atol=0, msg=route)
+        torch.testing.assert_close(_outputs(loaded, x), expected, rtol=0, atol=0, msg=route)
         if route != "overlay file":  # the overlay keeps the registry's cfg, which has no label names
             assert loaded.pretrained_cfg["label_names"] == [f"class{i}" for i in range(NUM_CLASSES)], route
 
 
 def test_folder_contents(exports):
-    _, folder, _ = exports["nat_mini"]
+    _, folder, _, _ = exports["nat_mini"]
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "nat_mini"
@@ -60,7 +60,7 @@ def test_folder_contents(exports):
 
 
 def test_export_refuses_existing_and_overwrites_on_request(exports, tmp_path):
-    model, _, _ = exports["test_vit"]
+    model, _, _, _ = exports["test_vit"]
     out = export_model(model, tmp_path / "m")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_model(model, out)
@@ -71,7 +71,7 @@ def test_export_refuses_existing_and_overwrites_on_request(exports, tmp_path):
 
 
 def test_failed_export_leaves_nothing(exports, tmp_path, monkeypatch):
-    model, _, _ = exports["test_vit"]
+    model, _, _, _ = exports["test_vit"]
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("killed while writing the card")
@@ -84,7 +84,7 @@ def test_failed_export_leaves_nothing(exports, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 def test_bad_safetensors_local_dir(exports, tmp_path, damage):
-    _, folder, _ = exports["test_vit"]
+    _, folder, _, _ = exports["test_vit"]
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     raw = (bad / "model.safetensors").read_bytes()
@@ -97,7 +97,7 @@ def test_bad_safetensors_local_dir(exports, tmp_path, damage):
 
 
 def test_bad_safetensors_in_hub_cache_is_removed(exports, tmp_path):
-    _, folder, _ = exports["test_vit"]
+    _, folder, _, _ = exports["test_vit"]
     cache = tmp_path / "cache"
     populate_hub_cache(cache, "vizoo-test/broken", folder)
     weights = next(cache.rglob("model.safetensors"))
@@ -108,7 +108,7 @@ def test_bad_safetensors_in_hub_cache_is_removed(exports, tmp_path):
 
 
 def test_unregistered_architecture(exports, tmp_path):
-    _, folder, _ = exports["nat_mini"]
+    _, folder, _, _ = exports["nat_mini"]
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     config = json.loads((bad / "config.json").read_text())
@@ -123,7 +123,7 @@ def test_unregistered_architecture(exports, tmp_path):
 
 
 def test_weights_of_another_variant(exports, tmp_path):
-    _, folder, _ = exports["nat_mini"]
+    _, folder, _, _ = exports["nat_mini"]
     other = timm.create_model("nat_mini", embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=5)
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
@@ -138,7 +138,7 @@ def test_missing_file_offline(tmp_path):
 
 
 def test_verify_refuses_pickles_and_a_changed_forward(exports, tmp_path):
-    _, folder, _ = exports["test_vit"]
+    _, folder, _, _ = exports["test_vit"]
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     (bad / "pytorch_model.bin").write_bytes(b"pickle")

@@ -26,7 +26,7 @@ import vizoo.hub.cli as hub_cli
 from vizoo.hub import create_model, pull
 
 job = json.loads(sys.argv[1])
-x = safetensors.torch.load_file(job["input"])["x"]
+inputs = safetensors.torch.load_file(job["input"])
 results, outputs, timings = {}, {}, {"imports": round(time.time() - t0, 2)}
 
 def record(key, fn):
@@ -45,7 +45,7 @@ for name, folder in job["push"].items():
 for name in job["load"]:
     def load(name=name):
         with torch.no_grad():
-            outputs[name] = timm.create_model(f"hf-hub:vizoo-test/{name}", pretrained=True).eval()(x)
+            outputs[name] = timm.create_model(f"hf-hub:vizoo-test/{name}", pretrained=True).eval()(inputs[name])
     record(f"load {name}", load)
 for key, argv in job.get("cli", {}).items():
     record(key, lambda argv=argv: hub_cli.main(argv))
@@ -74,8 +74,8 @@ def _env(tmp_path, **extra) -> dict:
     return env
 
 
-def test_push_download_offline(exports, example_input, tmp_path):
-    safetensors.torch.save_file({"x": example_input.contiguous()}, str(tmp_path / "x.safetensors"))
+def test_push_download_offline(exports, tmp_path):
+    safetensors.torch.save_file({name: exports[name][2] for name in TINY_IDS}, str(tmp_path / "x.safetensors"))
     bad = tmp_path / "unregistered"
     shutil.copytree(exports["test_vit"][1], bad)
     config = json.loads((bad / "config.json").read_text())
@@ -104,7 +104,7 @@ def test_push_download_offline(exports, example_input, tmp_path):
     for name in TINY_IDS:
         assert results[f"push {name}"] == "ok", results
         assert results[f"load {name}"] == "ok", results
-        torch.testing.assert_close(outputs[name], exports[name][2], rtol=0, atol=0)
+        torch.testing.assert_close(outputs[name], exports[name][3], rtol=0, atol=0)
         assert (tmp_path / "server" / "vizoo-test" / name / "README.md").read_text().count(f"vizoo-test/{name}") >= 2
     assert f"GET /vizoo-test/{TINY_IDS[0]}/resolve/main/model.safetensors" in log  # the real download path ran
     # the refused folder never reached the server
@@ -128,7 +128,7 @@ def test_push_download_offline(exports, example_input, tmp_path):
     results, outputs = _run(job, _env(tmp_path, HF_HUB_OFFLINE="1"), tmp_path, "offline")
     for name in TINY_IDS:
         assert results[f"load {name}"] == "ok", results
-        torch.testing.assert_close(outputs[name], exports[name][2], rtol=0, atol=0)
+        torch.testing.assert_close(outputs[name], exports[name][3], rtol=0, atol=0)
     assert results["pull offline"] == "ok" and results["pull missing"] == "exit 2"
     assert "cannot be downloaded now (HF_HUB_OFFLINE=1" in results["pull vizoo-test/absent"]
     assert "HF_HUB_OFFLINE=1 forbids downloading" in results["create vizoo-test/absent"]
