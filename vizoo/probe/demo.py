@@ -23,7 +23,7 @@ DEMO_CONFIG = dict(
     heads=["linear", "ep:num_queries=8", "mhca:num_heads=4", "abmilp", "simpool", "esimpool:num_heads=4",
            "cbam", "dolg"],
     lrs=[1e-3, 1e-2],
-    epochs=20,
+    epochs=15,
     batch_size=128,
     optimizer="adamw",
     weight_decay=0.0,

@@ -56,6 +56,8 @@ def print_table(report: dict[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    if not console.is_terminal and console.width < 140:
+        console = Console(width=140)  # logs and pipes: do not squeeze the table into 80 columns
     meta, rows = report["meta"], summarize(report["results"])
     layerwise = len({r["layer"] for r in rows}) > 1
     lowshot = meta.get("k_shot") is not None
@@ -66,7 +68,7 @@ def print_table(report: dict[str, Any], console=None) -> None:
     table = Table(title=title)
     if layerwise:
         table.add_column("layer", justify="right")
-    table.add_column("head")
+    table.add_column("head", no_wrap=True, min_width=max(len(r["label"]) for r in rows) if rows else 4)
     table.add_column("top-1", justify="right")
     table.add_column(f"top-{k}", justify="right")
     table.add_column("val top-1", justify="right")
@@ -98,6 +100,7 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write the results JSON atomically."""
     path = Path(path)
     atomic_write_text(path, json.dumps(report, indent=1, default=str))
+    path.chmod(0o644)
     return path
 
 
@@ -139,4 +142,5 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path | None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+    path.chmod(0o644)
     return path
