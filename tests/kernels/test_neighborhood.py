@@ -160,7 +160,7 @@ def test_triton_matches_reference_fp32(spatial, ks, dil, stride, causal, use_rpb
     torch.float16,
     pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
         DEVICE == "cpu",
-        reason="under the Triton interpreter (triton 3.8, CPU) bf16 results were wrong; GPU tests cover bf16")),
+        reason="under the Triton interpreter (triton 3.8, CPU) bf16 results were wrong; GPU tests cover it")),
 ])
 def test_triton_matches_reference_half(dtype):
     _compare((9, 7), (3, 4), (2, 1), 1, (False, True), True, dtype, atol=3e-2, rtol=3e-2)
