@@ -1,4 +1,5 @@
 """Shared fixtures of the probe tests: a tiny random ViT (16 tokens + a class token) and tiny images."""
+
 import pytest
 import torch
 

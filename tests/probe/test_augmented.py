@@ -1,4 +1,5 @@
 """The augmented protocol (Lightning): frozen backbone every step, many heads, selection on validation."""
+
 import torch
 
 from vizoo.probe.pipeline import ProbeJob, run_probe
@@ -8,11 +9,21 @@ TINY_VIT = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
 
 
 def test_augmented_protocol_trains_heads_only(tmp_path):
-    job = ProbeJob(model="vit_tiny_patch16_224", model_kwargs=dict(TINY_VIT), pretrained=False, dataset="shapes",
-                   dataset_kwargs={"num_samples": 24}, image_size=16, protocol="augmented", layers=[-1, 0],
-                   heads=[HeadSpec("linear", {"pool": "cls"}), HeadSpec("ep", {"num_queries": 2})],
-                   train=TrainConfig(epochs=2, batch_size=8, lrs=[0.0, 1e-2]), progress=False,
-                   cache_dir=str(tmp_path), scale=(0.5, 1.0))
+    job = ProbeJob(
+        model="vit_tiny_patch16_224",
+        model_kwargs=dict(TINY_VIT),
+        pretrained=False,
+        dataset="shapes",
+        dataset_kwargs={"num_samples": 24},
+        image_size=16,
+        protocol="augmented",
+        layers=[-1, 0],
+        heads=[HeadSpec("linear", {"pool": "cls"}), HeadSpec("ep", {"num_queries": 2})],
+        train=TrainConfig(epochs=2, batch_size=8, lrs=[0.0, 1e-2]),
+        progress=False,
+        cache_dir=str(tmp_path),
+        scale=(0.5, 1.0),
+    )
     import vizoo.probe.pipeline as pipeline
 
     seen = {}
@@ -31,7 +42,11 @@ def test_augmented_protocol_trains_heads_only(tmp_path):
         pipeline.create_backbone = original
     results = report["results"]
     assert [(r["layer"], r["label"]) for r in results] == [
-        (0, "linear(pool=cls)"), (0, "ep(num_queries=2)"), (1, "linear(pool=cls)"), (1, "ep(num_queries=2)")]
+        (0, "linear(pool=cls)"),
+        (0, "ep(num_queries=2)"),
+        (1, "linear(pool=cls)"),
+        (1, "ep(num_queries=2)"),
+    ]
     for r in results:
         assert r["protocol"] == "augmented" and len(r["sweep"]) == 2
         assert all(len(s["val_top1_per_epoch"]) == 2 for s in r["sweep"])

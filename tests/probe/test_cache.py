@@ -1,4 +1,5 @@
 """Feature cache: round trip, resume after a simulated kill without recomputation, key mismatch detection."""
+
 import json
 
 import pytest
@@ -17,8 +18,16 @@ from vizoo.probe.features import extract_tokens, resolve_layers, weights_digest
 
 def _payload(model, dataset, layers, norm=False, transform="eval-transform"):
     identity = dataset_identity("tiny", "train", dataset)
-    return make_payload("vit_tiny_patch16_224", {"depth": 2}, weights_digest(model), transform,
-                        {"input_size": (3, 16, 16)}, layers, norm, identity)
+    return make_payload(
+        "vit_tiny_patch16_224",
+        {"depth": 2},
+        weights_digest(model),
+        transform,
+        {"input_size": (3, 16, 16)},
+        layers,
+        norm,
+        identity,
+    )
 
 
 def _direct(model, dataset, layers, norm=False):
@@ -29,8 +38,17 @@ def _direct(model, dataset, layers, norm=False):
 def test_round_trip_matches_direct_extraction(tiny_vit, tiny_images, tmp_path):
     layers = resolve_layers(tiny_vit, [-1, 0])
     assert layers == [0, 1]
-    split = extract_split(tiny_vit, tiny_images, _payload(tiny_vit, tiny_images, layers), layers, False,
-                          tmp_path, batch_size=4, shard_size=8, progress=False)
+    split = extract_split(
+        tiny_vit,
+        tiny_images,
+        _payload(tiny_vit, tiny_images, layers),
+        layers,
+        False,
+        tmp_path,
+        batch_size=4,
+        shard_size=8,
+        progress=False,
+    )
     direct = _direct(tiny_vit, tiny_images, layers)
     assert len(split) == 22 and split.labels.tolist() == (torch.arange(22) % 3).tolist()
     for layer, ref in zip(layers, direct):
@@ -43,13 +61,26 @@ def test_round_trip_matches_direct_extraction(tiny_vit, tiny_images, tmp_path):
     assert manifest["norm"] is False and manifest["layers"] == [0, 1] and len(manifest["shards"]) == 3
     # a second call loads the cache and computes nothing
     calls = []
-    again = extract_split(tiny_vit, tiny_images, _payload(tiny_vit, tiny_images, layers), layers, False,
-                          tmp_path, batch_size=4, shard_size=8, progress=False, on_shard=lambda i, p: calls.append(i))
+    again = extract_split(
+        tiny_vit,
+        tiny_images,
+        _payload(tiny_vit, tiny_images, layers),
+        layers,
+        False,
+        tmp_path,
+        batch_size=4,
+        shard_size=8,
+        progress=False,
+        on_shard=lambda i, p: calls.append(i),
+    )
     assert calls == [] and torch.equal(again.tokens[1], split.tokens[1])
 
 
 def test_norm_changes_the_tokens(tiny_vit, tiny_images):
-    plain, normed = _direct(tiny_vit, tiny_images, [1], False)[0], _direct(tiny_vit, tiny_images, [1], True)[0]
+    plain, normed = (
+        _direct(tiny_vit, tiny_images, [1], False)[0],
+        _direct(tiny_vit, tiny_images, [1], True)[0],
+    )
     assert not torch.allclose(plain.tokens, normed.tokens)
     ref = tiny_vit.norm(torch.cat([plain.prefix, plain.tokens], 1))[:, 1:]
     torch.testing.assert_close(normed.tokens, ref)
@@ -68,19 +99,48 @@ def test_resume_after_kill_keeps_shards_and_equals_uninterrupted(tiny_vit, tiny_
             raise Killed("simulated kill")
 
     with pytest.raises(Killed):
-        extract_split(tiny_vit, tiny_images, payload, layers, False, tmp_path / "a", batch_size=4, shard_size=5,
-                      progress=False, on_shard=crash_after_two)
+        extract_split(
+            tiny_vit,
+            tiny_images,
+            payload,
+            layers,
+            False,
+            tmp_path / "a",
+            batch_size=4,
+            shard_size=5,
+            progress=False,
+            on_shard=crash_after_two,
+        )
     (directory,) = list((tmp_path / "a").iterdir())
     assert not (directory / MANIFEST_FILE).exists()
     kept = {p.name: p.stat().st_mtime_ns for p in directory.glob("shard-*.safetensors")}
     assert sorted(kept) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     computed = []
-    resumed = extract_split(tiny_vit, tiny_images, payload, layers, False, tmp_path / "a", batch_size=4,
-                            shard_size=5, progress=False, on_shard=lambda i, p: computed.append(i))
+    resumed = extract_split(
+        tiny_vit,
+        tiny_images,
+        payload,
+        layers,
+        False,
+        tmp_path / "a",
+        batch_size=4,
+        shard_size=5,
+        progress=False,
+        on_shard=lambda i, p: computed.append(i),
+    )
     assert computed == [2, 3, 4]  # 22 images in shards of 5: only the three missing shards
     assert {p: (directory / p).stat().st_mtime_ns for p in kept} == kept
-    whole = extract_split(tiny_vit, tiny_images, payload, layers, False, tmp_path / "b", batch_size=4,
-                          shard_size=5, progress=False)
+    whole = extract_split(
+        tiny_vit,
+        tiny_images,
+        payload,
+        layers,
+        False,
+        tmp_path / "b",
+        batch_size=4,
+        shard_size=5,
+        progress=False,
+    )
     assert torch.equal(resumed.tokens[1], whole.tokens[1]) and torch.equal(resumed.labels, whole.labels)
     assert torch.equal(resumed.prefix[1], whole.prefix[1])
 

@@ -1,4 +1,5 @@
 """`vizoo probe`: outputs, layer-wise and low-shot modes, config files, and errors on bad input."""
+
 import json
 from pathlib import Path
 
@@ -9,15 +10,30 @@ from vizoo.probe import cli
 from vizoo.probe.demo import DEMO_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs",
-        '{"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}',
-        "--dataset", "shapes", "--dataset-kwargs", '{"num_samples": 36}', "--image-size", "16",
-        "--epochs", "2", "--lrs", "1e-2", "--no-progress"]
+TINY = [
+    "--model",
+    "vit_tiny_patch16_224",
+    "--no-pretrained",
+    "--model-kwargs",
+    '{"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}',
+    "--dataset",
+    "shapes",
+    "--dataset-kwargs",
+    '{"num_samples": 36}',
+    "--image-size",
+    "16",
+    "--epochs",
+    "2",
+    "--lrs",
+    "1e-2",
+    "--no-progress",
+]
 
 
 def run(tmp_path, *extra):
-    return cli.main(TINY + ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-                            *extra])
+    return cli.main(
+        TINY + ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), *extra]
+    )
 
 
 def test_layerwise_run_writes_table_json_and_png(tmp_path, capsys):
@@ -64,10 +80,30 @@ def test_k_shot_larger_than_a_class(tmp_path, capsys):
 
 def test_prefix_head_on_a_model_without_prefix_tokens(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--model", "nat_mini", "--no-pretrained", "--model-kwargs",
-                  '{"embed_dim": 8, "depths": [1], "num_heads": [1], "kernel_size": 3}', "--dataset", "shapes",
-                  "--dataset-kwargs", '{"num_samples": 12}', "--image-size", "16", "--heads", "linear:pool=cls",
-                  "--epochs", "1", "--no-progress", "--cache-dir", str(tmp_path), "--output-dir", str(tmp_path)])
+        cli.main(
+            [
+                "--model",
+                "nat_mini",
+                "--no-pretrained",
+                "--model-kwargs",
+                '{"embed_dim": 8, "depths": [1], "num_heads": [1], "kernel_size": 3}',
+                "--dataset",
+                "shapes",
+                "--dataset-kwargs",
+                '{"num_samples": 12}',
+                "--image-size",
+                "16",
+                "--heads",
+                "linear:pool=cls",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--cache-dir",
+                str(tmp_path),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
     err = capsys.readouterr().err
     assert "needs prefix tokens" in err and "pool='avg'" in err
 

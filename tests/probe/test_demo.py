@@ -1,4 +1,5 @@
 """The main job: the shipped demo backbone (trained on mnist5k) probed on the digits (transfer, real data)."""
+
 import json
 
 import pytest
@@ -24,8 +25,9 @@ def test_shipped_weights_are_small_and_load_offline():
     assert config["architecture"] == "nat_mini" and config["model_args"]["depths"] == [2, 2, 2]
     model = timm.create_model(expand_model_name(DEMO_CONFIG["model"]), pretrained=True)
     state = load_file(str(weights))
-    assert torch.equal(model.state_dict()["stages.2.blocks.1.attn.qkv.weight"],
-                       state["stages.2.blocks.1.attn.qkv.weight"])
+    assert torch.equal(
+        model.state_dict()["stages.2.blocks.1.attn.qkv.weight"], state["stages.2.blocks.1.attn.qkv.weight"]
+    )
 
 
 def test_no_arguments_means_the_demo_job():
@@ -38,10 +40,16 @@ def test_no_arguments_means_the_demo_job():
 
 @pytest.mark.slow
 def test_linear_probe_of_the_shipped_backbone_is_far_above_chance(tmp_path):
-    job = ProbeJob(model=expand_model_name(DEMO_CONFIG["model"]), dataset="digits", image_size=64, norm=True,
-                   heads=[HeadSpec("linear"), HeadSpec("ep", {"num_queries": 8})],
-                   train=TrainConfig(epochs=10, lrs=[1e-2], warmup_epochs=1.0), cache_dir=str(tmp_path),
-                   progress=False)
+    job = ProbeJob(
+        model=expand_model_name(DEMO_CONFIG["model"]),
+        dataset="digits",
+        image_size=64,
+        norm=True,
+        heads=[HeadSpec("linear"), HeadSpec("ep", {"num_queries": 8})],
+        train=TrainConfig(epochs=10, lrs=[1e-2], warmup_epochs=1.0),
+        cache_dir=str(tmp_path),
+        progress=False,
+    )
     report = run_probe(job)
     linear, ep = report["results"]
     print({r["label"]: (r["test_top1"], r["val_top1"]) for r in report["results"]})

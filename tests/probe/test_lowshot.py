@@ -1,4 +1,5 @@
 """Low-shot sampler: exact counts per class, seeded, clear error for k larger than a class."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
-"""The cached multi-head trainer: lr selection on validation, prefix checks, bad inputs, LARS and the schedule."""
+"""The cached multi-head trainer: lr selection on validation, prefix checks, bad inputs, LARS, schedule."""
+
 import math
 
 import pytest
@@ -22,8 +23,16 @@ def make_split(n, seed, num_prefix=0, num_classes=4, dim=16, tokens=9):
 def test_selection_picks_the_good_lr_over_lr_zero():
     train, val, test = make_split(200, 0), make_split(80, 1), make_split(80, 2)
     config = TrainConfig(epochs=4, batch_size=32, lrs=[0.0, 1e-2], seed=0)
-    (linear, ep) = train_probes(train, val, test, 5, [HeadSpec("linear"), HeadSpec("ep", {"num_queries": 4})], 4,
-                                config, progress=False)
+    (linear, ep) = train_probes(
+        train,
+        val,
+        test,
+        5,
+        [HeadSpec("linear"), HeadSpec("ep", {"num_queries": 4})],
+        4,
+        config,
+        progress=False,
+    )
     for result in (linear, ep):
         assert result.lr == pytest.approx(1e-2)
         by_lr = {s["lr"]: s["val_top1"] for s in result.sweep}
@@ -47,23 +56,41 @@ def test_selection_uses_validation_not_test():
 
 def test_prefix_heads_use_the_class_token_when_present():
     train, val = make_split(64, 0, num_prefix=1), make_split(32, 1, num_prefix=1)
-    (r,) = train_probes(train, val, None, 5, [HeadSpec("linear", {"pool": "cls"})], 4,
-                        TrainConfig(epochs=2, batch_size=32, lrs=[1e-2]), progress=False)
+    (r,) = train_probes(
+        train,
+        val,
+        None,
+        5,
+        [HeadSpec("linear", {"pool": "cls"})],
+        4,
+        TrainConfig(epochs=2, batch_size=32, lrs=[1e-2]),
+        progress=False,
+    )
     assert r.test_top1 is None and r.val_top1 > 50.0
 
 
 def test_head_that_needs_prefix_tokens_on_patch_only_features():
     train, val = make_split(32, 0), make_split(16, 1)
     with pytest.raises(ValueError, match="needs prefix tokens.*pool='avg'"):
-        train_probes(train, val, None, 5, [HeadSpec("linear", {"pool": "cls"})], 4, TrainConfig(epochs=1),
-                     progress=False)
+        train_probes(
+            train,
+            val,
+            None,
+            5,
+            [HeadSpec("linear", {"pool": "cls"})],
+            4,
+            TrainConfig(epochs=1),
+            progress=False,
+        )
 
 
 def test_bad_inputs():
     train, val = make_split(32, 0), make_split(16, 1)
     with pytest.raises(ValueError, match="unknown probe head 'epp'.*Did you mean 'ep'"):
         train_probes(train, val, None, 5, [HeadSpec("epp")], 4, TrainConfig(epochs=1), progress=False)
-    one_class = CachedSplit([5], train.tokens, train.prefix, train.grids, torch.zeros(32, dtype=torch.long), {})
+    one_class = CachedSplit(
+        [5], train.tokens, train.prefix, train.grids, torch.zeros(32, dtype=torch.long), {}
+    )
     with pytest.raises(ValueError, match="only 1 class"):
         train_probes(one_class, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="at least 2 classes"):
@@ -73,7 +100,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="lrs must be"):
         train_probes(train, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(lrs=[]), progress=False)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        train_probes(train, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(optimizer="adam"), progress=False)
+        train_probes(
+            train, val, None, 5, [HeadSpec("linear")], 4, TrainConfig(optimizer="adam"), progress=False
+        )
     with pytest.raises(ValueError, match="unknown option"):
         train_probes(train, val, None, 5, [HeadSpec("ep", {"queries": 3})], 4, TrainConfig(), progress=False)
 

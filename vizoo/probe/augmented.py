@@ -5,14 +5,15 @@ RandomResizedCrop (+ flip) on every step, the frozen backbone in eval mode produ
 heads trained. As in the cached trainer, many heads (head types x learning rates, and layers in layer-wise
 mode) share one backbone pass per step; each (layer, head, lr) instance is its own param group of one
 optimiser, all on the same warmup + cosine schedule. Every epoch each instance is scored on the validation
-split (torchmetrics ``MulticlassAccuracy(average='micro')``, synced across DDP ranks), the best epoch's weights
-are kept, the best (lr, epoch) per (layer, head type) is selected on validation and only that instance is
+split (torchmetrics ``MulticlassAccuracy(average='micro')``, synced across DDP ranks), the best epoch's
+weights are kept, the best (lr, epoch) per (layer, head type) is selected on validation and only that instance is
 scored on the test split.
 
 Runs under a Lightning ``Trainer`` (progress bar, any accelerator, DDP through ``devices``/``strategy``).
 Differs from the official code: selection on a held-out validation split, not on the reported set; the
 backbone stays in eval mode (the official script puts the whole model in train mode).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,17 @@ class AugmentedProbe(L.LightningModule):
         steps_per_epoch: optimiser steps per epoch (for the schedule).
     """
 
-    def __init__(self, backbone: nn.Module, heads: Sequence[HeadSpec], layers: Sequence[int], norm: bool,
-                 num_classes: int, config: TrainConfig, token_shapes: dict[int, tuple], steps_per_epoch: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: Sequence[HeadSpec],
+        layers: Sequence[int],
+        norm: bool,
+        num_classes: int,
+        config: TrainConfig,
+        token_shapes: dict[int, tuple],
+        steps_per_epoch: int,
+    ):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.layers, self.norm, self.config = list(layers), norm, config
@@ -62,15 +72,19 @@ class AugmentedProbe(L.LightningModule):
                     torch.manual_seed(config.seed + h_idx)
                     head = create_head(spec.name, d, num_classes, **spec.kwargs)
                     if head.uses_prefix == "required" and p == 0:
-                        raise ValueError(f"head {spec.label!r} needs prefix tokens (a class token), but this "
-                                         f"backbone returns none; use an option without them (e.g. linear "
-                                         f"pool='avg')")
+                        raise ValueError(
+                            f"head {spec.label!r} needs prefix tokens (a class token), but this "
+                            f"backbone returns none; use an option without them (e.g. linear "
+                            f"pool='avg')"
+                        )
                     modules.append(head)
                     self.index.append((layer, h_idx, float(lr)))
         self.heads = nn.ModuleList(modules)
         self.specs = list(heads)
         k = min(5, num_classes)
-        self.val_top1 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in modules)
+        self.val_top1 = nn.ModuleList(
+            MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in modules
+        )
         self.history: list[list[float]] = [[] for _ in modules]
         self.best: list[tuple[float, int, dict | None]] = [(-1.0, -1, None)] * len(modules)
         self.test_ids: list[int] = []
@@ -130,8 +144,12 @@ class AugmentedProbe(L.LightningModule):
 
     def configure_optimizers(self):
         scale = self.config.batch_size / 256 if self.config.scale_lr else 1.0
-        groups = [dict(params=list(h.parameters()), lr=lr * scale) for h, (_, _, lr) in zip(self.heads, self.index)]
-        opt = build_optimizer(self.config.optimizer, groups, self.config.lrs[0] * scale, self.config.weight_decay)
+        groups = [
+            dict(params=list(h.parameters()), lr=lr * scale) for h, (_, _, lr) in zip(self.heads, self.index)
+        ]
+        opt = build_optimizer(
+            self.config.optimizer, groups, self.config.lrs[0] * scale, self.config.weight_decay
+        )
         total = self.steps_per_epoch * self.config.epochs
         warmup = int(round(self.config.warmup_epochs * self.steps_per_epoch))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
@@ -143,16 +161,18 @@ class AugmentedProbe(L.LightningModule):
         chosen = []
         for layer in self.layers:
             for h_idx in range(len(self.specs)):
-                members = [i for i, (l, h, _) in enumerate(self.index) if l == layer and h == h_idx]
+                members = [i for i, (lay, h, _) in enumerate(self.index) if lay == layer and h == h_idx]
                 best = max(members, key=lambda i: (self.best[i][0], -self.index[i][2]))
                 if self.best[best][2] is not None:
                     self.heads[best].load_state_dict(self.best[best][2])
                 chosen.append(best)
         self.test_ids = chosen
-        self.test_top1 = nn.ModuleList(MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
-                                       for _ in chosen).to(self.device)
-        self.test_topk = nn.ModuleList(MulticlassAccuracy(self.num_classes, top_k=self.topk, average="micro")
-                                       for _ in chosen).to(self.device)
+        self.test_top1 = nn.ModuleList(
+            MulticlassAccuracy(self.num_classes, top_k=1, average="micro") for _ in chosen
+        ).to(self.device)
+        self.test_topk = nn.ModuleList(
+            MulticlassAccuracy(self.num_classes, top_k=self.topk, average="micro") for _ in chosen
+        ).to(self.device)
         return chosen
 
 
@@ -161,17 +181,23 @@ def _trainer(job, config: TrainConfig) -> L.Trainer:
 
     device = str(config.device)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
-    devices: Any = [int(device.split(":")[1])] if ":" in device else 1
+    devices: Any = [int(device.split(":")[1])] if ":" in device else job.devices
     return L.Trainer(
-        max_epochs=config.epochs, accelerator=accelerator, devices=devices, logger=False,
-        enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+        max_epochs=config.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
         precision="bf16-mixed" if job.amp and accelerator == "gpu" else "32-true",
-        callbacks=[RichProgressBar()] if job.progress else [], enable_progress_bar=job.progress,
+        callbacks=[RichProgressBar()] if job.progress else [],
+        enable_progress_bar=job.progress,
     )
 
 
 def run_augmented(job, model: nn.Module, dm, layers: list[int], classes: list[str]):
-    """Train and select under the augmented protocol; returns ``(results, split sizes)`` like the cached path."""
+    """Train and select under the augmented protocol; returns ``(results, split sizes)``."""
     config = job.train
     train_set, val_set = dm.split("train", training=True), dm.split("val")
     has_test = True
@@ -182,13 +208,21 @@ def run_augmented(job, model: nn.Module, dm, layers: list[int], classes: list[st
         has_test = False
     bs = config.batch_size
     drop_last = len(train_set) > bs and len(train_set) % bs == 1
-    train_loader = DataLoader(train_set, batch_size=bs, shuffle=True, drop_last=drop_last,
-                              num_workers=job.num_workers, generator=torch.Generator().manual_seed(config.seed))
+    train_loader = DataLoader(
+        train_set,
+        batch_size=bs,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=job.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     eval_kwargs = dict(batch_size=config.eval_batch_size, shuffle=False, num_workers=job.num_workers)
     val_loader = DataLoader(val_set, **eval_kwargs)
     images, _ = next(iter(DataLoader(val_set, batch_size=2)))
     outs = extract_tokens(model, images, layers, job.norm)
-    shapes = {l: (o.tokens.shape[1], o.tokens.shape[2], o.prefix.shape[1], o.grid) for l, o in zip(layers, outs)}
+    shapes = {
+        lay: (o.tokens.shape[1], o.tokens.shape[2], o.prefix.shape[1], o.grid) for lay, o in zip(layers, outs)
+    }
     steps = len(train_loader)
     module = AugmentedProbe(model, job.heads, layers, job.norm, len(classes), config, shapes, steps)
     trainer = _trainer(job, config)
@@ -199,24 +233,47 @@ def run_augmented(job, model: nn.Module, dm, layers: list[int], classes: list[st
     scores = [(None, None)] * len(chosen)
     if has_test:
         trainer.test(module, dataloaders=DataLoader(test_set, **eval_kwargs), verbose=False)
-        scores = [(100.0 * float(a.compute()), 100.0 * float(b.compute()))
-                  for a, b in zip(module.test_top1, module.test_topk)]
+        scores = [
+            (100.0 * float(a.compute()), 100.0 * float(b.compute()))
+            for a, b in zip(module.test_top1, module.test_topk)
+        ]
     results = []
     for i, (top1, topk) in zip(chosen, scores):
         layer, h_idx, lr = module.index[i]
         spec, head = job.heads[h_idx], module.heads[i]
         n, _, p, _ = shapes[layer]
-        members = [j for j, (l, h, _) in enumerate(module.index) if l == layer and h == h_idx]
-        results.append(dict(
-            label=spec.label, name=spec.name, kwargs=dict(spec.kwargs), layer=layer, lr=lr,
-            best_epoch=module.best[i][1], val_top1=module.best[i][0],
-            val_top1_last_epoch=module.history[i][-1] if module.history[i] else math.nan,
-            test_top1=top1, test_top5=topk, top5_k=min(5, len(classes)), params=head.num_params(),
-            macs=head.macs(n, p if head.uses_prefix != "never" else 0),
-            train_time_s=fit_seconds, train_time_shared=True,
-            sweep=[dict(lr=module.index[j][2], best_epoch=module.best[j][1], val_top1=module.best[j][0],
-                        val_top1_per_epoch=[round(v, 4) for v in module.history[j]]) for j in members],
-            seed=None, k_shot=None, protocol="augmented", num_train=len(train_set),
-        ))
+        members = [j for j, (lay, h, _) in enumerate(module.index) if lay == layer and h == h_idx]
+        results.append(
+            dict(
+                label=spec.label,
+                name=spec.name,
+                kwargs=dict(spec.kwargs),
+                layer=layer,
+                lr=lr,
+                best_epoch=module.best[i][1],
+                val_top1=module.best[i][0],
+                val_top1_last_epoch=module.history[i][-1] if module.history[i] else math.nan,
+                test_top1=top1,
+                test_top5=topk,
+                top5_k=min(5, len(classes)),
+                params=head.num_params(),
+                macs=head.macs(n, p if head.uses_prefix != "never" else 0),
+                train_time_s=fit_seconds,
+                train_time_shared=True,
+                sweep=[
+                    dict(
+                        lr=module.index[j][2],
+                        best_epoch=module.best[j][1],
+                        val_top1=module.best[j][0],
+                        val_top1_per_epoch=[round(v, 4) for v in module.history[j]],
+                    )
+                    for j in members
+                ],
+                seed=None,
+                k_shot=None,
+                protocol="augmented",
+                num_train=len(train_set),
+            )
+        )
     sizes = dict(train=len(train_set), val=len(val_set), **({"test": len(test_set)} if has_test else {}))
     return results, sizes

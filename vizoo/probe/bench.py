@@ -15,6 +15,7 @@ only to check that it works. Two measurements:
 
 Timings synchronise CUDA before reading the clock; each measurement runs after one warm-up step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,20 +36,33 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def random_split(num_samples: int, num_tokens: int, dim: int, num_classes: int, num_prefix: int = 1,
-                 device: str = "cpu", seed: int = 0) -> CachedSplit:
+def random_split(
+    num_samples: int,
+    num_tokens: int,
+    dim: int,
+    num_classes: int,
+    num_prefix: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> CachedSplit:
     """A cached split of random fp16 tokens (kept on ``device`` so that transfer does not dominate)."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(num_samples, num_tokens, dim, generator=g).half().to(device)
     prefix = torch.randn(num_samples, num_prefix, dim, generator=g).half().to(device)
     labels = torch.randint(0, num_classes, (num_samples,), generator=g).to(device)
-    side = int(num_tokens ** 0.5)
+    side = int(num_tokens**0.5)
     grid = (side, side) if side * side == num_tokens else None
     return CachedSplit([0], {0: tokens}, {0: prefix}, {0: grid}, labels, {})
 
 
-def _time_training(train: CachedSplit, val: CachedSplit, heads: Sequence[HeadSpec], num_classes: int,
-                   config: TrainConfig, device: str) -> float:
+def _time_training(
+    train: CachedSplit,
+    val: CachedSplit,
+    heads: Sequence[HeadSpec],
+    num_classes: int,
+    config: TrainConfig,
+    device: str,
+) -> float:
     _sync(device)
     start = time.perf_counter()
     train_probes(train, val, None, 0, heads, num_classes, config, progress=False)
@@ -56,9 +70,16 @@ def _time_training(train: CachedSplit, val: CachedSplit, heads: Sequence[HeadSpe
     return time.perf_counter() - start
 
 
-def bench_cached_heads(heads: Sequence[str] = DEFAULT_HEADS, num_samples: int = 8192, num_tokens: int = 196,
-                       dim: int = 768, num_classes: int = 1000, batch_size: int = 1024, epochs: int = 1,
-                       device: str = "cuda") -> dict[str, Any]:
+def bench_cached_heads(
+    heads: Sequence[str] = DEFAULT_HEADS,
+    num_samples: int = 8192,
+    num_tokens: int = 196,
+    dim: int = 768,
+    num_classes: int = 1000,
+    batch_size: int = 1024,
+    epochs: int = 1,
+    device: str = "cuda",
+) -> dict[str, Any]:
     """Samples/s per head type trained alone vs all trained together on random cached features.
 
     Returns:
@@ -68,27 +89,57 @@ def bench_cached_heads(heads: Sequence[str] = DEFAULT_HEADS, num_samples: int = 
     specs = [HeadSpec(h) for h in heads]
     train = random_split(num_samples, num_tokens, dim, num_classes, device=device)
     val = random_split(min(num_samples, batch_size), num_tokens, dim, num_classes, device=device, seed=1)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lrs=[1e-3], device=device, time_heads=False,
-                         eval_batch_size=batch_size)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lrs=[1e-3],
+        device=device,
+        time_heads=False,
+        eval_batch_size=batch_size,
+    )
     warm = TrainConfig(epochs=1, batch_size=batch_size, lrs=[1e-3], device=device, time_heads=False)
-    _time_training(random_split(batch_size, num_tokens, dim, num_classes, device=device), val, specs,
-                   num_classes, warm, device)
+    _time_training(
+        random_split(batch_size, num_tokens, dim, num_classes, device=device),
+        val,
+        specs,
+        num_classes,
+        warm,
+        device,
+    )
     samples = epochs * num_samples
     alone = {s.label: samples / _time_training(train, val, [s], num_classes, config, device) for s in specs}
     together = _time_training(train, val, specs, num_classes, config, device)
     sum_alone = sum(samples / v for v in alone.values())
     return dict(
-        setting=dict(num_samples=num_samples, num_tokens=num_tokens, dim=dim, num_classes=num_classes,
-                     batch_size=batch_size, epochs=epochs, device=str(device)),
-        alone=alone, together_samples_per_s=samples / together, together_seconds=together,
-        sum_alone_seconds=sum_alone, speedup=sum_alone / together,
+        setting=dict(
+            num_samples=num_samples,
+            num_tokens=num_tokens,
+            dim=dim,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            epochs=epochs,
+            device=str(device),
+        ),
+        alone=alone,
+        together_samples_per_s=samples / together,
+        together_seconds=together,
+        sum_alone_seconds=sum_alone,
+        speedup=sum_alone / together,
     )
 
 
-def bench_protocols(model_name: str = "vit_base_patch16_224", model_kwargs: dict | None = None,
-                    image_size: int = 224, num_images: int = 2048, batch_size: int = 256,
-                    heads: Sequence[str] = ("linear", "ep"), num_classes: int = 1000, epochs: int = 90,
-                    device: str = "cuda", amp: bool = True) -> dict[str, Any]:
+def bench_protocols(
+    model_name: str = "vit_base_patch16_224",
+    model_kwargs: dict | None = None,
+    image_size: int = 224,
+    num_images: int = 2048,
+    batch_size: int = 256,
+    heads: Sequence[str] = ("linear", "ep"),
+    num_classes: int = 1000,
+    epochs: int = 90,
+    device: str = "cuda",
+    amp: bool = True,
+) -> dict[str, Any]:
     """Per-epoch time of the cached protocol vs the augmented protocol for one timm backbone.
 
     Args:
@@ -156,10 +207,21 @@ def bench_protocols(model_name: str = "vit_base_patch16_224", model_kwargs: dict
     augmented = timed(augmented_step)
     cached = timed(cached_step)
     return dict(
-        setting=dict(model=model_name, image_size=image_size, num_images=steps * batch_size,
-                     batch_size=batch_size, heads=list(heads), num_tokens=num_tokens, dim=dim,
-                     device=str(device), amp=use_amp, epochs=epochs),
-        extract_seconds=extract, augmented_epoch_seconds=augmented, cached_epoch_seconds=cached,
+        setting=dict(
+            model=model_name,
+            image_size=image_size,
+            num_images=steps * batch_size,
+            batch_size=batch_size,
+            heads=list(heads),
+            num_tokens=num_tokens,
+            dim=dim,
+            device=str(device),
+            amp=use_amp,
+            epochs=epochs,
+        ),
+        extract_seconds=extract,
+        augmented_epoch_seconds=augmented,
+        cached_epoch_seconds=cached,
         speedup_per_epoch=augmented / cached,
         speedup_over_epochs=(epochs * augmented) / (extract + epochs * cached),
     )
@@ -176,9 +238,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     result = dict(
         cached_heads=bench_cached_heads(num_samples=args.num_samples, device=args.device),
-        protocols=bench_protocols(args.model, num_images=args.num_images, batch_size=args.batch_size,
-                                  device=args.device),
-        torch=torch.__version__, gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        protocols=bench_protocols(
+            args.model, num_images=args.num_images, batch_size=args.batch_size, device=args.device
+        ),
+        torch=torch.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     )
     text = json.dumps(result, indent=1)
     print(text)

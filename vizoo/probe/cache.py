@@ -3,7 +3,8 @@
 Layout of one cache directory (``<cache_root>/<model-slug>-<split>-<key16>/``)::
 
     key.json                    the key payload and its SHA-256 (written first, atomically)
-    shard-00000.safetensors     fp16 ``tokens.<layer>`` [n, N, D], ``prefix.<layer>`` [n, P, D], int64 ``labels``
+    shard-00000.safetensors     fp16 ``tokens.<layer>`` [n, N, D], ``prefix.<layer>`` [n, P, D],
+                                int64 ``labels``
     shard-00001.safetensors     (each written atomically; safetensors metadata repeats key, start and count)
     manifest.json               written last, atomically: the cache is complete only when it exists
 
@@ -22,6 +23,7 @@ Caching changes the protocol (centre crop, no augmentation); the results file re
 Loaded caches are held in memory (fine for the embedded data and mid-sized sets, not for ImageNet-scale
 token caches).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,17 +101,26 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     for attr in ("labels", "targets"):
         values = getattr(inner, attr, None)
         if values is not None and len(values) == len(dataset) and not isinstance(dataset, Subset):
-            return torch.as_tensor(list(values) if not hasattr(values, "__array__") else values,
-                                   dtype=torch.int64)
+            return torch.as_tensor(
+                list(values) if not hasattr(values, "__array__") else values, dtype=torch.int64
+            )
     samples = getattr(inner, "samples", None)
     if samples is not None and len(samples) == len(dataset) and not isinstance(dataset, Subset):
         return torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
 
 
-def make_payload(model_name: str, model_kwargs: dict[str, Any], weights: str, transform: Any,
-                 data_config: dict[str, Any], layers: Sequence[int], norm: bool, dataset: dict[str, Any],
-                 amp: bool = False) -> dict[str, Any]:
+def make_payload(
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    weights: str,
+    transform: Any,
+    data_config: dict[str, Any],
+    layers: Sequence[int],
+    norm: bool,
+    dataset: dict[str, Any],
+    amp: bool = False,
+) -> dict[str, Any]:
     """The key payload of one cached split (see the module docstring for what goes in and why).
 
     Args:
@@ -124,9 +135,16 @@ def make_payload(model_name: str, model_kwargs: dict[str, Any], weights: str, tr
         amp: bfloat16 autocast used.
     """
     return dict(
-        version=CACHE_VERSION, model=model_name, model_kwargs=model_kwargs, weights=weights,
-        transform=repr(transform), data_config=data_config, layers=list(layers), norm=bool(norm),
-        precision="bf16-autocast" if amp else "fp32", dataset=dataset,
+        version=CACHE_VERSION,
+        model=model_name,
+        model_kwargs=model_kwargs,
+        weights=weights,
+        transform=repr(transform),
+        data_config=data_config,
+        layers=list(layers),
+        norm=bool(norm),
+        precision="bf16-autocast" if amp else "fp32",
+        dataset=dataset,
     )
 
 
@@ -154,7 +172,8 @@ def _diff_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
 def incompatible_cache_error(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> ValueError:
     fields = _diff_fields(found, wanted)
     return ValueError(
-        f"the feature cache at {path} was written for different inputs and cannot be reused here; fields that "
+        f"the feature cache at {path} was written for different inputs and cannot be reused here; "
+        f"fields that "
         f"differ: {', '.join(fields[:12]) or '(format)'}. Point the cache at a parent folder (vizoo picks a "
         f"sub-folder per key) or delete {path}."
     )
@@ -247,16 +266,26 @@ def extract_split(
         atomic_write_text(directory / KEY_FILE, stable_json(dict(key=key, payload=payload)))
     n = len(dataset)
     starts = list(range(0, n, shard_size))
-    todo = [i for i, s in enumerate(starts) if not _shard_ok(directory / _shard_name(i), key, s,
-                                                                min(shard_size, n - s))]
+    todo = [
+        i
+        for i, s in enumerate(starts)
+        if not _shard_ok(directory / _shard_name(i), key, s, min(shard_size, n - s))
+    ]
     shapes: dict[str, Any] = {}
-    bar = _progress_bar(total=sum(min(shard_size, n - starts[i]) for i in todo), enabled=progress,
-                        desc=f"features {payload['dataset']['name']}/{payload['dataset']['split']}")
+    bar = _progress_bar(
+        total=sum(min(shard_size, n - starts[i]) for i in todo),
+        enabled=progress,
+        desc=f"features {payload['dataset']['name']}/{payload['dataset']['split']}",
+    )
     try:
         for i in todo:
             start, count = starts[i], min(shard_size, n - starts[i])
-            loader = DataLoader(Subset(dataset, range(start, start + count)), batch_size=batch_size,
-                                shuffle=False, num_workers=num_workers)
+            loader = DataLoader(
+                Subset(dataset, range(start, start + count)),
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=num_workers,
+            )
             parts: dict[str, list[torch.Tensor]] = {}
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
@@ -265,8 +294,12 @@ def extract_split(
                 for layer, out in zip(layers, outs):
                     parts.setdefault(f"tokens.{layer}", []).append(out.tokens.to("cpu", torch.float16))
                     parts.setdefault(f"prefix.{layer}", []).append(out.prefix.to("cpu", torch.float16))
-                    shapes[str(layer)] = dict(num_tokens=out.tokens.shape[1], dim=out.tokens.shape[2],
-                                              num_prefix=out.prefix.shape[1], grid=out.grid)
+                    shapes[str(layer)] = dict(
+                        num_tokens=out.tokens.shape[1],
+                        dim=out.tokens.shape[2],
+                        num_prefix=out.prefix.shape[1],
+                        grid=out.grid,
+                    )
                 parts.setdefault("labels", []).append(torch.as_tensor(labels, dtype=torch.int64))
                 bar.update(len(images))
             tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
@@ -274,8 +307,11 @@ def extract_split(
             from safetensors.torch import save_file
 
             with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata=dict(key=key, start=str(start), count=str(count),
-                                                           shapes=stable_json(shapes)))
+                save_file(
+                    tensors,
+                    str(tmp),
+                    metadata=dict(key=key, start=str(start), count=str(count), shapes=stable_json(shapes)),
+                )
             if on_shard is not None:
                 on_shard(i, path)
     finally:
@@ -283,9 +319,16 @@ def extract_split(
     if not shapes:  # every shard was already there: read the shapes back from the first one
         shapes = _shard_shapes(directory / _shard_name(0))
     manifest = dict(
-        version=CACHE_VERSION, key=key, payload=payload, num_samples=n, shard_size=shard_size,
-        shards=[_shard_name(i) for i in range(len(starts))], layers=list(layers), norm=norm,
-        dtype="float16", shapes=shapes,
+        version=CACHE_VERSION,
+        key=key,
+        payload=payload,
+        num_samples=n,
+        shard_size=shard_size,
+        shards=[_shard_name(i) for i in range(len(starts))],
+        layers=list(layers),
+        norm=norm,
+        dtype="float16",
+        shapes=shapes,
     )
     atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
     return load_split(directory, key=key)
@@ -307,21 +350,25 @@ def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
         raise ValueError(f"{directory} holds no complete feature cache (no {MANIFEST_FILE})")
     manifest = _read_json(directory / MANIFEST_FILE)
     if manifest.get("version") != CACHE_VERSION:
-        raise ValueError(f"{directory}: cache format version {manifest.get('version')} is not "
-                         f"{CACHE_VERSION}; delete it and extract again")
+        raise ValueError(
+            f"{directory}: cache format version {manifest.get('version')} is not "
+            f"{CACHE_VERSION}; delete it and extract again"
+        )
     if key is not None and manifest.get("key") != key:
-        raise ValueError(f"{directory}: cache key {manifest.get('key', '')[:16]} does not match the wanted "
-                         f"key {key[:16]}")
+        raise ValueError(
+            f"{directory}: cache key {manifest.get('key', '')[:16]} does not match the wanted key {key[:16]}"
+        )
     shards = [load_file(str(directory / name)) for name in manifest["shards"]]
     layers = [int(v) for v in manifest["layers"]]
-    tokens = {l: torch.cat([s[f"tokens.{l}"] for s in shards]) for l in layers}
-    prefix = {l: torch.cat([s[f"prefix.{l}"] for s in shards]) for l in layers}
-    grids = {l: (tuple(manifest["shapes"][str(l)]["grid"]) if manifest["shapes"][str(l)]["grid"] else None)
-             for l in layers}
+    tokens = {layer: torch.cat([s[f"tokens.{layer}"] for s in shards]) for layer in layers}
+    prefix = {layer: torch.cat([s[f"prefix.{layer}"] for s in shards]) for layer in layers}
+    grid_of = {layer: manifest["shapes"][str(layer)]["grid"] for layer in layers}
+    grids = {layer: tuple(grid) if grid else None for layer, grid in grid_of.items()}
     labels = torch.cat([s["labels"] for s in shards])
     if len(labels) != manifest["num_samples"]:
-        raise ValueError(f"{directory}: shards hold {len(labels)} samples, manifest says "
-                         f"{manifest['num_samples']}")
+        raise ValueError(
+            f"{directory}: shards hold {len(labels)} samples, manifest says {manifest['num_samples']}"
+        )
     return CachedSplit(layers, tokens, prefix, grids, labels, manifest)
 
 
@@ -338,4 +385,5 @@ def _progress_bar(total: int, enabled: bool, desc: str):
         return _NullBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False, disable=None)

@@ -4,7 +4,8 @@ Examples::
 
     vizoo probe                                   # the main job: the shipped demo backbone, see demo.py
     vizoo probe -c configs/probe/ep.yaml --model vit_base_patch16_224.mae --dataset folder --root /data/x
-    vizoo probe --model resnet50.a1_in1k --dataset folder --root /data/pets --heads linear ep:num_queries=16 \\
+    vizoo probe --model resnet50.a1_in1k --dataset folder --root /data/pets \\
+        --heads linear ep:num_queries=16 \\
         --lrs 1e-3 3e-3 1e-2 --epochs 30 --layers -1 -2 --norm
     vizoo probe --list-heads
 
@@ -14,6 +15,7 @@ runs (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``)
 
 Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +26,38 @@ from typing import Any
 import yaml
 
 DEFAULTS: dict[str, Any] = dict(
-    model=None, model_kwargs={}, pretrained=True, checkpoint=None, dataset="digits", root=None,
-    dataset_kwargs={}, image_size=None, heads=["linear", "ep"], head_kwargs={}, lrs=[1e-3], epochs=30,
-    batch_size=128, optimizer="adamw", weight_decay=0.0, warmup_epochs=0.0, scale_lr=False, seed=0,
-    protocol="cached", layers=None, norm=False, k_shot=None, seeds=[0], output_dir=None, cache_dir=None,
-    device=None, amp=False, extract_batch_size=256, num_workers=0, scale=[0.08, 1.0], hflip=0.5,
+    model=None,
+    model_kwargs={},
+    pretrained=True,
+    checkpoint=None,
+    dataset="digits",
+    root=None,
+    dataset_kwargs={},
+    image_size=None,
+    heads=["linear", "ep"],
+    head_kwargs={},
+    lrs=[1e-3],
+    epochs=30,
+    batch_size=128,
+    optimizer="adamw",
+    weight_decay=0.0,
+    warmup_epochs=0.0,
+    scale_lr=False,
+    seed=0,
+    protocol="cached",
+    layers=None,
+    norm=False,
+    k_shot=None,
+    seeds=[0],
+    output_dir=None,
+    cache_dir=None,
+    device=None,
+    amp=False,
+    extract_batch_size=256,
+    num_workers=0,
+    scale=[0.08, 1.0],
+    hflip=0.5,
+    devices=1,
     progress=True,
 )
 
@@ -42,22 +71,32 @@ def _json_arg(text: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vizoo probe", argument_default=argparse.SUPPRESS,
+        prog="vizoo probe",
+        argument_default=argparse.SUPPRESS,
         description="Probe a frozen timm/vizoo backbone with linear and attentive heads (many at once). "
-                    "With no arguments, runs the main job on the shipped demo backbone.",
+        "With no arguments, runs the main job on the shipped demo backbone.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-c", "--config", help="YAML file of settings (see configs/probe/)")
     p.add_argument("--list-heads", action="store_true", help="list the probing heads and their options")
     g = p.add_argument_group("backbone")
     g.add_argument("--model", help="timm model name (vizoo's, timm's, hf-hub:..., local-dir:...)")
-    g.add_argument("--model-kwargs", type=_json_arg, help='JSON dict for timm.create_model, e.g. \'{"img_size": 32}\'')
+    g.add_argument(
+        "--model-kwargs", type=_json_arg, help="JSON dict for timm.create_model, e.g. '{\"img_size\": 32}'"
+    )
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random weights")
     g.add_argument("--checkpoint", help="state-dict file to load into the backbone")
-    g.add_argument("--layers", type=int, nargs="+", help="blocks to probe, negative from the end (several: "
-                   "layer-wise mode); default: the last")
-    g.add_argument("--norm", action=argparse.BooleanOptionalAction,
-                   help="apply the final norm to the tokens (DINOv2 style) or not (MAE style, default)")
+    g.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        help="blocks to probe, negative from the end (several: layer-wise mode); default: the last",
+    )
+    g.add_argument(
+        "--norm",
+        action=argparse.BooleanOptionalAction,
+        help="apply the final norm to the tokens (DINOv2 style) or not (MAE style, default)",
+    )
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 backbone on CUDA")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", help="digits | mnist5k | shapes | folder (with --root)")
@@ -67,9 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--k-shot", type=int, help="low-shot mode: k training images per class")
     d.add_argument("--seeds", type=int, nargs="+", help="low-shot seeds (default 0)")
     h = p.add_argument_group("heads and training")
-    h.add_argument("--heads", nargs="+", help="head names, optionally with options: ep:num_queries=8,d_out=2; "
-                   "'all' = every registered head")
-    h.add_argument("--head-kwargs", type=_json_arg, help='JSON dict name -> options, e.g. \'{"ep": {"num_queries": 8}}\'')
+    h.add_argument(
+        "--heads",
+        nargs="+",
+        help="head names, optionally with options: ep:num_queries=8,d_out=2; 'all' = every registered head",
+    )
+    h.add_argument(
+        "--head-kwargs", type=_json_arg, help='JSON dict name -> options, e.g. \'{"ep": {"num_queries": 8}}\''
+    )
     h.add_argument("--lrs", type=float, nargs="+", help="learning rates to sweep (each head trained at each)")
     h.add_argument("--epochs", type=int)
     h.add_argument("--batch-size", type=int)
@@ -78,14 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--warmup-epochs", type=float)
     h.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, help="lr = base lr * batch / 256")
     h.add_argument("--seed", type=int)
-    h.add_argument("--protocol", choices=["cached", "augmented"],
-                   help="cached: features extracted once (fast); augmented: RandomResizedCrop + backbone every step")
+    h.add_argument(
+        "--protocol",
+        choices=["cached", "augmented"],
+        help="cached: features extracted once (fast); augmented: RandomResizedCrop + backbone every step",
+    )
     h.add_argument("--scale", type=float, nargs=2, help="RandomResizedCrop scale (augmented protocol)")
     h.add_argument("--hflip", type=float, help="flip probability (augmented protocol)")
     o = p.add_argument_group("run")
     o.add_argument("--output-dir", help="where results.json and results.png go")
     o.add_argument("--cache-dir", help="feature cache root (default ~/.cache/vizoo/features or $VIZOO_CACHE)")
     o.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    o.add_argument(
+        "--devices", type=int, help="GPUs for the augmented protocol (several: DDP through Lightning)"
+    )
     o.add_argument("--extract-batch-size", type=int)
     o.add_argument("--num-workers", type=int)
     o.add_argument("--no-progress", dest="progress", action="store_false")
@@ -158,24 +208,49 @@ def job_from_settings(settings: dict[str, Any]):
 
     s = settings
     if not s["model"]:
-        raise ValueError("no model given: pass --model NAME (any timm/vizoo name, hf-hub:..., local-dir:...) "
-                         "or run `vizoo probe` with no arguments for the demo")
+        raise ValueError(
+            "no model given: pass --model NAME (any timm/vizoo name, hf-hub:..., local-dir:...) "
+            "or run `vizoo probe` with no arguments for the demo"
+        )
     device = s["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     heads = parse_heads(list(s["heads"]), dict(s["head_kwargs"] or {}))
-    train = TrainConfig(epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lrs=[float(v) for v in s["lrs"]],
-                        optimizer=s["optimizer"], weight_decay=float(s["weight_decay"]),
-                        warmup_epochs=float(s["warmup_epochs"]), scale_lr=bool(s["scale_lr"]), seed=int(s["seed"]),
-                        device=device)
+    train = TrainConfig(
+        epochs=int(s["epochs"]),
+        batch_size=int(s["batch_size"]),
+        lrs=[float(v) for v in s["lrs"]],
+        optimizer=s["optimizer"],
+        weight_decay=float(s["weight_decay"]),
+        warmup_epochs=float(s["warmup_epochs"]),
+        scale_lr=bool(s["scale_lr"]),
+        seed=int(s["seed"]),
+        device=device,
+    )
     layers = s["layers"]
     if isinstance(layers, int):
         layers = [layers]
     return ProbeJob(
-        model=expand_model_name(s["model"]), model_kwargs=dict(s["model_kwargs"] or {}),
-        pretrained=bool(s["pretrained"]), checkpoint=s["checkpoint"], dataset=s["dataset"], root=s["root"],
-        dataset_kwargs=dict(s["dataset_kwargs"] or {}), image_size=s["image_size"], heads=heads, train=train,
-        protocol=s["protocol"], layers=layers, norm=bool(s["norm"]), k_shot=s["k_shot"],
-        seeds=[int(v) for v in s["seeds"]], cache_dir=s["cache_dir"], extract_batch_size=int(s["extract_batch_size"]),
-        num_workers=int(s["num_workers"]), amp=bool(s["amp"]), scale=tuple(s["scale"]), hflip=float(s["hflip"]),
+        model=expand_model_name(s["model"]),
+        model_kwargs=dict(s["model_kwargs"] or {}),
+        pretrained=bool(s["pretrained"]),
+        checkpoint=s["checkpoint"],
+        dataset=s["dataset"],
+        root=s["root"],
+        dataset_kwargs=dict(s["dataset_kwargs"] or {}),
+        image_size=s["image_size"],
+        heads=heads,
+        train=train,
+        protocol=s["protocol"],
+        layers=layers,
+        norm=bool(s["norm"]),
+        k_shot=s["k_shot"],
+        seeds=[int(v) for v in s["seeds"]],
+        cache_dir=s["cache_dir"],
+        extract_batch_size=int(s["extract_batch_size"]),
+        num_workers=int(s["num_workers"]),
+        amp=bool(s["amp"]),
+        scale=tuple(s["scale"]),
+        hflip=float(s["hflip"]),
+        devices=int(s["devices"]),
         progress=bool(s["progress"]),
     )
 
@@ -213,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except ValueError as err:
         print(f"vizoo probe: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    import os
+
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return report  # DDP workers of the augmented protocol: rank 0 reports
     report["meta"]["settings"] = {k: v for k, v in settings.items()}
     out = Path(settings["output_dir"] or _default_output_dir(settings))
     print_table(report)

@@ -9,6 +9,7 @@ resolution). How the weights were made: ``configs/probe/README.md``.
 
 ``configs/probe/demo.yaml`` holds the same settings (a test keeps the two equal).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,16 @@ DEMO_CONFIG = dict(
     model="local-dir:{assets}/demo_backbone",
     dataset="digits",
     image_size=64,
-    heads=["linear", "ep:num_queries=8", "mhca:num_heads=4", "abmilp", "simpool", "esimpool:num_heads=4",
-           "cbam", "dolg"],
+    heads=[
+        "linear",
+        "ep:num_queries=8",
+        "mhca:num_heads=4",
+        "abmilp",
+        "simpool",
+        "esimpool:num_heads=4",
+        "cbam",
+        "dolg",
+    ],
     lrs=[1e-3, 1e-2],
     epochs=15,
     batch_size=128,

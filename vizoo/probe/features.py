@@ -17,6 +17,7 @@ manifest and results file.
 This replaces the per-family wrappers of the efficient-probing code (``models_more.py``) with the one uniform
 timm hook the research note recommends (probing.md section 9.4).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -110,7 +111,7 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     prefixes = ("model.", "backbone.", "module.")
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -121,8 +122,11 @@ def weights_digest(model: nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
-                     else t.numpy().tobytes())
+            h.update(
+                t.view(-1).view(torch.uint8).numpy().tobytes()
+                if t.dtype != torch.bool
+                else t.numpy().tobytes()
+            )
     return h.hexdigest()
 
 
@@ -149,8 +153,10 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
     resolved = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"layer {layer!r} is out of range: this model has {n} blocks, so layers must be "
-                             f"integers in [{-n}, {n - 1}]")
+            raise ValueError(
+                f"layer {layer!r} is out of range: this model has {n} blocks, so layers must be "
+                f"integers in [{-n}, {n - 1}]"
+            )
         resolved.append(layer % n)
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers {layers} name the same block twice (resolved: {resolved})")
@@ -162,8 +168,9 @@ def _supports(model: nn.Module, arg: str) -> bool:
 
 
 @torch.no_grad()
-def extract_tokens(model: nn.Module, images: torch.Tensor, layers: Sequence[int], norm: bool
-                   ) -> list[LayerTokens]:
+def extract_tokens(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[int], norm: bool
+) -> list[LayerTokens]:
     """Patch and prefix tokens of blocks ``layers`` (absolute indices) for a batch of images.
 
     Args:
@@ -201,7 +208,9 @@ def extract_tokens(model: nn.Module, images: torch.Tensor, layers: Sequence[int]
             tokens = out
             grid = _vit_grid(model, images, tokens.shape[1])
         else:
-            raise ValueError(f"unexpected intermediate of shape {tuple(out.shape)} from {type(model).__name__}")
+            raise ValueError(
+                f"unexpected intermediate of shape {tuple(out.shape)} from {type(model).__name__}"
+            )
         if prefix is None:
             prefix = tokens.new_zeros(tokens.shape[0], 0, tokens.shape[2])
         result.append(LayerTokens(tokens.contiguous(), prefix.contiguous(), grid))

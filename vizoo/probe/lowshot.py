@@ -5,6 +5,7 @@ vizoo's protocol: for each seed, draw exactly k images of every class from the t
 replacement (seeded ``torch.randperm`` per class), train on those only, select on the full validation split
 and report test accuracy; results are given per seed and as mean/std over seeds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,10 @@ def sample_k_shot(labels: torch.Tensor, k: int, seed: int, num_classes: int | No
     counts = {c: int((labels == c).sum()) for c in classes}
     smallest = min(counts, key=counts.get)
     if counts[smallest] < k:
-        raise ValueError(f"k={k} images per class is larger than the smallest class: class {smallest} has "
-                         f"{counts[smallest]} training images. Use k <= {counts[smallest]}.")
+        raise ValueError(
+            f"k={k} images per class is larger than the smallest class: class {smallest} has "
+            f"{counts[smallest]} training images. Use k <= {counts[smallest]}."
+        )
     generator = torch.Generator().manual_seed(int(seed))
     chosen = []
     for c in classes:

@@ -4,9 +4,10 @@
   the efficient-probing code use it: for every tensor with more than one dimension, weight decay is added to
   the gradient and the update is scaled by ``trust_coefficient * ||w|| / ||g||`` (1 when either norm is 0);
   vectors (biases) get neither; then heavy-ball momentum. Written from the description, not copied.
-* Warmup + half-cycle cosine, per iteration (MAE ``util/lr_sched.py`` semantics): linear from 0 to the peak over
-  the warmup iterations, then ``peak * 0.5 * (1 + cos(pi * progress))`` down to ``min_lr``.
+* Warmup + half-cycle cosine, per iteration (MAE ``util/lr_sched.py`` semantics): linear from 0 to the peak
+  over the warmup iterations, then ``peak * 0.5 * (1 + cos(pi * progress))`` down to ``min_lr``.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,12 +29,22 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: the LARS eta (0.001 in MAE and efficient-probing).
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.1, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
-            raise ValueError(f"LARS needs lr >= 0, weight_decay >= 0, 0 <= momentum < 1 and "
-                             f"trust_coefficient > 0; got {lr}, {weight_decay}, {momentum}, {trust_coefficient}")
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+            raise ValueError(
+                f"LARS needs lr >= 0, weight_decay >= 0, 0 <= momentum < 1 and "
+                f"trust_coefficient > 0; got {lr}, {weight_decay}, {momentum}, {trust_coefficient}"
+            )
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -50,8 +61,11 @@ class LARS(torch.optim.Optimizer):
                 if p.ndim > 1:
                     update = update.add(p, alpha=group["weight_decay"])
                     w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0),
-                                        group["trust_coefficient"] * w_norm / u_norm, torch.ones_like(w_norm))
+                    ratio = torch.where(
+                        (w_norm > 0) & (u_norm > 0),
+                        group["trust_coefficient"] * w_norm / u_norm,
+                        torch.ones_like(w_norm),
+                    )
                     update = update * ratio
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -76,7 +90,7 @@ def build_optimizer(name: str, params: Iterable, lr: float, weight_decay: float)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.0) -> float:
-    """The lr multiplier at iteration ``step``: linear warmup to 1, then half-cycle cosine to ``min_factor``."""
+    """The lr multiplier at ``step``: linear warmup to 1, then half-cycle cosine to ``min_factor``."""
     if warmup_steps > 0 and step < warmup_steps:
         return step / warmup_steps
     span = max(1, total_steps - warmup_steps)

@@ -14,6 +14,7 @@ Protocols (recorded in the results):
 * ``augmented``: the papers' recipe (MAE / efficient-probing): RandomResizedCrop + flip on every step and the
   frozen backbone re-run every step, through Lightning (``vizoo.probe.augmented``).
 """
+
 from __future__ import annotations
 
 import platform
@@ -71,6 +72,7 @@ class ProbeJob:
         amp: bfloat16 autocast for the backbone on CUDA.
         scale: RandomResizedCrop scale (augmented protocol).
         hflip: horizontal flip probability (augmented protocol).
+        devices: devices of the augmented protocol's Lightning Trainer (several: DDP).
         progress: progress bars.
     """
 
@@ -95,6 +97,7 @@ class ProbeJob:
     amp: bool = False
     scale: tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
+    devices: int = 1
     progress: bool = True
 
 
@@ -102,17 +105,26 @@ def _datamodule(job: ProbeJob, data_config: dict[str, Any], image_size: int):
     from vizoo.data import ImageDataModule
 
     return ImageDataModule(
-        dataset=job.dataset, root=job.root, image_size=image_size, batch_size=job.extract_batch_size,
-        num_workers=job.num_workers, augment=True, scale=tuple(job.scale), hflip=job.hflip,
-        color_jitter=0.0, data_config=data_config, dataset_kwargs=dict(job.dataset_kwargs) or None,
+        dataset=job.dataset,
+        root=job.root,
+        image_size=image_size,
+        batch_size=job.extract_batch_size,
+        num_workers=job.num_workers,
+        augment=True,
+        scale=tuple(job.scale),
+        hflip=job.hflip,
+        color_jitter=0.0,
+        data_config=data_config,
+        dataset_kwargs=dict(job.dataset_kwargs) or None,
     )
 
 
 def _check_classes(dm) -> list[str]:
     classes = dm.class_names
     if len(classes) < 2:
-        raise ValueError(f"dataset {dm.dataset_name!r} has {len(classes)} class(es) {classes}; probing needs "
-                         f"at least 2")
+        raise ValueError(
+            f"dataset {dm.dataset_name!r} has {len(classes)} class(es) {classes}; probing needs at least 2"
+        )
     for split in ("train", "val"):
         if len(dm.raw_dataset(split)) == 0:
             raise ValueError(f"the {split} split of dataset {dm.dataset_name!r} is empty")
@@ -138,6 +150,10 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     if not job.heads:
         raise ValueError("no heads given")
     job.train.check()
+    if job.protocol == "augmented" and job.k_shot is not None:
+        raise ValueError("low-shot mode (k_shot) runs on cached features; use protocol='cached' with k_shot")
+    if job.devices < 1:
+        raise ValueError(f"devices must be >= 1, got {job.devices}")
     from vizoo.heads import get_head_class
 
     for spec in job.heads:  # unknown names fail before any work
@@ -156,13 +172,29 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
 
         sample_k_shot(labels_of(dm.raw_dataset("train")), job.k_shot, 0, len(classes))
     meta = dict(
-        model=job.model, model_kwargs=dict(job.model_kwargs), weights_sha256=digest,
-        checkpoint=job.checkpoint, protocol=job.protocol, norm=job.norm, layers=layers, dataset=job.dataset,
-        root=job.root, image_size=image_size, data_config={k: v for k, v in data_config.items()},
-        classes=classes, k_shot=job.k_shot, seeds=list(job.seeds) if job.k_shot else None,
-        train=asdict(job.train), heads=[asdict(h) for h in job.heads],
-        machine=dict(python=platform.python_version(), torch=torch.__version__, device=job.train.device,
-                     cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads()),
+        model=job.model,
+        model_kwargs=dict(job.model_kwargs),
+        weights_sha256=digest,
+        checkpoint=job.checkpoint,
+        protocol=job.protocol,
+        norm=job.norm,
+        layers=layers,
+        dataset=job.dataset,
+        root=job.root,
+        image_size=image_size,
+        data_config={k: v for k, v in data_config.items()},
+        classes=classes,
+        k_shot=job.k_shot,
+        seeds=list(job.seeds) if job.k_shot else None,
+        train=asdict(job.train),
+        heads=[asdict(h) for h in job.heads],
+        machine=dict(
+            python=platform.python_version(),
+            torch=torch.__version__,
+            device=job.train.device,
+            cpu=platform.processor() or platform.machine(),
+            threads=torch.get_num_threads(),
+        ),
     )
     if job.protocol == "cached":
         results, splits = _run_cached(job, model, dm, digest, data_config, layers, classes)
@@ -176,24 +208,63 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     return dict(meta=meta, results=results)
 
 
-def extract_features(job: ProbeJob, model, dm, digest: str, data_config: dict[str, Any], layers: list[int],
-                     split: str, on_shard=None, shard_size: int = 4096) -> CachedSplit:
+def extract_features(
+    job: ProbeJob,
+    model,
+    dm,
+    digest: str,
+    data_config: dict[str, Any],
+    layers: list[int],
+    split: str,
+    on_shard=None,
+    shard_size: int = 4096,
+) -> CachedSplit:
     """Cached features of one split for the job's backbone and data (extracting what is missing)."""
     dataset = dm.split(split, training=False)
-    identity = dataset_identity(job.dataset, split, dm.raw_dataset(split), root=job.root,
-                                dataset_kwargs=dict(job.dataset_kwargs), image_size=dm.hparams.image_size)
-    payload = make_payload(job.model, dict(job.model_kwargs), digest, dm.transform(False), data_config, layers,
-                           job.norm, identity, amp=job.amp)
+    identity = dataset_identity(
+        job.dataset,
+        split,
+        dm.raw_dataset(split),
+        root=job.root,
+        dataset_kwargs=dict(job.dataset_kwargs),
+        image_size=dm.hparams.image_size,
+    )
+    payload = make_payload(
+        job.model,
+        dict(job.model_kwargs),
+        digest,
+        dm.transform(False),
+        data_config,
+        layers,
+        job.norm,
+        identity,
+        amp=job.amp,
+    )
     device = job.train.device
     model.to(device)
-    return extract_split(model, dataset, payload, layers, job.norm, job.cache_dir or default_cache_root(),
-                         batch_size=job.extract_batch_size, shard_size=shard_size, num_workers=job.num_workers,
-                         device=device, amp=job.amp, progress=job.progress, on_shard=on_shard)
+    return extract_split(
+        model,
+        dataset,
+        payload,
+        layers,
+        job.norm,
+        job.cache_dir or default_cache_root(),
+        batch_size=job.extract_batch_size,
+        shard_size=shard_size,
+        num_workers=job.num_workers,
+        device=device,
+        amp=job.amp,
+        progress=job.progress,
+        on_shard=on_shard,
+    )
 
 
 def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes):
-    splits = {s: extract_features(job, model, dm, digest, data_config, layers, s)
-              for s in ("train", "val", "test") if s != "test" or _has_split(dm, "test")}
+    splits = {
+        s: extract_features(job, model, dm, digest, data_config, layers, s)
+        for s in ("train", "val", "test")
+        if s != "test" or _has_split(dm, "test")
+    }
     sizes = {s: len(v) for s, v in splits.items()}
     results = []
     seeds = list(job.seeds) if job.k_shot is not None else [None]
@@ -203,8 +274,16 @@ def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes):
             if seed is not None:
                 train = train.subset(sample_k_shot(train.labels, job.k_shot, seed, len(classes)))
             config = job.train if seed is None else _with_seed(job.train, seed)
-            for r in train_probes(train, splits["val"], splits.get("test"), layer, job.heads, len(classes),
-                                  config, progress=job.progress):
+            for r in train_probes(
+                train,
+                splits["val"],
+                splits.get("test"),
+                layer,
+                job.heads,
+                len(classes),
+                config,
+                progress=job.progress,
+            ):
                 entry = r.to_dict()
                 entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
                 results.append(entry)

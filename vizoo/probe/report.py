@@ -2,6 +2,7 @@
 
 Files are written atomically (temporary name, then rename), so a killed run never leaves a half-written one.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["layer"], r["label"])].append(r)
     rows = []
     for (layer, label), rs in groups.items():
+
         def stat(key):
             vals = [r[key] for r in rs if r[key] is not None]
             if not vals:
@@ -42,11 +44,23 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         top1, top1_std = stat("test_top1")
         top5, _ = stat("test_top5")
         val, _ = stat("val_top1")
-        rows.append(dict(layer=layer, label=label, seeds=len(rs), lr=rs[0]["lr"] if len(rs) == 1 else None,
-                         best_epoch=rs[0]["best_epoch"] if len(rs) == 1 else None, val_top1=val,
-                         test_top1=top1, test_top1_std=top1_std, test_top5=top5, top5_k=rs[0]["top5_k"],
-                         params=rs[0]["params"], macs=rs[0]["macs"],
-                         train_time_s=sum(r["train_time_s"] for r in rs)))
+        rows.append(
+            dict(
+                layer=layer,
+                label=label,
+                seeds=len(rs),
+                lr=rs[0]["lr"] if len(rs) == 1 else None,
+                best_epoch=rs[0]["best_epoch"] if len(rs) == 1 else None,
+                val_top1=val,
+                test_top1=top1,
+                test_top1_std=top1_std,
+                test_top5=top5,
+                top5_k=rs[0]["top5_k"],
+                params=rs[0]["params"],
+                macs=rs[0]["macs"],
+                train_time_s=sum(r["train_time_s"] for r in rs),
+            )
+        )
     return rows
 
 
@@ -62,9 +76,12 @@ def print_table(report: dict[str, Any], console=None) -> None:
     layerwise = len({r["layer"] for r in rows}) > 1
     lowshot = meta.get("k_shot") is not None
     k = rows[0]["top5_k"] if rows else 5
-    title = (f"{meta['model']} on {meta['dataset']} ({meta['protocol']} protocol, "
-             f"norm={'on' if meta['norm'] else 'off'}"
-             + (f", {meta['k_shot']}-shot x {len(meta['seeds'])} seeds" if lowshot else "") + ")")
+    title = (
+        f"{meta['model']} on {meta['dataset']} ({meta['protocol']} protocol, "
+        f"norm={'on' if meta['norm'] else 'off'}"
+        + (f", {meta['k_shot']}-shot x {len(meta['seeds'])} seeds" if lowshot else "")
+        + ")"
+    )
     table = Table(title=title)
     if layerwise:
         table.add_column("layer", justify="right")
@@ -105,7 +122,7 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_plot(report: dict[str, Any], path: str | Path) -> Path | None:
-    """Bar chart of test top-1 per head (grouped by layer in layer-wise mode) as a PNG; None without matplotlib."""
+    """Bar chart of test top-1 per head (grouped by layer) as a PNG; None without matplotlib."""
     try:
         import matplotlib
 
@@ -119,16 +136,26 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path | None:
     width = 0.8 / len(layers)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6), dpi=120)
     for j, layer in enumerate(layers):
-        values = [next((r["test_top1"] or 0.0 for r in rows if r["label"] == lab and r["layer"] == layer), 0.0)
-                  for lab in labels]
-        errors = [next((r["test_top1_std"] or 0.0 for r in rows if r["label"] == lab and r["layer"] == layer),
-                       0.0) for lab in labels]
+        values = [
+            next((r["test_top1"] or 0.0 for r in rows if r["label"] == lab and r["layer"] == layer), 0.0)
+            for lab in labels
+        ]
+        errors = [
+            next((r["test_top1_std"] or 0.0 for r in rows if r["label"] == lab and r["layer"] == layer), 0.0)
+            for lab in labels
+        ]
         xs = [i + (j - (len(layers) - 1) / 2) * width for i in range(len(labels))]
-        bars = ax.bar(xs, values, width=width, yerr=errors if any(errors) else None,
-                      label=f"layer {layer}" if len(layers) > 1 else None)
+        bars = ax.bar(
+            xs,
+            values,
+            width=width,
+            yerr=errors if any(errors) else None,
+            label=f"layer {layer}" if len(layers) > 1 else None,
+        )
         for bar, v in zip(bars, values):
-            ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
-                        fontsize=7)
+            ax.annotate(
+                f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7
+            )
     meta = report["meta"]
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)

@@ -5,8 +5,8 @@ token choices) on one stream of features and keeps the best on validation. vizoo
 probing heads: every step reads one batch of cached tokens, and every (head type, lr) instance computes its
 loss on it and takes its own optimiser step. After each epoch every instance is scored on the validation split
 (a split held out from training, never the test split); per head type the (lr, epoch) with the best
-validation top-1 is chosen (ties: lower validation loss), its weights at that epoch are restored, and only then
-is it scored once on the test split.
+validation top-1 is chosen (ties: lower validation loss), its weights at that epoch are restored, and only
+then is it scored once on the test split.
 
 Why a plain loop and not Lightning here: features sit in memory and one epoch of the embedded data is a
 few milliseconds of head compute, so per-step framework overhead (hooks, logging, loop objects) would
@@ -17,6 +17,7 @@ and needs DDP, is a LightningModule (``vizoo.probe.augmented``). A tqdm bar show
 Differs from the efficient-probing code: it selects the best epoch on the reported set (ImageNet val);
 vizoo selects on a separate validation split and reports test accuracy of the selected head.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,10 @@ class TrainConfig:
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"epochs, batch_size and eval_batch_size must be >= 1; got {self.epochs}, "
-                             f"{self.batch_size}, {self.eval_batch_size}")
+            raise ValueError(
+                f"epochs, batch_size and eval_batch_size must be >= 1; got {self.epochs}, "
+                f"{self.batch_size}, {self.eval_batch_size}"
+            )
         if not self.lrs or any(not (lr >= 0 and math.isfinite(lr)) for lr in self.lrs):
             raise ValueError(f"lrs must be a non-empty list of finite numbers >= 0, got {list(self.lrs)}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
@@ -136,8 +139,9 @@ def _check_inputs(train: CachedSplit, val: CachedSplit, layer: int, num_classes:
         raise ValueError(f"the training split holds only {present} class; probing needs at least 2")
 
 
-def _build_instances(heads: Sequence[HeadSpec], lrs: Sequence[float], dim: int, num_classes: int,
-                     num_prefix: int, seed: int):
+def _build_instances(
+    heads: Sequence[HeadSpec], lrs: Sequence[float], dim: int, num_classes: int, num_prefix: int, seed: int
+):
     instances = []
     for h_idx, spec in enumerate(heads):
         for lr in lrs:
@@ -154,9 +158,15 @@ def _build_instances(heads: Sequence[HeadSpec], lrs: Sequence[float], dim: int, 
 
 
 @torch.no_grad()
-def evaluate(heads: Sequence[torch.nn.Module], split: CachedSplit, layer: int, device: str, batch_size: int,
-             num_classes: int) -> list[dict[str, float]]:
-    """Top-1, top-k (k = min(5, C)) accuracy in percent (micro average, exact counts) and mean loss per head."""
+def evaluate(
+    heads: Sequence[torch.nn.Module],
+    split: CachedSplit,
+    layer: int,
+    device: str,
+    batch_size: int,
+    num_classes: int,
+) -> list[dict[str, float]]:
+    """Top-1 and top-k (k = min(5, C)) accuracy in % (micro average, exact counts), mean loss, per head."""
     k = min(5, num_classes)
     for h in heads:
         h.eval()
@@ -164,9 +174,9 @@ def evaluate(heads: Sequence[torch.nn.Module], split: CachedSplit, layer: int, d
     n = len(split)
     stats = [[0, 0, 0.0] for _ in heads]
     for start in range(0, n, batch_size):
-        tokens = split.tokens[layer][start:start + batch_size].to(device, torch.float32)
-        prefix = split.prefix[layer][start:start + batch_size].to(device, torch.float32)
-        labels = split.labels[start:start + batch_size].to(device)
+        tokens = split.tokens[layer][start : start + batch_size].to(device, torch.float32)
+        prefix = split.prefix[layer][start : start + batch_size].to(device, torch.float32)
+        labels = split.labels[start : start + batch_size].to(device)
         prefix_arg = prefix if prefix.shape[1] else None
         for s, h in zip(stats, heads):
             logits = h(tokens, prefix=prefix_arg, grid=grid).float()
@@ -177,9 +187,16 @@ def evaluate(heads: Sequence[torch.nn.Module], split: CachedSplit, layer: int, d
     return [dict(top1=100.0 * a / n, topk=100.0 * b / n, loss=c / n) for a, b, c in stats]
 
 
-def train_probes(train: CachedSplit, val: CachedSplit, test: CachedSplit | None, layer: int,
-                 heads: Sequence[HeadSpec], num_classes: int, config: TrainConfig,
-                 progress: bool = True) -> list[HeadResult]:
+def train_probes(
+    train: CachedSplit,
+    val: CachedSplit,
+    test: CachedSplit | None,
+    layer: int,
+    heads: Sequence[HeadSpec],
+    num_classes: int,
+    config: TrainConfig,
+    progress: bool = True,
+) -> list[HeadResult]:
     """Train every head type at every lr on cached tokens of ``layer``; select on ``val``; score on ``test``.
 
     Args:
@@ -216,8 +233,10 @@ def _train(train, val, test, layer, heads, num_classes, config, progress) -> lis
     instances = _build_instances(heads, config.lrs, dim, num_classes, num_prefix, config.seed)
     modules = [h.to(device) for _, _, h in instances]
     scale = config.batch_size / 256 if config.scale_lr else 1.0
-    optimizers = [build_optimizer(config.optimizer, h.parameters(), lr * scale, config.weight_decay)
-                  for (_, lr, h) in instances]
+    optimizers = [
+        build_optimizer(config.optimizer, h.parameters(), lr * scale, config.weight_decay)
+        for (_, lr, h) in instances
+    ]
     n = len(train)
     steps_per_epoch = max(1, n // config.batch_size + (1 if n % config.batch_size >= 2 else 0))
     total_steps = steps_per_epoch * config.epochs
@@ -235,7 +254,7 @@ def _train(train, val, test, layer, heads, num_classes, config, progress) -> lis
                 m.train()
             order = torch.randperm(n, generator=generator)
             for b in range(steps_per_epoch):
-                index = order[b * config.batch_size:(b + 1) * config.batch_size]
+                index = order[b * config.batch_size : (b + 1) * config.batch_size]
                 tokens = train.tokens[layer][index].to(device, torch.float32, non_blocking=True)
                 prefix = train.prefix[layer][index].to(device, torch.float32, non_blocking=True)
                 labels = train.labels[index].to(device, non_blocking=True)
@@ -265,12 +284,36 @@ def _train(train, val, test, layer, heads, num_classes, config, progress) -> lis
                     best[i] = (s["top1"], s["loss"], epoch, state)
     finally:
         bar.close()
-    return _select(heads, instances, modules, history, best, seconds, test, layer, config, num_classes,
-                   num_tokens, num_prefix)
+    return _select(
+        heads,
+        instances,
+        modules,
+        history,
+        best,
+        seconds,
+        test,
+        layer,
+        config,
+        num_classes,
+        num_tokens,
+        num_prefix,
+    )
 
 
-def _select(heads, instances, modules, history, best, seconds, test, layer, config, num_classes, num_tokens,
-            num_prefix) -> list[HeadResult]:
+def _select(
+    heads,
+    instances,
+    modules,
+    history,
+    best,
+    seconds,
+    test,
+    layer,
+    config,
+    num_classes,
+    num_tokens,
+    num_prefix,
+) -> list[HeadResult]:
     results = []
     for h_idx, spec in enumerate(heads):
         members = [i for i, (hi, _, _) in enumerate(instances) if hi == h_idx]
@@ -281,17 +324,35 @@ def _select(heads, instances, modules, history, best, seconds, test, layer, conf
         if test is not None and len(test):
             score = evaluate([head], test, layer, config.device, config.eval_batch_size, num_classes)[0]
             test_top1, test_topk = score["top1"], score["topk"]
-        sweep = [dict(lr=instances[i][1], best_epoch=best[i][2], val_top1=best[i][0],
-                      val_top1_per_epoch=[round(s["top1"], 4) for s in history[i]]) for i in members]
+        sweep = [
+            dict(
+                lr=instances[i][1],
+                best_epoch=best[i][2],
+                val_top1=best[i][0],
+                val_top1_per_epoch=[round(s["top1"], 4) for s in history[i]],
+            )
+            for i in members
+        ]
         prefix_for_macs = num_prefix if head.uses_prefix != "never" else 0
-        results.append(HeadResult(
-            label=spec.label, name=spec.name, kwargs=dict(spec.kwargs), layer=layer, lr=instances[chosen][1],
-            best_epoch=best[chosen][2], val_top1=best[chosen][0],
-            val_top1_last_epoch=history[chosen][-1]["top1"], test_top1=test_top1, test_top5=test_topk,
-            top5_k=min(5, num_classes), params=head.num_params(),
-            macs=head.macs(num_tokens, prefix_for_macs if head.uses_prefix != "never" else 0),
-            train_time_s=sum(seconds[i] for i in members), sweep=sweep,
-        ))
+        results.append(
+            HeadResult(
+                label=spec.label,
+                name=spec.name,
+                kwargs=dict(spec.kwargs),
+                layer=layer,
+                lr=instances[chosen][1],
+                best_epoch=best[chosen][2],
+                val_top1=best[chosen][0],
+                val_top1_last_epoch=history[chosen][-1]["top1"],
+                test_top1=test_top1,
+                test_top5=test_topk,
+                top5_k=min(5, num_classes),
+                params=head.num_params(),
+                macs=head.macs(num_tokens, prefix_for_macs if head.uses_prefix != "never" else 0),
+                train_time_s=sum(seconds[i] for i in members),
+                sweep=sweep,
+            )
+        )
     return results
 
 
@@ -308,4 +369,5 @@ def _bar(total: int, enabled: bool, desc: str):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
