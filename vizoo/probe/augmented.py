@@ -6,10 +6,10 @@ heads trained. As in the cached trainer, many heads (head types x learning rates
 mode) share one backbone pass per step; each (layer, head, lr) instance is its own param group of one
 optimiser, all on the same warmup + cosine schedule. Every epoch each instance is scored on the validation
 split (torchmetrics ``MulticlassAccuracy(average='micro')``, synced across DDP ranks), the best epoch's
-weights are kept, the best (lr, epoch) per (layer, head type) is selected on validation and only that instance is
-scored on the test split.
+weights are kept, the best (lr, epoch) per (layer, head type) is selected on validation and only that
+instance is scored on the test split.
 
-Runs under a Lightning ``Trainer`` (progress bar, any accelerator, DDP through ``devices``/``strategy``).
+Runs under a Lightning ``Trainer`` (progress bar, any accelerator, DDP through ``devices``).
 Differs from the official code: selection on a held-out validation split, not on the reported set; the
 backbone stays in eval mode (the official script puts the whole model in train mode).
 """
