@@ -16,7 +16,8 @@ published checkpoints were trained with):
 * **small inputs are zero-padded**: when ``H`` or ``W`` is smaller than ``kernel_size * dilation``, the
   (normalised) input is padded with zeros on the bottom/right up to that size *before* the ``qkv``
   projection, so the padded tokens take part as keys/values carrying the ``qkv`` bias, exactly like the
-  official module; the output is cropped back to ``H x W`` before ``proj``. This lets the 11x11 DiNAT-L
+  official module (computed by padding the projection's output with the ``qkv`` bias, which gives the
+  same values without projecting the padding); the output is cropped back to ``H x W`` before ``proj``. This lets the 11x11 DiNAT-L
   run at 224 and every model run on small test images. ``pad_small=False`` turns it off, and then an
   input below ``kernel_size * dilation`` is a ``ValueError`` that names the smallest accepted size.
 
@@ -124,9 +125,17 @@ class NeighborhoodAttention2d(nn.Module):
                     f"feature map {H}x{W} is smaller than kernel_size * dilation = {self.kernel_size} * "
                     f"{self.dilation} = {extent}; the smallest accepted size is {extent}x{extent} "
                     "(or build the layer with pad_small=True to zero-pad like the official NAT)")
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        qkv = self.qkv(x)
         Hp, Wp = H + pad_h, W + pad_w
-        q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
+        if pad_h or pad_w:
+            # qkv of a zero token is the bias: pad the projection's output instead of its input (same values,
+            # without projecting the padding; adding 0 keeps the real tokens bit-identical)
+            qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
+            if self.qkv.bias is not None:
+                padded = torch.ones(Hp, Wp, 1, dtype=qkv.dtype, device=qkv.device)
+                padded[:H, :W] = 0
+                qkv = qkv + padded * self.qkv.bias
+        q, k, v = qkv.reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
         x = na2d(q, k, v, self.kernel_size, dilation=self.dilation, stride=self.stride, rpb=self.rpb,
                  scale=self.scale, backend=self.backend)
         x = x[:, :H, :W].reshape(B, H, W, C)
