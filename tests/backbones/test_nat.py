@@ -6,6 +6,7 @@ are counted fvcore-style (what the papers report): matmuls/convs (FlopCounterMod
 5 * numel per affine LayerNorm and one add per (query, key) for the relative position bias, as natten
 0.14's fvcore handle counts it. Big models are built on the meta device, so nothing large is allocated.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,15 +24,37 @@ from vizoo.backbones import nat as natmod
 from vizoo.backbones.layers import NeighborhoodAttention2d
 from vizoo.backbones.nat import NAT, NATIsotropic, checkpoint_filter_fn, dinat_dilations
 
-NAMES = ["nat_mini", "nat_tiny", "nat_small", "nat_base", "dinat_mini", "dinat_tiny", "dinat_small", "dinat_base",
-         "dinat_large", "nat_iso_small", "nat_iso_base", "dinat_iso_small", "dinat_iso_base"]
+NAMES = [
+    "nat_mini",
+    "nat_tiny",
+    "nat_small",
+    "nat_base",
+    "dinat_mini",
+    "dinat_tiny",
+    "dinat_small",
+    "dinat_base",
+    "dinat_large",
+    "nat_iso_small",
+    "nat_iso_base",
+    "dinat_iso_small",
+    "dinat_iso_base",
+]
 
 OFFICIAL_PARAMS = {
-    "nat_mini": 19_984_174, "nat_tiny": 27_901_582, "nat_small": 50_743_297, "nat_base": 89_769_652,
-    "dinat_mini": 19_984_174, "dinat_tiny": 27_901_582, "dinat_small": 50_719_681, "dinat_base": 89_769_652,
-    "dinat_large": 200_943_514, "dinat_large.in22k_ft_in1k_384": 200_943_514,
+    "nat_mini": 19_984_174,
+    "nat_tiny": 27_901_582,
+    "nat_small": 50_743_297,
+    "nat_base": 89_769_652,
+    "dinat_mini": 19_984_174,
+    "dinat_tiny": 27_901_582,
+    "dinat_small": 50_719_681,
+    "dinat_base": 89_769_652,
+    "dinat_large": 200_943_514,
+    "dinat_large.in22k_ft_in1k_384": 200_943_514,
     "dinat_large.in22k_ft_in1k_384_11x11": 201_144_250,
-    "nat_iso_small": 21_999_736, "nat_iso_base": 86_465_800, "dinat_iso_small": 21_999_736,
+    "nat_iso_small": 21_999_736,
+    "nat_iso_base": 86_465_800,
+    "dinat_iso_small": 21_999_736,
     "dinat_iso_base": 86_465_800,
 }
 
@@ -66,11 +89,20 @@ def fvcore_gmacs(model: torch.nn.Module, side: int) -> float:
     def rpb_adds(module, inputs, output):
         if module.rpb is not None:
             B, H, W, _ = output.shape
-            extra[0] += B * module.num_heads * max(H, module.window_extent) * max(W, module.window_extent) \
+            extra[0] += (
+                B
+                * module.num_heads
+                * max(H, module.window_extent)
+                * max(W, module.window_extent)
                 * module.kernel_size**2
+            )
 
-    hooks = [m.register_forward_hook(layer_norm) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
-    hooks += [m.register_forward_hook(rpb_adds) for m in model.modules() if isinstance(m, NeighborhoodAttention2d)]
+    hooks = [
+        m.register_forward_hook(layer_norm) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)
+    ]
+    hooks += [
+        m.register_forward_hook(rpb_adds) for m in model.modules() if isinstance(m, NeighborhoodAttention2d)
+    ]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.empty(1, 3, side, side, device="meta"))
@@ -80,7 +112,7 @@ def fvcore_gmacs(model: torch.nn.Module, side: int) -> float:
 
 
 def tiny(name="nat_mini", **kwargs):
-    """A small member of the family; hierarchical dilations sized for 64x64 inputs unless img_size is given."""
+    """A small member of the family; hierarchical dilations sized for 64x64 inputs (unless img_size given)."""
     torch.manual_seed(0)
     if "iso" not in name:
         kwargs.setdefault("img_size", 64)
@@ -107,10 +139,20 @@ def test_macs_match_official(name, side, official):
 def test_dilation_schedules_match_the_papers():
     assert meta_model("dinat_mini").dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5]
     assert meta_model("dinat_tiny").dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
-    assert meta_model("dinat_large.in22k_ft_in1k_384").dilations == [[1, 13, 1], [1, 6, 1, 6], [1, 3] * 9, [1] * 5]
+    assert meta_model("dinat_large.in22k_ft_in1k_384").dilations == [
+        [1, 13, 1],
+        [1, 6, 1, 6],
+        [1, 3] * 9,
+        [1] * 5,
+    ]
     k11 = meta_model("dinat_large.in22k_ft_in1k_384_11x11")
     assert k11.kernel_size == 11 and k11.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
-    assert meta_model("dinat_large", img_size=384).dilations == [[1, 13, 1], [1, 6, 1, 6], [1, 3] * 9, [1] * 5]
+    assert meta_model("dinat_large", img_size=384).dilations == [
+        [1, 13, 1],
+        [1, 6, 1, 6],
+        [1, 3] * 9,
+        [1] * 5,
+    ]
     assert meta_model("nat_tiny").dilations == [[1] * 3, [1] * 4, [1] * 18, [1] * 5]
     assert meta_model("dinat_iso_small").dilations == [1, 2] * 6
     assert meta_model("nat_iso_base").dilations == [1] * 12
@@ -120,10 +162,18 @@ def test_dilation_schedules_match_the_papers():
 
 
 def test_layer_scale_only_where_official():
-    has_ls = {n: any(k.endswith("ls1.gamma") for k, _ in meta_model(n).named_parameters())
-              for n in ["nat_mini", "nat_small", "nat_base", "dinat_small", "dinat_base", "dinat_large"]}
-    assert has_ls == {"nat_mini": False, "nat_small": True, "nat_base": True, "dinat_small": False,
-                      "dinat_base": True, "dinat_large": False}
+    has_ls = {
+        n: any(k.endswith("ls1.gamma") for k, _ in meta_model(n).named_parameters())
+        for n in ["nat_mini", "nat_small", "nat_base", "dinat_small", "dinat_base", "dinat_large"]
+    }
+    assert has_ls == {
+        "nat_mini": False,
+        "nat_small": True,
+        "nat_base": True,
+        "dinat_small": False,
+        "dinat_base": True,
+        "dinat_large": False,
+    }
 
 
 def test_names_do_not_shadow_timm():
@@ -234,7 +284,9 @@ def test_features_only_gives_nchw_pyramid():
 
 def test_gna_stride_option():
     model = tiny("nat_mini", stride=2)
-    assert all(m.stride == 2 and m.rpb is None for m in model.modules() if isinstance(m, NeighborhoodAttention2d))
+    assert all(
+        m.stride == 2 and m.rpb is None for m in model.modules() if isinstance(m, NeighborhoodAttention2d)
+    )
     reference = tiny("nat_mini", rpb=False)
     reference.load_state_dict(model.state_dict())
     x = torch.randn(1, 3, 64, 64)
@@ -262,8 +314,9 @@ def test_model_argument_errors():
 # ------------------------------------------------------------------------------------ checkpoint conversion
 
 
-def official_state_dict(embed_dim, depths, heads, mlp_ratio, kernel_size=7, layer_scale=False, num_classes=1000,
-                        in_chans=3):
+def official_state_dict(
+    embed_dim, depths, heads, mlp_ratio, kernel_size=7, layer_scale=False, num_classes=1000, in_chans=3
+):
     """A state dict with the original repo's key names and shapes (spec of classification/nat.py)."""
     g = torch.Generator().manual_seed(0)
     sd = {}
@@ -322,14 +375,20 @@ def to_hf_layout(sd, prefix="nat."):
             elif part in ("gamma1", "gamma2"):
                 continue
             else:
-                new = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.rpb": "attention.self.rpb",
-                       "attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
-                       "mlp.fc2": "output.dense"}
+                new = {
+                    "norm1": "layernorm_before",
+                    "norm2": "layernorm_after",
+                    "attn.rpb": "attention.self.rpb",
+                    "attn.proj": "attention.output.dense",
+                    "mlp.fc1": "intermediate.dense",
+                    "mlp.fc2": "output.dense",
+                }
                 stem, _, tail = part.rpartition(".") if part != "attn.rpb" else (part, "", "")
                 out[p + new[stem] + ("." + tail if tail else "")] = v
             if part == "norm1.weight" and f"levels.{m[1]}.blocks.{m[2]}.gamma1" in sd:
                 out[p + "layer_scale_parameters"] = torch.stack(
-                    [sd[f"levels.{m[1]}.blocks.{m[2]}.gamma1"], sd[f"levels.{m[1]}.blocks.{m[2]}.gamma2"]])
+                    [sd[f"levels.{m[1]}.blocks.{m[2]}.gamma1"], sd[f"levels.{m[1]}.blocks.{m[2]}.gamma2"]]
+                )
         elif m := re.fullmatch(r"levels\.(\d+)\.downsample\.(.+)", key):
             out[f"{prefix}encoder.levels.{m[1]}.downsample.{m[2]}"] = v
         elif m := re.fullmatch(r"patch_embed\.proj\.(\d)\.(.+)", key):
@@ -350,12 +409,17 @@ def tiny_official():
 
 def test_converter_maps_official_layout(tiny_official):
     model = tiny("nat_mini", layer_scale=1e-5, num_classes=10)
-    for wrapped in (tiny_official, {"model": tiny_official},
-                    {"state_dict": {"module." + k: v for k, v in tiny_official.items()}}):
+    for wrapped in (
+        tiny_official,
+        {"model": tiny_official},
+        {"state_dict": {"module." + k: v for k, v in tiny_official.items()}},
+    ):
         out = checkpoint_filter_fn(wrapped, model)
         model.load_state_dict(out, strict=True)
     sd = model.state_dict()
-    assert torch.equal(sd["stages.1.downsample.reduction.weight"], tiny_official["levels.0.downsample.reduction.weight"])
+    assert torch.equal(
+        sd["stages.1.downsample.reduction.weight"], tiny_official["levels.0.downsample.reduction.weight"]
+    )
     assert torch.equal(sd["stages.1.blocks.1.ls2.gamma"], tiny_official["levels.1.blocks.1.gamma2"])
     assert torch.equal(sd["stages.2.blocks.0.attn.rpb"], tiny_official["levels.2.blocks.0.attn.rpb"])
     assert torch.equal(sd["stem.conv2.weight"], tiny_official["patch_embed.proj.1.weight"])
@@ -378,7 +442,9 @@ def test_converter_maps_hugging_face_layout(tiny_official):
 
 def test_converter_maps_isotropic_layout():
     model = tiny("dinat_iso_small", num_classes=10)
-    sd = {k.replace("blocks.", "layers.").replace("head.fc.", "head."): v for k, v in model.state_dict().items()}
+    sd = {
+        k.replace("blocks.", "layers.").replace("head.fc.", "head."): v for k, v in model.state_dict().items()
+    }
     out = checkpoint_filter_fn(sd, model)
     assert out.keys() == model.state_dict().keys()
 
@@ -401,9 +467,12 @@ def test_converter_errors(tiny_official):
     missing = {k: v for k, v in tiny_official.items() if k != "levels.1.blocks.0.attn.rpb"}
     with pytest.raises(ValueError, match=r"missing key.*stages\.1\.blocks\.0\.attn\.rpb"):
         checkpoint_filter_fn(missing, model)
-    with pytest.raises(ValueError, match=r"unexpected key.*levels\.0\.blocks\.0\.attn\.relative_position_index"):
-        checkpoint_filter_fn(dict(tiny_official, **{"levels.0.blocks.0.attn.relative_position_index": torch.zeros(1)}),
-                             model)
+    with pytest.raises(
+        ValueError, match=r"unexpected key.*levels\.0\.blocks\.0\.attn\.relative_position_index"
+    ):
+        checkpoint_filter_fn(
+            dict(tiny_official, **{"levels.0.blocks.0.attn.relative_position_index": torch.zeros(1)}), model
+        )
     no_ls = tiny("nat_mini", num_classes=10)
     with pytest.raises(ValueError, match="unexpected key.*gamma"):
         checkpoint_filter_fn(tiny_official, no_ls)
@@ -411,8 +480,10 @@ def test_converter_errors(tiny_official):
     with pytest.raises(ValueError, match="RPB table of another kernel size"):
         checkpoint_filter_fn(tiny_official, big_kernel)
     with pytest.raises(ValueError, match="missing key"):
-        checkpoint_filter_fn(to_hf_layout({k: v for k, v in tiny_official.items() if "levels.0.blocks.0.attn.qkv" not in k}),
-                             model)
+        checkpoint_filter_fn(
+            to_hf_layout({k: v for k, v in tiny_official.items() if "levels.0.blocks.0.attn.qkv" not in k}),
+            model,
+        )
 
 
 def test_pretrained_cfgs():
@@ -452,7 +523,14 @@ def test_configs_name_real_arguments_and_official_recipe(path):
     if path.stem == "nat_demo_cpu":
         assert cfg["trainer"]["accelerator"] == "cpu" and cfg["data"]["dataset"] == "digits"
         return
-    official_drop_path = {"mini": 0.2, "tiny": 0.2, "small": 0.3, "base": 0.5, "iso_small": 0.1, "iso_base": 0.4}
+    official_drop_path = {
+        "mini": 0.2,
+        "tiny": 0.2,
+        "small": 0.3,
+        "base": 0.5,
+        "iso_small": 0.1,
+        "iso_base": 0.4,
+    }
     size = name.split("_", 1)[1]
     assert cfg["model"]["drop_path_rate"] == official_drop_path[size]
     m = cfg["model"]

@@ -17,14 +17,16 @@ published checkpoints were trained with):
   (normalised) input is padded with zeros on the bottom/right up to that size *before* the ``qkv``
   projection, so the padded tokens take part as keys/values carrying the ``qkv`` bias, exactly like the
   official module (computed by padding the projection's output with the ``qkv`` bias, which gives the
-  same values without projecting the padding); the output is cropped back to ``H x W`` before ``proj``. This lets the 11x11 DiNAT-L
-  run at 224 and every model run on small test images. ``pad_small=False`` turns it off, and then an
-  input below ``kernel_size * dilation`` is a ``ValueError`` that names the smallest accepted size.
+  same values without projecting the padding); the output is cropped back to ``H x W`` before ``proj``.
+  This lets the 11x11 DiNAT-L run at 224 and every model run on small test images. ``pad_small=False``
+  turns it off, and then an input below ``kernel_size * dilation`` is a ``ValueError`` that names the
+  smallest accepted size.
 
 Differences: attention-probability dropout is not available (the fused operator has no dropout; every
 official recipe uses ``attn_drop=0``), and a GNA ``stride`` can be given, which NAT never used (it changes
 the model; stride > 1 requires ``rpb=False``, because strided windows move keys outside the 2k-1 table).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -83,11 +85,15 @@ class NeighborhoodAttention2d(nn.Module):
         if not 1 <= stride <= kernel_size:
             raise ValueError(f"stride must be in 1..kernel_size ({kernel_size}), got {stride}")
         if rpb and stride != 1:
-            raise ValueError(f"relative position bias needs stride 1 (got stride={stride}): pass rpb=False "
-                             "for GNA strided windows")
+            raise ValueError(
+                f"relative position bias needs stride 1 (got stride={stride}): pass rpb=False "
+                "for GNA strided windows"
+            )
         if attn_drop:
-            raise ValueError(f"attn_drop is not supported by the fused neighborhood-attention operator "
-                             f"(got {attn_drop}); use 0.0 (every official NAT/DiNAT recipe does)")
+            raise ValueError(
+                f"attn_drop is not supported by the fused neighborhood-attention operator "
+                f"(got {attn_drop}); use 0.0 (every official NAT/DiNAT recipe does)"
+            )
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -114,8 +120,10 @@ class NeighborhoodAttention2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f"NeighborhoodAttention2d expects channels-last input [B, H, W, {self.dim}], "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"NeighborhoodAttention2d expects channels-last input [B, H, W, {self.dim}], "
+                f"got shape {tuple(x.shape)}"
+            )
         B, H, W, C = x.shape
         extent = self.window_extent
         pad_h, pad_w = max(0, extent - H), max(0, extent - W)
@@ -124,7 +132,8 @@ class NeighborhoodAttention2d(nn.Module):
                 raise ValueError(
                     f"feature map {H}x{W} is smaller than kernel_size * dilation = {self.kernel_size} * "
                     f"{self.dilation} = {extent}; the smallest accepted size is {extent}x{extent} "
-                    "(or build the layer with pad_small=True to zero-pad like the official NAT)")
+                    "(or build the layer with pad_small=True to zero-pad like the official NAT)"
+                )
         qkv = self.qkv(x)
         Hp, Wp = H + pad_h, W + pad_w
         if pad_h or pad_w:
@@ -136,11 +145,22 @@ class NeighborhoodAttention2d(nn.Module):
                 padded[:H, :W] = 0
                 qkv = qkv + padded * self.qkv.bias
         q, k, v = qkv.reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
-        x = na2d(q, k, v, self.kernel_size, dilation=self.dilation, stride=self.stride, rpb=self.rpb,
-                 scale=self.scale, backend=self.backend)
+        x = na2d(
+            q,
+            k,
+            v,
+            self.kernel_size,
+            dilation=self.dilation,
+            stride=self.stride,
+            rpb=self.rpb,
+            scale=self.scale,
+            backend=self.backend,
+        )
         x = x[:, :H, :W].reshape(B, H, W, C)
         return self.proj_drop(self.proj(x))
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-                f"dilation={self.dilation}, stride={self.stride}, rpb={self.rpb is not None}")
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, stride={self.stride}, rpb={self.rpb is not None}"
+        )

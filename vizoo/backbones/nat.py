@@ -41,11 +41,11 @@ Differences (none changes a pretrained model's output):
 A NAT checkpoint and a DiNAT checkpoint of the same size have identical keys and shapes (dilation is not
 stored), so either loads into either model without error: pick the model name that matches the weights.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -100,7 +100,7 @@ def _drop_path_rates(total: int, rate: float) -> List[float]:
 
 
 class ConvStem(nn.Module):
-    """Two 3x3 stride-2 convolutions (in -> C/2 -> C, no activation between) and LayerNorm; NCHW in, NHWC out."""
+    """Two 3x3 stride-2 convs (in -> C/2 -> C, no activation between), then LayerNorm; NCHW in, NHWC out."""
 
     def __init__(self, in_chans: int, embed_dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
         super().__init__()
@@ -128,8 +128,13 @@ class PatchEmbed(nn.Module):
     """Non-overlapping patch convolution and LayerNorm (isotropic models); pads H, W up to a multiple of the
     patch size on the bottom/right like the official code. NCHW in, NHWC out."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 16,
-                 norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: int,
+        patch_size: int = 16,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -169,8 +174,17 @@ class NATBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = NeighborhoodAttention2d(
-            dim, num_heads, kernel_size=kernel_size, dilation=dilation, stride=stride, qkv_bias=qkv_bias,
-            rpb=rpb, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop, pad_small=pad_small,
+            dim,
+            num_heads,
+            kernel_size=kernel_size,
+            dilation=dilation,
+            stride=stride,
+            qkv_bias=qkv_bias,
+            rpb=rpb,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            pad_small=pad_small,
             backend=attn_backend,
         )
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
@@ -188,8 +202,14 @@ class NATBlock(nn.Module):
 class NATStage(nn.Module):
     """One level: an optional downsampler (stages 1..3), then the blocks."""
 
-    def __init__(self, dim: int, out_dim: int, downsample: bool, blocks: List[nn.Module],
-                 norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        downsample: bool,
+        blocks: List[nn.Module],
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
         super().__init__()
         self.downsample = ConvDownsample(dim, out_dim, norm_layer) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
@@ -225,8 +245,10 @@ def _as_int(value: IntSeq) -> int:
 def _check_dilations(dilations: Sequence[Sequence[int]], depths: Sequence[int]) -> List[List[int]]:
     dilations = [list(d) for d in dilations]
     if len(dilations) != len(depths) or any(len(d) != n for d, n in zip(dilations, depths)):
-        raise ValueError(f"dilations must hold one list per level with one int per layer (depths {list(depths)}), "
-                         f"got {dilations}")
+        raise ValueError(
+            f"dilations must hold one list per level with one int per layer (depths {list(depths)}), "
+            f"got {dilations}"
+        )
     if any(not isinstance(x, int) or x < 1 for d in dilations for x in d):
         raise ValueError(f"dilations must be ints >= 1, got {dilations}")
     return dilations
@@ -272,7 +294,7 @@ def _check_fmt(output_fmt: str) -> None:
 
 
 class NAT(_ContractMixin, nn.Module):
-    """Hierarchical Neighborhood Attention Transformer (NAT; DiNAT with ``dilated=True``; GNA with ``stride``).
+    """Hierarchical Neighborhood Attention Transformer (NAT; DiNAT: ``dilated=True``; GNA: ``stride``).
 
     Args:
         in_chans: input image channels.
@@ -353,10 +375,24 @@ class NAT(_ContractMixin, nn.Module):
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             dim = embed_dim * 2**i
             blocks = [
-                NATBlock(dim, heads, kernel_size=kernel_size, dilation=dilations[i][j], stride=stride, rpb=rpb,
-                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, layer_scale=layer_scale,
-                         proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[layer + j],
-                         norm_layer=norm_layer, pad_small=pad_small, attn_backend=attn_backend)
+                NATBlock(
+                    dim,
+                    heads,
+                    kernel_size=kernel_size,
+                    dilation=dilations[i][j],
+                    stride=stride,
+                    rpb=rpb,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    layer_scale=layer_scale,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[layer + j],
+                    norm_layer=norm_layer,
+                    pad_small=pad_small,
+                    attn_backend=attn_backend,
+                )
                 for j in range(depth)
             ]
             stages.append(NATStage(prev_dim, dim, downsample=i > 0, blocks=blocks, norm_layer=norm_layer))
@@ -365,14 +401,18 @@ class NAT(_ContractMixin, nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dim
         self.norm = norm_layer(dim)
-        self.head = ClassifierHead(dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC")
+        self.head = ClassifierHead(
+            dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC"
+        )
         self.apply(_init_weights)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
             stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^norm", (99999,)),
@@ -459,7 +499,8 @@ class NATIsotropic(_ContractMixin, nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / channels.
         kernel_size: neighborhood size.
-        dilated: DiNAT schedule (odd layers dilated by ``max(1, (img_size / patch_size) // kernel_size)``, 2 at 224).
+        dilated: DiNAT schedule: odd layers dilated by ``max(1, (img_size / patch_size) // kernel_size)``
+            (2 at 224).
         dilations: explicit per-layer dilations (overrides ``dilated``).
         img_size: design input resolution (only sizes the dilations).
         stride, rpb, qkv_bias, qk_scale, layer_scale, drop_rate, proj_drop_rate, attn_drop_rate,
@@ -512,19 +553,37 @@ class NATIsotropic(_ContractMixin, nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm_layer)
         self.pos_drop = nn.Dropout(proj_drop_rate)
         dpr = _drop_path_rates(depth, drop_path_rate)
-        self.blocks = nn.Sequential(*[
-            NATBlock(embed_dim, num_heads, kernel_size=kernel_size, dilation=dilations[j], stride=stride, rpb=rpb,
-                     mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, layer_scale=layer_scale,
-                     proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[j], norm_layer=norm_layer,
-                     pad_small=pad_small, attn_backend=attn_backend)
-            for j in range(depth)
-        ])
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{j}")
-                             for j in range(depth)]
+        self.blocks = nn.Sequential(
+            *[
+                NATBlock(
+                    embed_dim,
+                    num_heads,
+                    kernel_size=kernel_size,
+                    dilation=dilations[j],
+                    stride=stride,
+                    rpb=rpb,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    layer_scale=layer_scale,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[j],
+                    norm_layer=norm_layer,
+                    pad_small=pad_small,
+                    attn_backend=attn_backend,
+                )
+                for j in range(depth)
+            ]
+        )
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{j}") for j in range(depth)
+        ]
         self.num_features = self.head_hidden_size = embed_dim
         self.norm = norm_layer(embed_dim)
-        self.head = ClassifierHead(embed_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                   input_fmt="NHWC")
+        self.head = ClassifierHead(
+            embed_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC"
+        )
         self.apply(_init_weights)
 
     @torch.jit.ignore
@@ -554,7 +613,7 @@ class NATIsotropic(_ContractMixin, nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
-        """Block outputs (all at stride ``patch_size``) and, unless ``intermediates_only``, the final features.
+        """Block outputs (all at stride ``patch_size``) and, unless ``intermediates_only``, final features.
 
         Args:
             x: images ``[B, C, H, W]``.
@@ -614,18 +673,20 @@ def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 
 def _map_official(key: str) -> Optional[str]:
     """Original repo key -> vizoo key (None when unknown)."""
     simple = {
-        "patch_embed.proj.0.": "stem.conv1.", "patch_embed.proj.1.": "stem.conv2.", "patch_embed.norm.": "stem.norm.",
+        "patch_embed.proj.0.": "stem.conv1.",
+        "patch_embed.proj.1.": "stem.conv2.",
+        "patch_embed.norm.": "stem.norm.",
     }
     for old, new in simple.items():
         if key.startswith(old) and key.count(".") == old.count("."):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     if m := re.fullmatch(r"levels\.(\d+)\.blocks\.(\d+)\.(" + _BLOCK_PARTS + ")", key):
         return f"stages.{m[1]}.blocks.{m[2]}.{m[3]}"
     if m := re.fullmatch(r"levels\.(\d+)\.blocks\.(\d+)\.gamma([12])", key):
@@ -666,7 +727,9 @@ def _convert_hf(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], List[
             out["stem.conv2." + k.rsplit(".", 1)[1]] = value
         elif m := re.fullmatch(r"embeddings\.norm\.(weight|bias)", k):
             out[f"stem.norm.{m[1]}"] = value
-        elif m := re.fullmatch(r"encoder\.levels\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", k):
+        elif m := re.fullmatch(
+            r"encoder\.levels\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", k
+        ):
             out[f"stages.{int(m[1]) + 1}.downsample.{m[2]}"] = value
         elif m := re.fullmatch(r"encoder\.levels\.(\d+)\.layers\.(\d+)\.(.+)", k):
             prefix, part = f"stages.{m[1]}.blocks.{m[2]}", m[3]
@@ -703,11 +766,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
           ``head``; isotropic models ``patch_embed.{proj, norm}`` and ``layers.j.*``;
         * Hugging Face transformers (``NatForImageClassification`` / ``DinatForImageClassification`` with
           ``nat.``/``dinat.`` prefixes, or the bare ``NatModel``/``DinatModel``): separate
-          ``query``/``key``/``value`` are concatenated into ``qkv``; ``layer_scale_parameters [2, C]`` split into
+          ``query``/``key``/``value`` are concatenated into ``qkv``; ``layer_scale_parameters [2, C]`` split
+          into
           ``ls1.gamma``/``ls2.gamma``;
         * vizoo's own layout (returned unchanged apart from unwrapping).
 
-    Classifier keys (``head.fc.*``) pass through unchecked, so timm can drop them when ``num_classes`` differs.
+    Classifier keys (``head.fc.*``) pass through unchecked, so timm can drop them when ``num_classes``
+    differs.
     NAT and DiNAT checkpoints of one size have the same keys: the filter cannot tell them apart.
 
     Raises:
@@ -736,15 +801,25 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     if unexpected or missing:
         raise ValueError(
             f"checkpoint does not match {type(model).__name__}: "
-            f"{len(unexpected)} unexpected key(s) {unexpected[:8]}, {len(missing)} missing key(s) {missing[:8]}. "
-            "Check the model name (NAT/DiNAT size, isotropic or not, layer scale) against the checkpoint.")
-    bad = [(k, tuple(v.shape), tuple(model_sd[k].shape)) for k, v in out.items()
-           if k in model_sd and not is_head(k) and tuple(v.shape) != tuple(model_sd[k].shape)]
+            f"{len(unexpected)} unexpected key(s) {unexpected[:8]}, "
+            f"{len(missing)} missing key(s) {missing[:8]}. "
+            "Check the model name (NAT/DiNAT size, isotropic or not, layer scale) against the checkpoint."
+        )
+    bad = [
+        (k, tuple(v.shape), tuple(model_sd[k].shape))
+        for k, v in out.items()
+        if k in model_sd and not is_head(k) and tuple(v.shape) != tuple(model_sd[k].shape)
+    ]
     if bad:
-        hint = " (an RPB table of another kernel size: pass the matching kernel_size)" if any(
-            k.endswith(".rpb") for k, _, _ in bad) else ""
-        raise ValueError(f"checkpoint shapes do not match the model{hint}: "
-                         + ", ".join(f"{k} {a} vs model {b}" for k, a, b in bad[:8]))
+        hint = (
+            " (an RPB table of another kernel size: pass the matching kernel_size)"
+            if any(k.endswith(".rpb") for k, _, _ in bad)
+            else ""
+        )
+        raise ValueError(
+            f"checkpoint shapes do not match the model{hint}: "
+            + ", ".join(f"{k} {a} vs model {b}" for k, a, b in bad[:8])
+        )
     return out
 
 
@@ -762,13 +837,16 @@ def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.M
     if cfg.input_size is not None:
         implied["img_size"] = cfg.input_size[-1]
     implied = {k: v for k, v in implied.items() if k not in kwargs}
-    # all four stages for the hierarchical models, the last three blocks for the isotropic ones (like timm's ViT)
+    # all four stages of the hierarchical models, the last three blocks of the isotropic ones (as in ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
     model = build_model_with_cfg(
-        cls, variant, pretrained,
+        cls,
+        variant,
+        pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs, **implied,
+        **kwargs,
+        **implied,
     )
     # timm merges the caller's kwargs over this, so exported configs also carry what the tag implied
     model._model_args = dict(getattr(model, "_model_args", {}), **implied)
@@ -804,37 +882,74 @@ def _iso_cfg(url: str = "", **kwargs) -> Dict[str, Any]:
     return _cfg(url, pool_size=(14, 14), first_conv="patch_embed.proj", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "nat_mini.in1k": _cfg(_NAT_URL + "nat_mini.pth", hf_hub_id="shi-labs/nat-mini-in1k-224", **_NAT_PAPER),
-    "nat_tiny.in1k": _cfg(_NAT_URL + "nat_tiny.pth", **_NAT_PAPER),
-    "nat_small.in1k": _cfg(_NAT_URL + "nat_small.pth", hf_hub_id="shi-labs/nat-small-in1k-224", **_NAT_PAPER),
-    "nat_base.in1k": _cfg(_NAT_URL + "nat_base.pth", hf_hub_id="shi-labs/nat-base-in1k-224", **_NAT_PAPER),
-    "dinat_mini.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_mini_in1k_224.pth",
-                            hf_hub_id="shi-labs/dinat-mini-in1k-224", **_DINAT_PAPER),
-    "dinat_tiny.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_tiny_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_small.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_small_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_base.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_base_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_large.in22k_ft_in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_large.in22k_ft_in1k_384": _cfg(
-        _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384.pth",
-        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, **_DINAT_PAPER),
-    "dinat_large.in22k_ft_in1k_384_11x11": _cfg(
-        _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384_11x11.pth",
-        hf_hub_id="shi-labs/dinat-large-11x11-in22k-in1k-384",
-        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0,
-        notes=("kernel_size=11 (implied by this tag)",), **_DINAT_PAPER),
-    "nat_iso_small.in1k": _iso_cfg(_DINAT_URL + "isotropic/nat_isotropic_small_in1k_224.pth", **_DINAT_PAPER),
-    "nat_iso_base.in1k": _iso_cfg(_DINAT_URL + "isotropic/nat_isotropic_base_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_iso_small.in1k": _iso_cfg(_DINAT_URL + "isotropic/dinat_isotropic_small_in1k_224.pth", **_DINAT_PAPER),
-    "dinat_iso_base.in1k": _iso_cfg(_DINAT_URL + "isotropic/dinat_isotropic_base_in1k_224.pth", **_DINAT_PAPER),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "nat_mini.in1k": _cfg(
+            _NAT_URL + "nat_mini.pth", hf_hub_id="shi-labs/nat-mini-in1k-224", **_NAT_PAPER
+        ),
+        "nat_tiny.in1k": _cfg(_NAT_URL + "nat_tiny.pth", **_NAT_PAPER),
+        "nat_small.in1k": _cfg(
+            _NAT_URL + "nat_small.pth", hf_hub_id="shi-labs/nat-small-in1k-224", **_NAT_PAPER
+        ),
+        "nat_base.in1k": _cfg(
+            _NAT_URL + "nat_base.pth", hf_hub_id="shi-labs/nat-base-in1k-224", **_NAT_PAPER
+        ),
+        "dinat_mini.in1k": _cfg(
+            _DINAT_URL + "imagenet1k/dinat_mini_in1k_224.pth",
+            hf_hub_id="shi-labs/dinat-mini-in1k-224",
+            **_DINAT_PAPER,
+        ),
+        "dinat_tiny.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_tiny_in1k_224.pth", **_DINAT_PAPER),
+        "dinat_small.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_small_in1k_224.pth", **_DINAT_PAPER),
+        "dinat_base.in1k": _cfg(_DINAT_URL + "imagenet1k/dinat_base_in1k_224.pth", **_DINAT_PAPER),
+        "dinat_large.in22k_ft_in1k": _cfg(
+            _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_224.pth", **_DINAT_PAPER
+        ),
+        "dinat_large.in22k_ft_in1k_384": _cfg(
+            _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384.pth",
+            input_size=(3, 384, 384),
+            pool_size=(12, 12),
+            crop_pct=1.0,
+            **_DINAT_PAPER,
+        ),
+        "dinat_large.in22k_ft_in1k_384_11x11": _cfg(
+            _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384_11x11.pth",
+            hf_hub_id="shi-labs/dinat-large-11x11-in22k-in1k-384",
+            input_size=(3, 384, 384),
+            pool_size=(12, 12),
+            crop_pct=1.0,
+            notes=("kernel_size=11 (implied by this tag)",),
+            **_DINAT_PAPER,
+        ),
+        "nat_iso_small.in1k": _iso_cfg(
+            _DINAT_URL + "isotropic/nat_isotropic_small_in1k_224.pth", **_DINAT_PAPER
+        ),
+        "nat_iso_base.in1k": _iso_cfg(
+            _DINAT_URL + "isotropic/nat_isotropic_base_in1k_224.pth", **_DINAT_PAPER
+        ),
+        "dinat_iso_small.in1k": _iso_cfg(
+            _DINAT_URL + "isotropic/dinat_isotropic_small_in1k_224.pth", **_DINAT_PAPER
+        ),
+        "dinat_iso_base.in1k": _iso_cfg(
+            _DINAT_URL + "isotropic/dinat_isotropic_base_in1k_224.pth", **_DINAT_PAPER
+        ),
+    }
+)
 
 _MINI = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, drop_path_rate=0.2)
 _TINY = dict(embed_dim=64, depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, drop_path_rate=0.2)
 _SMALL = dict(embed_dim=96, depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), mlp_ratio=2.0, drop_path_rate=0.3)
-_BASE = dict(embed_dim=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_ratio=2.0, drop_path_rate=0.5,
-             layer_scale=1e-5)
-_LARGE = dict(embed_dim=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.0, drop_path_rate=0.35)
+_BASE = dict(
+    embed_dim=128,
+    depths=(3, 4, 18, 5),
+    num_heads=(4, 8, 16, 32),
+    mlp_ratio=2.0,
+    drop_path_rate=0.5,
+    layer_scale=1e-5,
+)
+_LARGE = dict(
+    embed_dim=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.0, drop_path_rate=0.35
+)
 _ISO_SMALL = dict(embed_dim=384, depth=12, num_heads=12, mlp_ratio=4.0, drop_path_rate=0.1)
 _ISO_BASE = dict(embed_dim=768, depth=12, num_heads=24, mlp_ratio=4.0, drop_path_rate=0.4)
 
