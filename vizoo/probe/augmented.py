@@ -177,7 +177,12 @@ class AugmentedProbe(L.LightningModule):
 
 
 def _trainer(job, config: TrainConfig) -> L.Trainer:
+    import warnings
+
     from lightning.pytorch.callbacks import RichProgressBar
+
+    # the frozen backbone is in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
     device = str(config.device)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"

@@ -31,7 +31,7 @@ DEMO_CONFIG = dict(
         "cbam",
         "dolg",
     ],
-    lrs=[1e-3, 1e-2],
+    lrs=[3e-3, 3e-2],
     epochs=15,
     batch_size=128,
     optimizer="adamw",

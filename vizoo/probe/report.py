@@ -35,7 +35,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (layer, label), rs in groups.items():
 
-        def stat(key):
+        def stat(key, rs=rs):
             vals = [r[key] for r in rs if r[key] is not None]
             if not vals:
                 return None, None
@@ -59,6 +59,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 params=rs[0]["params"],
                 macs=rs[0]["macs"],
                 train_time_s=sum(r["train_time_s"] for r in rs),
+                shared=bool(rs[0].get("train_time_shared")),
             )
         )
     return rows
@@ -103,12 +104,15 @@ def print_table(report: dict[str, Any], console=None) -> None:
         cells += [r["label"], top1, _fmt_acc(r["test_top5"]), _fmt_acc(r["val_top1"])]
         if not lowshot:
             cells += [f"{r['lr']:g}", str(r["best_epoch"] + 1)]
-        cells += [_fmt_count(r["params"]), _fmt_count(r["macs"]), f"{r['train_time_s']:.1f} s"]
+        time_text = f"{r['train_time_s']:.1f} s" + (" (all)" if r["shared"] else "")
+        cells += [_fmt_count(r["params"]), _fmt_count(r["macs"]), time_text]
         table.add_row(*cells)
     console.print(table)
     console.print(
-        f"test accuracy of the head/lr/epoch chosen on the validation split (micro average, %); "
-        f"MACs per image, backbone excluded; splits {meta.get('split_sizes')}; wall time "
+        "test accuracy of the head/lr/epoch (1-based) chosen on the validation split (micro average, %); "
+        + ("train time (all): every head trained together in one run; " if any(r["shared"] for r in rows)
+           else "")
+        + f"MACs per image, backbone excluded; splits {meta.get('split_sizes')}; wall time "
         f"{meta.get('wall_time_s', 0):.1f} s"
     )
 
