@@ -178,3 +178,20 @@ def test_empty_split_is_an_error(tiny_vit, tmp_path):
     payload = make_payload("m", {}, "w", "t", {}, [1], False, dict(name="x", split="train"))
     with pytest.raises(ValueError, match="empty"):
         extract_split(tiny_vit, empty, payload, [1], False, tmp_path, progress=False)
+
+
+def test_image_folder_identity_follows_the_files(tmp_path):
+    from PIL import Image
+
+    from vizoo.data import create_dataset
+
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "train" / name / "a.png")
+    first = dataset_identity("folder", "train", create_dataset("folder", "train", root=str(tmp_path)))
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "train" / "cat" / "a.png")
+    import os
+
+    os.utime(tmp_path / "train" / "cat" / "a.png", ns=(1, 1))
+    second = dataset_identity("folder", "train", create_dataset("folder", "train", root=str(tmp_path)))
+    assert first["labels_sha"] == second["labels_sha"] and first["files_sha"] != second["files_sha"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,8 @@ class CachedSplit:
 
 
 def dataset_identity(name: str, split: str, dataset: Dataset, **options: Any) -> dict[str, Any]:
-    """What identifies a dataset split in a cache key: name, split, options, size and a digest of the labels.
+    """What identifies a dataset split in a cache key: name, split, options, size, a digest of the labels and,
+    for image folders, a digest of the file paths, sizes and modification times.
 
     Args:
         name: dataset name (``digits``, ``folder``, ...).
@@ -92,7 +94,15 @@ def dataset_identity(name: str, split: str, dataset: Dataset, **options: Any) ->
     """
     labels = labels_of(dataset)
     digest = hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16]
-    return dict(name=name, split=split, options=options, num_samples=len(dataset), labels_sha=digest)
+    identity = dict(name=name, split=split, options=options, num_samples=len(dataset), labels_sha=digest)
+    samples = getattr(getattr(dataset, "dataset", dataset), "samples", None)
+    if samples is not None:  # image files: their paths, sizes and modification times
+        h = hashlib.sha256()
+        for path, _ in samples:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        identity["files_sha"] = h.hexdigest()[:16]
+    return identity
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
