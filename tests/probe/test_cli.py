@@ -143,3 +143,9 @@ def test_unknown_config_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["-c", str(bad)])
     assert "unknown setting(s) ['modle']" in capsys.readouterr().err
+
+
+def test_unknown_model_suggests_close_names(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "nat_minni", "--no-progress", "--output-dir", str(tmp_path)])
+    assert "unknown model 'nat_minni'. Did you mean 'nat_mini'?" in capsys.readouterr().err
