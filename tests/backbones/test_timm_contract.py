@@ -1,7 +1,8 @@
 """The timm model contract (DESIGN.md), checked over every registered vizoo model on CPU at a small input size.
 
-Families add themselves by registering: this file names no model. A model may give the input size for this
-test as ``pretrained_cfg['test_input_size']`` (as timm's own models do); otherwise 64x64 is used.
+Families add themselves by registering: this file names no model. Models are built for a 64x64 input
+(``img_size=64`` where the constructor takes it, so that resolution-derived settings such as DiNAT's dilations
+fit the small input instead of padding it) unless the cfg gives a ``test_input_size``.
 """
 import copy
 
@@ -16,12 +17,20 @@ MODELS = vizoo.list_models()
 NUM_CLASSES = 7
 
 
+def create(name: str, **kwargs):
+    size = timm.models.get_pretrained_cfg(name).to_dict().get("test_input_size") or (3, 64, 64)
+    try:
+        model = timm.create_model(name, img_size=size[-1], **kwargs)
+    except TypeError:  # the constructor takes no img_size
+        model = timm.create_model(name, **kwargs)
+    return model.eval(), size
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def built(request):
     """One build per model, shared by the tests below (pytest groups the tests by this fixture's parameter)."""
     torch.manual_seed(0)
-    model = timm.create_model(request.param, num_classes=NUM_CLASSES).eval()
-    size = model.pretrained_cfg.get("test_input_size") or (3, 64, 64)
+    model, size = create(request.param, num_classes=NUM_CLASSES)
     return request.param, model, torch.randn(2, *size[-3:])
 
 
@@ -69,7 +78,7 @@ def test_forward_intermediates_and_features_only(built):
         only = model.forward_intermediates(x, indices=1, intermediates_only=True)
         assert len(only) == 1 and torch.allclose(only[0], intermediates[-1], atol=1e-5)
     assert len(model.feature_info) >= 3
-    features = timm.create_model(name, features_only=True).eval()
+    features, _ = create(name, features_only=True)
     channels = features.feature_info.channels()
     with torch.no_grad():
         maps = features(x)
