@@ -125,3 +125,16 @@ def test_ddp_two_processes_on_cpu_sync_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     single = cli_main(["validate", *TINY, "--run_name=ddp_check", f"--ckpt_path={last}"])
     assert single.trainer.callback_metrics["val/acc"].item() == pytest.approx(ddp_acc, abs=1e-6)
+
+
+def test_fit_with_channels_last_checkpointing_bf16_and_drop_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main([
+        "fit", *TINY, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+        "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--model.grad_checkpointing=true",
+        "--model.drop_path_rate=0.1", "--model.cutmix=1.0", "--run_name=opts",
+    ])
+    model = cli.model.model
+    assert cli.trainer.global_step == 2
+    assert model.grad_checkpointing and model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert torch.isfinite(torch.tensor(cli.trainer.callback_metrics["train/loss_epoch"].item()))
