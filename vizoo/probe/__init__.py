@@ -5,6 +5,8 @@
   norm and data.
 * ``vizoo.probe.trainer`` - many heads x learning rates trained on one pass over cached features; selection on
   the validation split.
+* ``vizoo.probe.multiblock`` - DINOv2's multi-block inputs (class tokens of the last n blocks [+ patch mean])
+  and its plain Linear head, on cached features.
 * ``vizoo.probe.augmented`` - the papers' protocol (augmentation, backbone every step) through Lightning.
 * ``vizoo.probe.lowshot`` - k images per class; ``vizoo.probe.optim`` - LARS and warmup + cosine.
 * ``vizoo.probe.pipeline`` - ``run_probe(ProbeJob(...))``; ``vizoo.probe.cli`` - ``vizoo probe``;

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
-from vizoo.heads import create_head
 from vizoo.probe.features import extract_tokens
+from vizoo.probe.multiblock import make_head
 from vizoo.probe.optim import build_optimizer, warmup_cosine
 from vizoo.probe.trainer import HeadSpec, TrainConfig
 
@@ -70,7 +70,7 @@ class AugmentedProbe(L.LightningModule):
             for h_idx, spec in enumerate(heads):
                 for lr in config.lrs:
                     torch.manual_seed(config.seed + h_idx)
-                    head = create_head(spec.name, d, num_classes, **spec.kwargs)
+                    head = make_head(spec.name, d, num_classes, **spec.kwargs)
                     if head.uses_prefix == "required" and p == 0:
                         raise ValueError(
                             f"head {spec.label!r} needs prefix tokens (a class token), but this "

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = dict(
     seed=0,
     protocol="cached",
     layers=None,
+    inputs=None,
     norm=False,
     k_shot=None,
     seeds=[0],
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         help="blocks to probe, negative from the end (several: layer-wise mode); default: the last",
+    )
+    g.add_argument(
+        "--inputs",
+        nargs="+",
+        help="DINOv2 multi-block inputs instead of --layers (cached protocol, linear heads): cls1 cls1+avg "
+        "cls4 cls4+avg = class tokens of the last n blocks concatenated [+ last block's patch mean]",
     )
     g.add_argument(
         "--norm",
@@ -158,7 +165,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def parse_heads(items: list[Any], head_kwargs: dict[str, dict[str, Any]]):
     """Head specs from strings (``ep`` or ``ep:num_queries=8,d_out=2``), dicts or ``all``."""
-    from vizoo.heads import get_head_class, list_heads
+    from vizoo.heads import list_heads
+    from vizoo.probe.multiblock import head_class
     from vizoo.probe.trainer import HeadSpec
 
     specs = []
@@ -178,7 +186,7 @@ def parse_heads(items: list[Any], head_kwargs: dict[str, dict[str, Any]]):
                 kwargs[key.strip()] = yaml.safe_load(value)
         else:
             raise ValueError(f"a head must be a name, 'name:key=value,...' or a mapping; got {item!r}")
-        get_head_class(name)  # unknown names: ValueError listing the valid ones
+        head_class(name)  # unknown names: ValueError listing the valid ones
         merged = {**head_kwargs.get(name, {}), **kwargs}
         specs.append(HeadSpec(name, merged, label))
     return specs
@@ -241,6 +249,7 @@ def job_from_settings(settings: dict[str, Any]):
         train=train,
         protocol=s["protocol"],
         layers=layers,
+        inputs=[s["inputs"]] if isinstance(s["inputs"], str) else s["inputs"],
         norm=bool(s["norm"]),
         k_shot=s["k_shot"],
         seeds=[int(v) for v in s["seeds"]],
@@ -268,6 +277,7 @@ def _list_heads() -> None:
     for name in list_heads():
         opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
         table.add_row(name, str(get_head_class(name).uses_prefix), opts)
+    table.add_row("plain_linear", "optional", "pool='auto'  (DINOv2: Linear only, no BatchNorm; vizoo.probe)")
     Console().print(table)
 
 

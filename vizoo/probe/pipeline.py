@@ -34,6 +34,7 @@ from vizoo.probe.features import (
     weights_digest,
 )
 from vizoo.probe.lowshot import sample_k_shot
+from vizoo.probe.multiblock import LINEAR_HEADS, InputSpec, blocks_needed, concat_split
 from vizoo.probe.trainer import HeadSpec, TrainConfig, train_probes
 
 PROTOCOLS = ("cached", "augmented")
@@ -63,6 +64,10 @@ class ProbeJob:
         train: optimisation settings.
         protocol: ``cached`` or ``augmented``.
         layers: blocks to probe (negative from the end); several = layer-wise mode (one result per layer).
+        inputs: DINOv2 multi-block inputs (``cls1``, ``cls1+avg``, ``cls4``, ``cls4+avg``, ...; see
+            ``vizoo.probe.multiblock``): the last blocks they need are cached once and every head is trained
+            on each concatenated input (one result per input). Cached protocol, linear heads only; replaces
+            ``layers``.
         norm: apply the final norm to the tokens (DINOv2 style) or not (MAE style).
         k_shot: images per class for low-shot mode (None = all).
         seeds: low-shot seeds (one result set per seed).
@@ -88,6 +93,7 @@ class ProbeJob:
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: str = "cached"
     layers: Sequence[int] | None = None
+    inputs: Sequence[str] | None = None
     norm: bool = False
     k_shot: int | None = None
     seeds: Sequence[int] = (0,)
@@ -154,10 +160,11 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
         raise ValueError("low-shot mode (k_shot) runs on cached features; use protocol='cached' with k_shot")
     if job.devices < 1:
         raise ValueError(f"devices must be >= 1, got {job.devices}")
-    from vizoo.heads import get_head_class
+    from vizoo.probe.multiblock import head_class
 
     for spec in job.heads:  # unknown names fail before any work
-        get_head_class(spec.name)
+        head_class(spec.name)
+    inputs = _check_inputs(job)
     started = time.perf_counter()
     spec = BackboneSpec(job.model, dict(job.model_kwargs), job.pretrained, job.checkpoint)
     model = create_backbone(spec)
@@ -166,7 +173,10 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     data_config = data_config_for(model, image_size)
     dm = _datamodule(job, data_config, image_size)
     classes = _check_classes(dm)
-    layers = resolve_layers(model, job.layers)
+    if inputs:
+        layers = resolve_layers(model, list(range(-blocks_needed(inputs), 0)))
+    else:
+        layers = resolve_layers(model, job.layers)
     if job.k_shot is not None:  # fail early on a k larger than the smallest class
         from vizoo.probe.cache import labels_of
 
@@ -179,6 +189,7 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
         protocol=job.protocol,
         norm=job.norm,
         layers=layers,
+        inputs=[s.label for s in inputs] or None,
         dataset=job.dataset,
         root=job.root,
         image_size=image_size,
@@ -197,7 +208,7 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
         ),
     )
     if job.protocol == "cached":
-        results, splits = _run_cached(job, model, dm, digest, data_config, layers, classes)
+        results, splits = _run_cached(job, model, dm, digest, data_config, layers, classes, inputs)
         meta["split_sizes"] = splits
     else:
         from vizoo.probe.augmented import run_augmented
@@ -259,25 +270,53 @@ def extract_features(
     )
 
 
-def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes):
+def _check_inputs(job: ProbeJob) -> list[InputSpec]:
+    """The parsed multi-block inputs of the job (empty without them); checks what they combine with."""
+    if not job.inputs:
+        return []
+    specs = [InputSpec.parse(s) for s in job.inputs]
+    if len({s.label for s in specs}) != len(specs):
+        raise ValueError(f"inputs {list(job.inputs)} name the same input twice")
+    if job.protocol != "cached":
+        raise ValueError("multi-block inputs (inputs=...) run in the cached protocol; use protocol='cached'")
+    if job.layers:
+        raise ValueError(
+            "give either layers (layer-wise probing) or inputs (multi-block concatenation), not both: the "
+            "inputs choose their blocks (the last n)"
+        )
+    others = [
+        h.label for h in job.heads if h.name not in LINEAR_HEADS or h.kwargs.get("pool", "auto") == "cls"
+    ]
+    if others:
+        raise ValueError(
+            f"multi-block inputs give one vector per image, so only linear heads apply ({', '.join(LINEAR_HEADS)}"
+            f" with pool 'auto' or 'avg'); got {others}"
+        )
+    return specs
+
+
+def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes, inputs=()):
     splits = {
         s: extract_features(job, model, dm, digest, data_config, layers, s)
         for s in ("train", "val", "test")
         if s != "test" or _has_split(dm, "test")
     }
     sizes = {s: len(v) for s, v in splits.items()}
+    # layer-wise mode: (layer, None) per layer; multi-block mode: (last layer, input) per input
+    targets = [(max(layers), spec) for spec in inputs] or [(layer, None) for layer in layers]
     results = []
     seeds = list(job.seeds) if job.k_shot is not None else [None]
-    for layer in layers:
+    for layer, spec in targets:
+        views = splits if spec is None else {name: concat_split(v, spec) for name, v in splits.items()}
         for seed in seeds:
-            train = splits["train"]
+            train = views["train"]
             if seed is not None:
                 train = train.subset(sample_k_shot(train.labels, job.k_shot, seed, len(classes)))
             config = job.train if seed is None else _with_seed(job.train, seed)
             for r in train_probes(
                 train,
-                splits["val"],
-                splits.get("test"),
+                views["val"],
+                views.get("test"),
                 layer,
                 job.heads,
                 len(classes),
@@ -286,6 +325,13 @@ def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes):
             ):
                 entry = r.to_dict()
                 entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
+                if spec is not None:
+                    entry.update(
+                        label=f"{r.label} [{spec.label}]",
+                        head_label=r.label,
+                        input=spec.label,
+                        in_dim=int(train.tokens[layer].shape[2]),
+                    )
                 results.append(entry)
     return results, sizes
 

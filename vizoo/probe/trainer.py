@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from vizoo.heads import create_head
 from vizoo.probe.cache import CachedSplit
+from vizoo.probe.multiblock import make_head
 from vizoo.probe.optim import build_optimizer, warmup_cosine
 
 
@@ -146,7 +146,7 @@ def _build_instances(
     for h_idx, spec in enumerate(heads):
         for lr in lrs:
             torch.manual_seed(seed + h_idx)
-            head = create_head(spec.name, dim, num_classes, **spec.kwargs)
+            head = make_head(spec.name, dim, num_classes, **spec.kwargs)
             if head.uses_prefix == "required" and num_prefix == 0:
                 raise ValueError(
                     f"head {spec.label!r} needs prefix tokens (a class token), but this backbone returns "
