@@ -36,3 +36,18 @@ def test_cli_help_and_unknown_command(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "vizoo.cli", "--help"], capture_output=True, text=True, check=True)
     assert "usage: vizoo" in out.stdout
+
+
+def test_bad_input_is_one_line_error_with_exit_code_2(capsys, monkeypatch):
+    monkeypatch.delenv("VIZOO_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["models", "--no-such-flag"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--model.model_name=nat_tny", "--data.dataset=digits", "--trainer.accelerator=cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "vizoo: error: unknown model 'nat_tny'. Did you mean 'nat_tiny'?" in err
+    monkeypatch.setenv("VIZOO_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["fit", "--model.model_name=nat_tny", "--data.dataset=digits", "--trainer.accelerator=cpu"])

@@ -6,6 +6,7 @@ lives in the module named below and is imported only when used, so ``vizoo --hel
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -30,6 +31,21 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a subcommand; bad input (ValueError, FileNotFoundError) ends with a one-line error and exit code 2.
+
+    Set ``VIZOO_TRACEBACK=1`` to see the full traceback instead.
+    """
+    try:
+        _run(argv)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("VIZOO_TRACEBACK"):
+            raise
+        print(f"vizoo: error: {error}", file=sys.stderr)
+        print("(set VIZOO_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
