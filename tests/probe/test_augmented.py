@@ -51,6 +51,7 @@ def test_augmented_protocol_trains_heads_only(tmp_path):
         assert r["protocol"] == "augmented" and len(r["sweep"]) == 2
         assert all(len(s["val_top1_per_epoch"]) == 2 for s in r["sweep"])
         assert 0.0 <= r["test_top1"] <= r["test_top5"] <= 100.0 and r["top5_k"] == 5
+        assert (r["val_count"], r["test_count"], r["world_size"]) == (24, 24, 1)
     model = seen["model"]
     assert not model.training  # the frozen backbone stayed in eval mode
     after = model.state_dict()

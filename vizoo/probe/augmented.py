@@ -9,7 +9,13 @@ split (torchmetrics ``MulticlassAccuracy(average='micro')``, synced across DDP r
 weights are kept, the best (lr, epoch) per (layer, head type) is selected on validation and only that
 instance is scored on the test split.
 
-Runs under a Lightning ``Trainer`` (progress bar, any accelerator, DDP through ``devices``).
+Runs under a Lightning ``Trainer`` (progress bar, any accelerator, DDP through ``devices``). Under DDP each
+rank trains on its shard of the training split (a ``DistributedSampler`` seeded with ``TrainConfig.seed``,
+``batch_size`` per rank, so the global batch is ``batch_size x world size`` and ``scale_lr`` scales by it), and
+validation/test use an unrepeated sampler (no padding: every image is scored exactly once, the shards may
+differ by one image) whose counts the metrics sum over ranks; the number of images scored is recorded in the
+results (``val_count``, ``test_count``) and must equal the split sizes. The schedule's length comes from
+``trainer.estimated_stepping_batches`` (steps per rank).
 Differs from the official code: selection on a held-out validation split, not on the reported set; the
 backbone stays in eval mode (the official script puts the whole model in train mode).
 """
@@ -23,8 +29,10 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vizoo.probe.features import extract_tokens
@@ -44,7 +52,6 @@ class AugmentedProbe(L.LightningModule):
         num_classes: C.
         config: optimisation settings (lrs, epochs, optimiser, warmup, ...).
         token_shapes: per layer ``(N, D, P, grid)`` measured on one batch.
-        steps_per_epoch: optimiser steps per epoch (for the schedule).
     """
 
     def __init__(
@@ -56,13 +63,11 @@ class AugmentedProbe(L.LightningModule):
         num_classes: int,
         config: TrainConfig,
         token_shapes: dict[int, tuple],
-        steps_per_epoch: int,
     ):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.layers, self.norm, self.config = list(layers), norm, config
         self.num_classes, self.token_shapes = num_classes, token_shapes
-        self.steps_per_epoch = steps_per_epoch
         self.index: list[tuple[int, int, float]] = []  # (layer, head type index, lr) per instance
         modules = []
         for layer in self.layers:
@@ -85,6 +90,11 @@ class AugmentedProbe(L.LightningModule):
         self.val_top1 = nn.ModuleList(
             MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in modules
         )
+        self.val_count = SumMetric()  # images scored in the last validation epoch, over all ranks
+        self.test_count = SumMetric()
+        self.last_val_count = 0
+        self.test_scores: list[tuple[float, float]] = []
+        self.test_images = 0
         self.history: list[list[float]] = [[] for _ in modules]
         self.best: list[tuple[float, int, dict | None]] = [(-1.0, -1, None)] * len(modules)
         self.test_ids: list[int] = []
@@ -120,12 +130,16 @@ class AugmentedProbe(L.LightningModule):
         outs = self._tokens(images)
         for i in range(len(self.heads)):
             self.val_top1[i].update(self._logits(i, outs), labels)
+        self.val_count.update(torch.tensor(float(len(labels)), device=labels.device))
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             for m in self.val_top1:
                 m.reset()
+            self.val_count.reset()
             return
+        self.last_val_count = int(self.val_count.compute())
+        self.val_count.reset()
         for i, metric in enumerate(self.val_top1):
             top1 = 100.0 * float(metric.compute())
             metric.reset()
@@ -141,17 +155,28 @@ class AugmentedProbe(L.LightningModule):
             logits = self._logits(i, outs)
             self.test_top1[j].update(logits, labels)
             self.test_topk[j].update(logits, labels)
+        self.test_count.update(torch.tensor(float(len(labels)), device=labels.device))
+
+    def on_test_epoch_end(self):
+        # compute() gathers the counts of every rank (all ranks call it, in the same order)
+        self.test_scores = [
+            (100.0 * float(a.compute()), 100.0 * float(b.compute()))
+            for a, b in zip(self.test_top1, self.test_topk)
+        ]
+        self.test_images = int(self.test_count.compute())
+        self.test_count.reset()
 
     def configure_optimizers(self):
-        scale = self.config.batch_size / 256 if self.config.scale_lr else 1.0
+        global_batch = self.config.batch_size * self.trainer.world_size
+        scale = global_batch / 256 if self.config.scale_lr else 1.0
         groups = [
             dict(params=list(h.parameters()), lr=lr * scale) for h, (_, _, lr) in zip(self.heads, self.index)
         ]
         opt = build_optimizer(
             self.config.optimizer, groups, self.config.lrs[0] * scale, self.config.weight_decay
         )
-        total = self.steps_per_epoch * self.config.epochs
-        warmup = int(round(self.config.warmup_epochs * self.steps_per_epoch))
+        total = int(self.trainer.estimated_stepping_batches)  # per rank, all epochs
+        warmup = int(round(self.config.warmup_epochs * total / self.config.epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval="step"))
 
@@ -187,7 +212,9 @@ def _trainer(job, config: TrainConfig) -> L.Trainer:
     device = str(config.device)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     devices: Any = [int(device.split(":")[1])] if ":" in device else job.devices
+    distributed = not isinstance(devices, list) and devices > 1
     return L.Trainer(
+        strategy="ddp" if distributed else "auto",
         max_epochs=config.epochs,
         accelerator=accelerator,
         devices=devices,
@@ -201,47 +228,84 @@ def _trainer(job, config: TrainConfig) -> L.Trainer:
     )
 
 
+class _ProbeData(L.LightningDataModule):
+    """The loaders, built once the Trainer knows the world size and rank.
+
+    One process: a seeded shuffling loader for training, plain sequential loaders for val/test. Under DDP:
+    ``DistributedSampler`` (shuffled, seeded, padded to equal shards so every rank takes the same number of
+    steps) for training and ``UnrepeatedDistributedSampler`` (no padding) for val/test, so the synced metrics
+    count every image exactly once. Lightning leaves samplers that already are distributed alone.
+    """
+
+    def __init__(self, train_set, val_set, test_set, config: TrainConfig, num_workers: int):
+        super().__init__()
+        self.sets = dict(train=train_set, val=val_set, test=test_set)
+        self.config, self.num_workers = config, num_workers
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self):
+        data, bs = self.sets["train"], self.config.batch_size
+        world, rank = self._world()
+        if world > 1:
+            sampler = DistributedSampler(data, world, rank, shuffle=True, seed=self.config.seed)
+            # a last batch of one image would break the heads' BatchNorm in training mode
+            drop_last = len(sampler) > bs and len(sampler) % bs == 1
+            return DataLoader(data, bs, sampler=sampler, drop_last=drop_last, num_workers=self.num_workers)
+        drop_last = len(data) > bs and len(data) % bs == 1
+        return DataLoader(
+            data,
+            bs,
+            shuffle=True,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+
+    def _eval_loader(self, name: str):
+        data = self.sets[name]
+        world, rank = self._world()
+        sampler = UnrepeatedDistributedSampler(data, world, rank, shuffle=False) if world > 1 else None
+        return DataLoader(
+            data, self.config.eval_batch_size, shuffle=False, sampler=sampler, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self):
+        return self._eval_loader("val")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")
+
+
 def run_augmented(job, model: nn.Module, dm, layers: list[int], classes: list[str]):
     """Train and select under the augmented protocol; returns ``(results, split sizes)``."""
     config = job.train
     train_set, val_set = dm.split("train", training=True), dm.split("val")
-    has_test = True
+    test_set = None
     try:
         test_set = dm.split("test")
-        has_test = len(test_set) > 0
+        test_set = test_set if len(test_set) > 0 else None
     except (ValueError, FileNotFoundError):
-        has_test = False
-    bs = config.batch_size
-    drop_last = len(train_set) > bs and len(train_set) % bs == 1
-    train_loader = DataLoader(
-        train_set,
-        batch_size=bs,
-        shuffle=True,
-        drop_last=drop_last,
-        num_workers=job.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    eval_kwargs = dict(batch_size=config.eval_batch_size, shuffle=False, num_workers=job.num_workers)
-    val_loader = DataLoader(val_set, **eval_kwargs)
+        test_set = None
+    has_test = test_set is not None
     images, _ = next(iter(DataLoader(val_set, batch_size=2)))
     outs = extract_tokens(model, images, layers, job.norm)
     shapes = {
         lay: (o.tokens.shape[1], o.tokens.shape[2], o.prefix.shape[1], o.grid) for lay, o in zip(layers, outs)
     }
-    steps = len(train_loader)
-    module = AugmentedProbe(model, job.heads, layers, job.norm, len(classes), config, shapes, steps)
+    module = AugmentedProbe(model, job.heads, layers, job.norm, len(classes), config, shapes)
+    data = _ProbeData(train_set, val_set, test_set, config, job.num_workers)
     trainer = _trainer(job, config)
     started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    trainer.fit(module, datamodule=data)
     fit_seconds = time.perf_counter() - started
     chosen = module.choose()
     scores = [(None, None)] * len(chosen)
     if has_test:
-        trainer.test(module, dataloaders=DataLoader(test_set, **eval_kwargs), verbose=False)
-        scores = [
-            (100.0 * float(a.compute()), 100.0 * float(b.compute()))
-            for a, b in zip(module.test_top1, module.test_topk)
-        ]
+        trainer.test(module, datamodule=data, verbose=False)
+        scores = module.test_scores
     results = []
     for i, (top1, topk) in zip(chosen, scores):
         layer, h_idx, lr = module.index[i]
@@ -278,6 +342,9 @@ def run_augmented(job, model: nn.Module, dm, layers: list[int], classes: list[st
                 k_shot=None,
                 protocol="augmented",
                 num_train=len(train_set),
+                world_size=trainer.world_size,
+                val_count=module.last_val_count,
+                test_count=module.test_images if has_test else None,
             )
         )
     sizes = dict(train=len(train_set), val=len(val_set), **({"test": len(test_set)} if has_test else {}))
