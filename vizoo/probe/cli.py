@@ -141,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--cache-dir", help="feature cache root (default ~/.cache/vizoo/features or $VIZOO_CACHE)")
     o.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     o.add_argument(
-        "--devices", type=int, help="GPUs for the augmented protocol (several: DDP through Lightning)"
+        "--devices",
+        type=int,
+        help="processes for the augmented protocol (several: DDP through Lightning; GPUs, or CPU processes "
+        "with --device cpu)",
     )
     o.add_argument("--extract-batch-size", type=int)
     o.add_argument("--num-workers", type=int)
