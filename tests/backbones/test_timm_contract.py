@@ -107,3 +107,15 @@ def test_grad_checkpointing_backward_and_param_groups(built):
     assert sorted(n for group in grouped.values() for n in group) == sorted(names)
     for entry in model.no_weight_decay():
         assert any(n == entry or n.startswith(entry + ".") or n.endswith("." + entry) for n in names), entry
+
+
+def test_prune_intermediate_layers_keeps_the_taken_features(built):
+    name, model, x = built
+    with torch.no_grad():
+        first = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+        pruned = copy.deepcopy(model)
+        taken = pruned.prune_intermediate_layers(indices=[0], prune_head=True)
+        assert list(taken) == [0]
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+        again = pruned.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+    assert torch.allclose(first, again, atol=1e-6), name
