@@ -285,34 +285,12 @@ def _train(train, val, test, layer, heads, num_classes, config, progress) -> lis
     finally:
         bar.close()
     return _select(
-        heads,
-        instances,
-        modules,
-        history,
-        best,
-        seconds,
-        test,
-        layer,
-        config,
-        num_classes,
-        num_tokens,
-        num_prefix,
+        heads, instances, modules, history, best, seconds, test, layer, config, num_classes, num_tokens, num_prefix
     )
 
 
 def _select(
-    heads,
-    instances,
-    modules,
-    history,
-    best,
-    seconds,
-    test,
-    layer,
-    config,
-    num_classes,
-    num_tokens,
-    num_prefix,
+    heads, instances, modules, history, best, seconds, test, layer, config, num_classes, num_tokens, num_prefix
 ) -> list[HeadResult]:
     results = []
     for h_idx, spec in enumerate(heads):
@@ -333,7 +311,6 @@ def _select(
             )
             for i in members
         ]
-        prefix_for_macs = num_prefix if head.uses_prefix != "never" else 0
         results.append(
             HeadResult(
                 label=spec.label,
@@ -348,7 +325,7 @@ def _select(
                 test_top5=test_topk,
                 top5_k=min(5, num_classes),
                 params=head.num_params(),
-                macs=head.macs(num_tokens, prefix_for_macs if head.uses_prefix != "never" else 0),
+                macs=head.macs(num_tokens, num_prefix if head.uses_prefix != "never" else 0),
                 train_time_s=sum(seconds[i] for i in members),
                 sweep=sweep,
             )

@@ -65,15 +65,13 @@ CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}}  # tile overrides per pass, used 
 
 
 @triton.jit
-def _fwd_kernel(
-    Q, K, V, OUT, LSE, RPB,
-    LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
-    scale_log2,
-    DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
-):
+def _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y: tl.constexpr, DIL_X: tl.constexpr):
+    """Decode this program's ids, shared by all three kernels.
+
+    Returns the flat (batch, head) index and the head, the tile (ty, tx) in group coordinates, the dilation
+    group (gy, gx) and its lengths, the strides of one x / y step in the heads-last layout, and the offset of
+    this (batch, head) in q/k/v.
+    """
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HEADS
@@ -86,12 +84,26 @@ def _fwd_kernel(
     gy = t // DIL_X
     len_y = (H - gy + DIL_Y - 1) // DIL_Y
     len_x = (W - gx + DIL_X - 1) // DIL_X
-    if ty * TH >= len_y or tx * TW >= len_x:
-        return
-
     sx = HEADS * D
     sy = W * sx
     base = b.to(tl.int64) * H * sy + h * D
+    return bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, OUT, LSE, RPB,
+    LO_Y, HI_Y, LO_X, HI_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    scale_log2,
+    DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+):
+    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
+    if ty * TH >= len_y or tx * TW >= len_x:
+        return
+
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
 
@@ -160,24 +172,10 @@ def _bwd_dq_kernel(
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // HEADS
-    h = bh % HEADS
-    tx = pid % NT_X
-    t = pid // NT_X
-    ty = t % NT_Y
-    t = t // NT_Y
-    gx = t % DIL_X
-    gy = t // DIL_X
-    len_y = (H - gy + DIL_Y - 1) // DIL_Y
-    len_x = (W - gx + DIL_X - 1) // DIL_X
+    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
     if ty * TH >= len_y or tx * TW >= len_x:
         return
 
-    sx = HEADS * D
-    sy = W * sx
-    base = b.to(tl.int64) * H * sy + h * D
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
 
@@ -244,24 +242,10 @@ def _bwd_dkdv_kernel(
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // HEADS
-    h = bh % HEADS
-    tx = pid % NT_X
-    t = pid // NT_X
-    ty = t % NT_Y
-    t = t // NT_Y
-    gx = t % DIL_X
-    gy = t // DIL_X
-    len_y = (H - gy + DIL_Y - 1) // DIL_Y
-    len_x = (W - gx + DIL_X - 1) // DIL_X
+    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
     if ty * TH >= len_y or tx * TW >= len_x:
         return
 
-    sx = HEADS * D
-    sy = W * sx
-    base = b.to(tl.int64) * H * sy + h * D
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
 
