@@ -44,6 +44,9 @@ CASES = [
     Case("NAT-T s3 14x14 h8", 64, (14, 14), 8, 32, 7, check_batch=8),
     Case("NAT-T s4 7x7 h16", 64, (7, 7), 16, 32, 7, check_batch=8),
     Case("NAT-T s1 56x56 h2 +rpb", 64, (56, 56), 2, 32, 7, rpb=True, check_batch=8),
+    Case("NAT-T s2 28x28 h4 +rpb", 64, (28, 28), 4, 32, 7, rpb=True, check_batch=8),
+    Case("NAT-T s3 14x14 h8 +rpb", 64, (14, 14), 8, 32, 7, rpb=True, check_batch=8),
+    Case("NAT-T s4 7x7 h16 +rpb", 64, (7, 7), 16, 32, 7, rpb=True, check_batch=8),
     Case("DiNAT s1 56x56 h2 d8", 64, (56, 56), 2, 32, 7, dilation=8, check_batch=8),
     Case("hi-res 128x128 h8 k13 d64", 4, (128, 128), 8, 64, 13, check_batch=1),
 ]
@@ -215,19 +218,14 @@ def _bench_case(case: Case, log, reference: bool) -> dict:
     return row
 
 
-TUNE_FWD = [
-    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=4, KC=16, num_warps=2),
-    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=1), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
-    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=3), dict(TH=4, TW=8, KR=4, KC=16, num_warps=2),
-    dict(TH=8, TW=8, KR=8, KC=16, num_warps=4), dict(TH=16, TW=16, KR=1, KC=32, num_warps=8),
-]
-TUNE_OLD = [
-    dict(TH=8, TW=8, KR=1, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=4),
+TUNE_CONFIGS = [  # tile configs swept by --tune (k = 7 favourites first)
     dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
-    dict(TH=8, TW=16, KR=2, KC=32, num_warps=4), dict(TH=16, TW=8, KR=2, KC=16, num_warps=4),
-    dict(TH=16, TW=8, KR=4, KC=16, num_warps=8), dict(TH=4, TW=16, KR=1, KC=32, num_warps=4),
-    dict(TH=4, TW=16, KR=2, KC=32, num_warps=4), dict(TH=8, TW=16, KR=4, KC=32, num_warps=8),
-    dict(TH=16, TW=16, KR=2, KC=32, num_warps=8), dict(TH=8, TW=8, KR=2, KC=16, num_warps=4, num_stages=3),
+    dict(TH=8, TW=8, KR=2, KC=16, num_warps=4), dict(TH=8, TW=8, KR=1, KC=16, num_warps=2),
+    dict(TH=8, TW=8, KR=1, KC=16, num_warps=4), dict(TH=4, TW=8, KR=4, KC=16, num_warps=2),
+    dict(TH=4, TW=8, KR=2, KC=16, num_warps=2), dict(TH=4, TW=8, KR=2, KC=16, num_warps=1),
+    dict(TH=4, TW=8, KR=4, KC=16, num_warps=4), dict(TH=16, TW=8, KR=2, KC=16, num_warps=4),
+    dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=1), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2,
+                                                                   num_stages=1),
 ]
 
 
@@ -240,22 +238,24 @@ def tune(cases, log=print) -> list[dict]:
     for case in cases:
         torch.manual_seed(0)
         q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
+        params = [q, k, v] + ([rpb] if rpb is not None else [])
         g = torch.randn_like(q)
         for which in ("fwd", "bwd"):
-            for cfg in TUNE_FWD:
+            for cfg in TUNE_CONFIGS:
                 tk.CONFIG_OVERRIDE[which] = cfg
+                fwd = lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb,  # noqa: E731
+                                   backend="triton")
                 try:
                     if which == "fwd":
                         with torch.no_grad():
-                            t = _timeit(lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb,
-                                                     backend="triton"), reps=50)
-                    else:
-                        o = na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton")
-                        t = _timeit(lambda: torch.autograd.grad(o, [q, k, v], g, retain_graph=True), reps=50)
+                            t, gpu = _timeit(fwd, reps=50), _gpu_time(fwd)
+                    else:  # forward + backward: the forward's config stays the default
+                        step = lambda: torch.autograd.grad(fwd(), params, g)  # noqa: E731
+                        t, gpu = _timeit(step, reps=50), _gpu_time(step)
                 except Exception as e:  # a config that does not compile (e.g. out of shared memory)
-                    t = float("nan")
+                    t = gpu = float("nan")
                     log(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
-                row = dict(case=case.name, which=which, time_us=t, **cfg)
+                row = dict(case=case.name, which=which, time_us=t, gpu_us=gpu, **cfg)
                 rows.append(row)
                 log(json.dumps(row))
             tk.CONFIG_OVERRIDE[which] = {}

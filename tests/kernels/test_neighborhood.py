@@ -130,15 +130,23 @@ TRITON_CASES = [  # (spatial, kernel, dilation, stride, causal, rpb)
 
 
 def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2, dim=16, atol=2e-5, rtol=1e-4,
-             device=DEVICE):
+             device=DEVICE, packed=False):
+    """Triton vs reference, output and every gradient; ``packed``: q, k, v are strided views into one
+    ``[batch, *spatial, 3, heads, dim]`` tensor, as the NAT layer passes them (no copies)."""
     fn = na1d if len(spatial) == 1 else na2d
-    q, k, v = (torch.randn(batch, *spatial, heads, dim, device=device, dtype=dtype, requires_grad=True)
-               for _ in range(3))
+    if packed:
+        qkv = torch.randn(batch, *spatial, 3, heads, dim, device=device, dtype=dtype, requires_grad=True)
+        q, k, v = qkv.unbind(-3)
+        inputs, names = [qkv], ["out", "dqkv", "drpb"]
+    else:
+        q, k, v = (torch.randn(batch, *spatial, heads, dim, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        inputs, names = [q, k, v], ["out", "dq", "dk", "dv", "drpb"]
     n = len(spatial)
     rpb = None
     if use_rpb:
         rpb = torch.randn(heads, *[2 * x - 1 for x in _tup(ks, n)], device=device, requires_grad=True)
-    params = [q, k, v] + ([rpb] if use_rpb else [])
+    params = inputs + ([rpb] if use_rpb else [])
     results = {}
     for backend in ("reference", "triton"):
         out = fn(q, k, v, ks, dilation=dil, stride=stride, is_causal=causal, rpb=rpb, backend=backend)
@@ -146,7 +154,7 @@ def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2,
         if backend == "reference":
             grad = torch.randn_like(out)
         results[backend] = [out] + list(torch.autograd.grad(out, params, grad))
-    for name, ref, tri in zip(["out", "dq", "dk", "dv", "drpb"], results["reference"], results["triton"]):
+    for name, ref, tri in zip(names, results["reference"], results["triton"]):
         torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
@@ -154,6 +162,12 @@ def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2,
 @pytest.mark.parametrize("spatial,ks,dil,stride,causal,use_rpb", TRITON_CASES)
 def test_triton_matches_reference_fp32(spatial, ks, dil, stride, causal, use_rpb):
     _compare(spatial, ks, dil, stride, causal, use_rpb, torch.float32)
+
+
+@pytest.mark.parametrize("spatial,ks,dil,use_rpb", [((9, 11), 3, (2, 1), True), ((13, 6), (5, 4), 1, False),
+                                                  ((20,), 5, 2, True)])
+def test_triton_reads_packed_qkv_views(spatial, ks, dil, use_rpb):
+    _compare(spatial, ks, dil, 1, False, use_rpb, torch.float32, batch=2, packed=True)
 
 
 @pytest.mark.parametrize("dtype", [

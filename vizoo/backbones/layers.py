@@ -37,8 +37,34 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from vizoo.kernels import na2d
+from vizoo.kernels.layernorm import layer_norm
+from vizoo.kernels.neighborhood.ops import tracing
 
-__all__ = ["NeighborhoodAttention2d"]
+__all__ = ["LayerNorm", "NeighborhoodAttention2d"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis that runs vizoo's fused kernel on CUDA (same parameters and keys).
+
+    PyTorch's CUDA layer norm is slow on the short rows of channels-last maps (see
+    ``vizoo.kernels.layernorm.triton``); on CUDA, outside ``torch.compile``/export, this module uses the fused
+    kernel, elsewhere ``nn.LayerNorm`` itself. Output dtypes are those of ``nn.LayerNorm`` (float32 under
+    autocast, which lists layer norm as a float32 op), except with ``autocast_output=True``: then, under
+    autocast, the output is already in the autocast dtype, for norms whose output only feeds a Linear that
+    autocast would cast anyway (same values, one cast kernel fewer).
+    """
+
+    def __init__(self, *args, autocast_output: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.autocast_output = autocast_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_cuda or len(self.normalized_shape) != 1 or tracing():
+            return super().forward(x)
+        out_dtype = x.dtype
+        if torch.is_autocast_enabled("cuda"):
+            out_dtype = torch.get_autocast_dtype("cuda") if self.autocast_output else torch.float32
+        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype, backend="triton")
 
 
 class NeighborhoodAttention2d(nn.Module):

@@ -56,7 +56,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from vizoo.backbones.layers import NeighborhoodAttention2d
+from vizoo.backbones.layers import LayerNorm, NeighborhoodAttention2d
 
 __all__ = ["NAT", "NATIsotropic", "NATBlock", "dinat_dilations", "checkpoint_filter_fn"]
 
@@ -102,7 +102,7 @@ def _drop_path_rates(total: int, rate: float) -> List[float]:
 class ConvStem(nn.Module):
     """Two 3x3 stride-2 convs (in -> C/2 -> C, no activation between), then LayerNorm; NCHW in, NHWC out."""
 
-    def __init__(self, in_chans: int, embed_dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+    def __init__(self, in_chans: int, embed_dim: int, norm_layer: Callable[..., nn.Module] = LayerNorm):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1)
@@ -115,7 +115,7 @@ class ConvStem(nn.Module):
 class ConvDownsample(nn.Module):
     """3x3 stride-2 convolution without bias (C -> 2C) and LayerNorm(2C), on NHWC maps."""
 
-    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[..., nn.Module] = LayerNorm):
         super().__init__()
         self.reduction = nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(out_dim)
@@ -133,7 +133,7 @@ class PatchEmbed(nn.Module):
         in_chans: int,
         embed_dim: int,
         patch_size: int = 16,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -167,7 +167,7 @@ class NATBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         act_layer: Callable[..., nn.Module] = nn.GELU,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         pad_small: bool = True,
         attn_backend: Optional[str] = None,
     ):
@@ -193,6 +193,9 @@ class NATBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        for norm in (self.norm1, self.norm2):  # their outputs only feed a Linear (qkv, fc1)
+            if isinstance(norm, LayerNorm):
+                norm.autocast_output = True
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
@@ -208,7 +211,7 @@ class NATStage(nn.Module):
         out_dim: int,
         downsample: bool,
         blocks: List[nn.Module],
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
     ):
         super().__init__()
         self.downsample = ConvDownsample(dim, out_dim, norm_layer) if downsample else nn.Identity()
@@ -344,7 +347,7 @@ class NAT(_ContractMixin, nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.2,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         pad_small: bool = True,
         attn_backend: Optional[str] = None,
     ):
@@ -530,7 +533,7 @@ class NATIsotropic(_ContractMixin, nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         pad_small: bool = True,
         attn_backend: Optional[str] = None,
     ):

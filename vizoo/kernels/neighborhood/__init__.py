@@ -152,7 +152,6 @@ def _na(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, bac
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if backend == "reference":
         return _reference(q, k, v, kernel_size, dilation, stride, is_causal, rpb=rpb, scale=scale)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     rpb = None if rpb is None else rpb.contiguous()
     if not _ops.tracing():
         return _ops.TritonNA.apply(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale)

@@ -46,31 +46,34 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
     return tuple(t.to(torch.int32).to(device) for t in (lo_t, hi_t, qmin, qmax))
 
 
-def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd") -> dict:
-    """Tile sizes: query tile TH x TW, key chunk KR x KC (powers of two); picked by sweeps on an H200."""
+def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool = False) -> dict:
+    """Tile sizes: query tile TH x TW, key chunk KR x KC (powers of two); picked by sweeps on an H200
+    (``vizoo bench --tune``, NAT-Tiny's stage shapes with and without RPB; docs/benchmarks.md). The RPB
+    gather needs smaller chunks per warp than plain NA (fewer live registers)."""
     H, W = shape
     if H == 1:  # 1-D
         return dict(TH=1, TW=64, KR=1, KC=64 if kernel[1] > 16 else 32, num_warps=4)
-    if which == "bwd" and kernel[1] <= 9:
-        return dict(TH=8, TW=8, KR=2, KC=16, num_warps=2)
-    TW = 8 if kernel[1] <= 9 else 16
-    TH = 8 if TW == 8 else 4
-    KC = triton.next_power_of_2(TW + kernel[1] - 1)
-    KC = min(KC, 32)
-    KR = max(1, min(64 // KC, 4))
-    return dict(TH=TH, TW=TW, KR=KR, KC=KC, num_warps=4)
+    if kernel[1] <= 9:
+        if which == "bwd":
+            return dict(TH=4, TW=8, KR=2, KC=16, num_warps=2 if rpb else 1)
+        if rpb:
+            return dict(TH=8, TW=8, KR=2, KC=16, num_warps=2, num_stages=1)
+        return dict(TH=8, TW=8, KR=2, KC=16, num_warps=4)
+    KC = min(triton.next_power_of_2(16 + kernel[1] - 1), 32)
+    return dict(TH=4, TW=16, KR=max(1, min(64 // KC, 4)), KC=KC, num_warps=4)
 
 
 CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}}  # tile overrides per pass, used by the benchmark's sweep
 
 
 @triton.jit
-def _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y: tl.constexpr, DIL_X: tl.constexpr):
+def _program_tile(H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y: tl.constexpr, DIL_X: tl.constexpr):
     """Decode this program's ids, shared by all three kernels.
 
     Returns the flat (batch, head) index and the head, the tile (ty, tx) in group coordinates, the dilation
-    group (gy, gx) and its lengths, the strides of one x / y step in the heads-last layout, and the offset of
-    this (batch, head) in q/k/v.
+    group (gy, gx) and its lengths, then for the inputs q/k/v (strides ``SB, SY, SX, SH``, e.g. views into
+    one packed qkv tensor) the y / x steps and this (batch, head)'s offset, and the same for the dense
+    heads-last tensors (out, lse-shaped rows aside, grad_out and the gradients).
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -84,23 +87,25 @@ def _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y: tl.constexpr, DIL_X: tl.con
     gy = t // DIL_X
     len_y = (H - gy + DIL_Y - 1) // DIL_Y
     len_x = (W - gx + DIL_X - 1) // DIL_X
+    base_in = b.to(tl.int64) * SB + h * SH
     sx = HEADS * D
     sy = W * sx
     base = b.to(tl.int64) * H * sy + h * D
-    return bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base
+    return bh, h, ty, tx, gy, gx, len_y, len_x, SX, SY, base_in, sx, sy, base
 
 
 @triton.jit
 def _fwd_kernel(
     Q, K, V, OUT, LSE, RPB,
     LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
     scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
+    bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
+        H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
     if ty * TH >= len_y or tx * TW >= len_x:
         return
 
@@ -112,7 +117,8 @@ def _fwd_kernel(
     qx = tx * TW + i % TW
     qvalid = (qy < len_y) & (qx < len_x)
     q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
-    q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
+    qi_off = (qy * DIL_Y + gy) * isy + (qx * DIL_X + gx) * isx
+    q = tl.load(Q + ibase + qi_off[:, None] + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
     lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
     lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
     # window widths (0 for padding queries): key (ky, kx) is attended iff 0 <= ky - lo_y < wy, same for x
@@ -134,9 +140,9 @@ def _fwd_kernel(
             ky = ky0 + j // KC
             kx = kx0 + j % KC
             kvalid = (ky <= row_hi) & (kx <= col_hi)
-            k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
+            k_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
             kv_mask = kvalid[:, None] & dmask[None, :]
-            k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            k = tl.load(K + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             dy = ky[None, :] - lo_y[:, None]
             dx = kx[None, :] - lo_x[:, None]
@@ -150,7 +156,7 @@ def _fwd_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -166,13 +172,14 @@ def _fwd_kernel(
 def _bwd_dq_kernel(
     Q, K, V, OUT, DO, LSE, DELTA, RPB, DQ, DS,
     LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
     scale, scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
+    bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
+        H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
     if ty * TH >= len_y or tx * TW >= len_x:
         return
 
@@ -185,7 +192,8 @@ def _bwd_dq_kernel(
     qvalid = (qy < len_y) & (qx < len_x)
     q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
     qd_mask = qvalid[:, None] & dmask[None, :]
-    q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+    qi_off = (qy * DIL_Y + gy) * isy + (qx * DIL_X + gx) * isx
+    q = tl.load(Q + ibase + qi_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
     lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
@@ -211,10 +219,10 @@ def _bwd_dq_kernel(
             ky = ky0 + j // KC
             kx = kx0 + j % KC
             kvalid = (ky <= row_hi) & (kx <= col_hi)
-            k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
+            k_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
             kv_mask = kvalid[:, None] & dmask[None, :]
-            k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            k = tl.load(K + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             dy = ky[None, :] - lo_y[:, None]
             dx = kx[None, :] - lo_x[:, None]
@@ -236,13 +244,14 @@ def _bwd_dq_kernel(
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
     LO_Y, HI_Y, LO_X, HI_X, QMIN_Y, QMAX_Y, QMIN_X, QMAX_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
     scale, scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bh, h, ty, tx, gy, gx, len_y, len_x, sx, sy, base = _program_tile(H, W, HEADS, D, NT_Y, NT_X, DIL_Y, DIL_X)
+    bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
+        H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
     if ty * TH >= len_y or tx * TW >= len_x:
         return
 
@@ -256,8 +265,9 @@ def _bwd_dkdv_kernel(
     kvalid = (ky < len_y) & (kx < len_x)
     k_off = (ky * DIL_Y + gy) * sy + (kx * DIL_X + gx) * sx
     kd_mask = kvalid[:, None] & dmask[None, :]
-    k = tl.load(K + base + k_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
-    v = tl.load(V + base + k_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
+    ki_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
+    k = tl.load(K + ibase + ki_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
+    v = tl.load(V + ibase + ki_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
 
     row_lo = tl.load(QMIN_Y + gy * GMAX_Y + ty * TH)
     row_hi = tl.load(QMAX_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
@@ -274,7 +284,8 @@ def _bwd_dkdv_kernel(
             qvalid = (qy <= row_hi) & (qx <= col_hi)
             q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
             qd_mask = qvalid[:, None] & dmask[None, :]
-            q = tl.load(Q + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
+            qi_off = (qy * DIL_Y + gy) * isy + (qx * DIL_X + gx) * isx
+            q = tl.load(Q + ibase + qi_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
             do = tl.load(DO + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
             row_off = bh.to(tl.int64) * H * W + (qy * DIL_Y + gy) * W + qx * DIL_X + gx
             lse2 = tl.load(LSE + row_off, mask=qvalid, other=0.0) * 1.4426950408889634
@@ -312,6 +323,14 @@ def _as_2d(q, kernel_size, dilation, stride, is_causal, rpb):
             (False, is_causal[0]), rpb2)
 
 
+def _shared_strides(q, k, v):
+    """q, k, v as the kernels read them: unit stride on ``dim`` and one set of strides for all three (views
+    into one packed qkv tensor qualify, so the layer's projection output needs no copies); else contiguous."""
+    if q.stride(-1) == 1 and q.stride() == k.stride() == v.stride():
+        return q, k, v
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -319,9 +338,9 @@ def _pow2(n: int) -> int:
 _GEOMETRY: dict = {}
 
 
-def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
+def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     """Tables, tile config, runtime sizes, grid and constexprs of one launch (cached per problem)."""
-    key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which,
+    key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
            tuple(sorted(CONFIG_OVERRIDE.get(which, {}).items())))
     hit = _GEOMETRY.get(key)
     if hit is not None:
@@ -330,7 +349,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which):
     dev = str(q.device)
     ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
     tx = _tables(W, kernel_size[1], dilation[1], stride[1], is_causal[1], dev)
-    cfg = dict(_config(tuple(kernel_size), (H, W), dim, which))
+    cfg = dict(_config(tuple(kernel_size), (H, W), dim, which, rpb))
     cfg.update(CONFIG_OVERRIDE.get(which, {}))
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
@@ -350,17 +369,23 @@ def _split(cfg):
     return meta, dict(num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
 
 
+def _in_strides(q2):
+    """(batch, y, x, head) strides of the 2-D view of q (shared by k and v)."""
+    return q2.stride(0), q2.stride(1), q2.stride(2), q2.stride(3)
+
+
 def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
     shape = q.shape
+    q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    k2, v2 = k.reshape(q2.shape), v.reshape(q2.shape)
-    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd")
+    k2, v2 = k.view(q2.shape), v.view(q2.shape)
+    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
     B, H, W, heads, dim = q2.shape
-    out = torch.empty_like(q2)
+    out = torch.empty(q2.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
-    _fwd_kernel[grid](q2, k2, v2, out, lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims,
+    _fwd_kernel[grid](q2, k2, v2, out, lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims, *_in_strides(q2),
                       scale * LOG2E, HAS_RPB=rpb2 is not None, **common)
     return out.reshape(shape), lse.reshape((shape[0], heads) + tuple(shape[1:-2]))
 
@@ -368,24 +393,25 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
 def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad):
     """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
     shape = q.shape
+    q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    k2, v2, do2 = k.reshape(q2.shape), v.reshape(q2.shape), grad_out.reshape(q2.shape)
-    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd")
+    k2, v2 = k.view(q2.shape), v.view(q2.shape)
+    do2 = grad_out.contiguous().reshape(q2.shape)
+    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
     B, H, W, heads, dim = q2.shape
     delta = torch.empty_like(lse.reshape(B, heads, H, W))
     lse2 = lse.reshape(B, heads, H, W)
-    dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+    dq, dk, dv = (torch.empty(q2.shape, device=q.device, dtype=q.dtype) for _ in range(3))
     has_rpb = rpb2 is not None
     rpb_f = rpb2.float().contiguous() if has_rpb else dq
     kk = ks[0] * ks[1]
     ds = torch.zeros(B * heads * H * W * kk, device=q.device, dtype=torch.float32) if rpb_grad else dq
     _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, ds,
-                         ty[0], ty[1], tx[0], tx[1], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
-                         RPB_GRAD=bool(rpb_grad),
-                         **common)
+                         ty[0], ty[1], tx[0], tx[1], *dims, *_in_strides(q2), scale, scale * LOG2E,
+                         HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad), **common)
     _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
-                           ty[2], ty[3], tx[2], tx[3], *dims, scale, scale * LOG2E, HAS_RPB=has_rpb,
-                           **common)
+                           ty[2], ty[3], tx[2], tx[3], *dims, *_in_strides(q2), scale, scale * LOG2E,
+                           HAS_RPB=has_rpb, **common)
     if rpb_grad:
         rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
         per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
