@@ -7,7 +7,8 @@ four NAT-Tiny stages at 224 (batch 64), a DiNAT dilation-8 layer at 56x56 and a 
 case (k=13, head dim 64). FlexAttention and SDPA get their native ``[B, heads, N, dim]`` layout (no
 transpose is timed). Times are medians of ``triton.testing.do_bench``.
 
-Usage: ``vizoo bench [--check] [--tune] [--models] [--write docs/benchmarks.md]`` (needs a CUDA GPU).
+Usage: ``vizoo bench [--check] [--tune] [--models [--compile] [--profile]] [--json F] [--markdown F]`` (needs
+a CUDA GPU).
 """
 from __future__ import annotations
 
@@ -265,8 +266,13 @@ def tune(cases, log=print) -> list[dict]:
 MODELS = ("nat_tiny", "dinat_tiny", "swin_tiny_patch4_window7_224")
 
 
-def bench_models(names=MODELS, batch: int = 256, log=print) -> list[dict]:
-    """Images/s of whole backbones at 224, bf16 autocast: inference and one training step (fwd+bwd)."""
+def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = False,
+                 profile: bool = False) -> list[dict]:
+    """Images/s of whole backbones at 224, bf16 autocast: inference and one training step (fwd+bwd).
+
+    ``compile``: also inference under ``torch.compile`` (default inductor). ``profile``: log the inference's
+    ten most expensive GPU kernels (ms per batch, from ``torch.profiler``).
+    """
     import timm
 
     import vizoo  # noqa: F401  (registers vizoo's models with timm)
@@ -280,6 +286,12 @@ def bench_models(names=MODELS, batch: int = 256, log=print) -> list[dict]:
         model.eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             row["infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            if profile:
+                _log_top_kernels(lambda: model(x), name, log)
+            if compile:
+                compiled = torch.compile(model)
+                compiled(x)
+                row["compiled infer img/s"] = batch / (_timeit(lambda: compiled(x), reps=300) * 1e-6)
         model.train()
 
         def step():
@@ -290,9 +302,24 @@ def bench_models(names=MODELS, batch: int = 256, log=print) -> list[dict]:
         row["train step img/s"] = batch / (_timeit(step, reps=300) * 1e-6)
         rows.append(row)
         log(json.dumps(row))
-        model = None  # free it before the next one is built
+        model = compiled = None  # free them before the next one is built
         torch.cuda.empty_cache()
     return rows
+
+
+def _log_top_kernels(fn: Callable, name: str, log, iters: int = 5, top: int = 10) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    log(f"  {name}: GPU ms per batch {sum(e.device_time_total for e in events) / iters / 1e3:.2f}; top kernels:")
+    for e in events[:top]:
+        log(f"    {e.device_time_total / iters / 1e3:8.3f} ms {e.count // iters:4d}x  {e.key[:100]}")
 
 
 def _fmt(x) -> str:
@@ -329,6 +356,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip timing the (slow) reference")
     parser.add_argument("--models", action="store_true", help="also time whole backbones (images/s)")
     parser.add_argument("--only-models", action="store_true", help="time only the backbones")
+    parser.add_argument("--compile", action="store_true", help="backbones: also time torch.compile inference")
+    parser.add_argument("--profile", action="store_true", help="backbones: log the top GPU kernels")
     parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
@@ -349,7 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif not args.only_models:
         out["kernels"] = bench_kernels(cases, log, reference=not args.no_reference)
     if args.models or args.only_models:
-        out["models"] = bench_models(log=log)
+        out["models"] = bench_models(log=log, compile=args.compile, profile=args.profile)
     md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
     for key in ("check", "kernels", "models", "tune"):
         if key in out:

@@ -61,6 +61,14 @@ def test_config_file_and_demo_config_agree():
         cli.parse_heads(settings.get("heads", ["linear"]), settings.get("head_kwargs", {}))
 
 
+def test_options_without_model_apply_to_the_main_job():
+    settings, _ = cli.resolve_settings(["--device", "cpu", "--epochs", "2"])
+    assert settings["model"] == DEMO_CONFIG["model"] and settings["heads"] == DEMO_CONFIG["heads"]
+    assert settings["device"] == "cpu" and settings["epochs"] == 2
+    settings, _ = cli.resolve_settings(["--model", "resnet18"])
+    assert settings["model"] == "resnet18" and settings["heads"] != DEMO_CONFIG["heads"]
+
+
 def _error(tmp_path, capsys, *extra):
     with pytest.raises(SystemExit) as info:
         run(tmp_path, *extra)

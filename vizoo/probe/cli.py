@@ -10,8 +10,9 @@ Examples::
     vizoo probe --list-heads
 
 Settings come from, in increasing priority: built-in defaults, the YAML file given with ``-c`` (keys are the
-long option names with underscores), and explicit command-line options. With no arguments at all the main job
-runs (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``).
+long option names with underscores), and explicit command-line options. Without ``--model`` and ``-c`` the
+main job's settings (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``) take the place
+of the defaults, so ``vizoo probe`` runs the main job and ``vizoo probe --device cuda --amp`` runs it on a GPU.
 
 Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``.
 """
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vizoo probe",
         argument_default=argparse.SUPPRESS,
         description="Probe a frozen timm/vizoo backbone with linear and attentive heads (many at once). "
-        "With no arguments, runs the main job on the shipped demo backbone.",
+        "Without --model or -c, runs the main job on the shipped demo backbone (other options apply to it).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-c", "--config", help="YAML file of settings (see configs/probe/)")
@@ -196,12 +197,13 @@ def parse_heads(items: list[Any], head_kwargs: dict[str, dict[str, Any]]):
 
 
 def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
-    """Defaults, then the config file, then explicit options (the main job when argv is empty)."""
+    """Defaults, then the config file, then explicit options (the main job's settings replace the defaults
+    when neither ``--model`` nor ``-c`` is given)."""
     from vizoo.probe.demo import DEMO_CONFIG
 
     args = build_parser().parse_args(argv)
     settings = dict(DEFAULTS)
-    if not argv:
+    if not hasattr(args, "model") and not getattr(args, "config", None):
         settings.update(DEMO_CONFIG)
     if getattr(args, "config", None):
         settings.update(load_config(args.config))
@@ -221,7 +223,7 @@ def job_from_settings(settings: dict[str, Any]):
     if not s["model"]:
         raise ValueError(
             "no model given: pass --model NAME (any timm/vizoo name, hf-hub:..., local-dir:...) "
-            "or run `vizoo probe` with no arguments for the demo"
+            "or leave out both --model and -c for the demo"
         )
     device = s["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     heads = parse_heads(list(s["heads"]), dict(s["head_kwargs"] or {}))
