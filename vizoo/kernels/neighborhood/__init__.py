@@ -133,7 +133,7 @@ def _checked(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale
                    kernel_size, dilation, stride, is_causal, type(scale),
                    None if rpb is None else (type(rpb), getattr(rpb, "shape", None),
                                              getattr(rpb, "dtype", None), getattr(rpb, "device", None)),
-                   backend, os.environ.get("TRITON_INTERPRET"))
+                   backend, None if q.is_cuda else os.environ.get("TRITON_INTERPRET"))
             hit = _CHECKED.get(key)
             if hit is not None:
                 return hit

@@ -314,13 +314,16 @@ def _bwd_dkdv_kernel(
 
 
 def _as_2d(q, kernel_size, dilation, stride, is_causal, rpb):
-    """View 1-D problems as 2-D problems of height 1."""
+    """View 1-D problems as 2-D problems of height 1 (options as tuples; 2-D inputs pass through)."""
     if q.dim() == 5:
         return q, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), rpb
-    B, L, heads, dim = q.shape
+    heads = q.shape[2]
     rpb2 = None if rpb is None else rpb.reshape(heads, 1, -1)
-    return (q.reshape(B, 1, L, heads, dim), (1, kernel_size[0]), (1, dilation[0]), (1, stride[0]),
-            (False, is_causal[0]), rpb2)
+    return (q.unsqueeze(1), (1, kernel_size[0]), (1, dilation[0]), (1, stride[0]), (False, is_causal[0]), rpb2)
+
+
+def _to_2d(t):
+    return t if t.dim() == 5 else t.unsqueeze(1)
 
 
 def _shared_strides(q, k, v):
@@ -369,48 +372,40 @@ def _split(cfg):
     return meta, dict(num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
 
 
-def _in_strides(q2):
-    """(batch, y, x, head) strides of the 2-D view of q (shared by k and v)."""
-    return q2.stride(0), q2.stride(1), q2.stride(2), q2.stride(3)
-
-
 def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
-    shape = q.shape
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    k2, v2 = k.view(q2.shape), v.view(q2.shape)
     ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
-    B, H, W, heads, dim = q2.shape
-    out = torch.empty(q2.shape, device=q.device, dtype=q.dtype)
+    B, H, W, heads, _ = q2.shape
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
-    _fwd_kernel[grid](q2, k2, v2, out, lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims, *_in_strides(q2),
-                      scale * LOG2E, HAS_RPB=rpb2 is not None, **common)
-    return out.reshape(shape), lse.reshape((shape[0], heads) + tuple(shape[1:-2]))
+    _fwd_kernel[grid](q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims,
+                      *q2.stride()[:4], scale * LOG2E, HAS_RPB=rpb2 is not None, **common)
+    return out, (lse if q.dim() == 5 else lse.view(B, heads, W))
 
 
 def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad):
     """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
-    shape = q.shape
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    k2, v2 = k.view(q2.shape), v.view(q2.shape)
-    do2 = grad_out.contiguous().reshape(q2.shape)
     ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
-    B, H, W, heads, dim = q2.shape
-    delta = torch.empty_like(lse.reshape(B, heads, H, W))
-    lse2 = lse.reshape(B, heads, H, W)
-    dq, dk, dv = (torch.empty(q2.shape, device=q.device, dtype=q.dtype) for _ in range(3))
+    B, H, W, heads, _ = q2.shape
+    strides = q2.stride()[:4]
+    k2, v2, do2, out2 = _to_2d(k), _to_2d(v), _to_2d(grad_out.contiguous()), _to_2d(out)
+    lse2 = lse if lse.dim() == 4 else lse.unsqueeze(2)
+    delta = torch.empty_like(lse2)
+    dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
+    dq2 = _to_2d(dq)
     has_rpb = rpb2 is not None
     rpb_f = rpb2.float().contiguous() if has_rpb else dq
     kk = ks[0] * ks[1]
     ds = torch.zeros(B * heads * H * W * kk, device=q.device, dtype=torch.float32) if rpb_grad else dq
-    _bwd_dq_kernel[grid](q2, k2, v2, out.reshape(q2.shape), do2, lse2, delta, rpb_f, dq, ds,
-                         ty[0], ty[1], tx[0], tx[1], *dims, *_in_strides(q2), scale, scale * LOG2E,
-                         HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad), **common)
-    _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, dk, dv, ty[0], ty[1], tx[0], tx[1],
-                           ty[2], ty[3], tx[2], tx[3], *dims, *_in_strides(q2), scale, scale * LOG2E,
+    _bwd_dq_kernel[grid](q2, k2, v2, out2, do2, lse2, delta, rpb_f, dq2, ds, ty[0], ty[1], tx[0], tx[1], *dims,
+                         *strides, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad), **common)
+    _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0],
+                           tx[1], ty[2], ty[3], tx[2], tx[3], *dims, *strides, scale, scale * LOG2E,
                            HAS_RPB=has_rpb, **common)
     if rpb_grad:
         rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
@@ -419,4 +414,4 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
         drpb_out = drpb.index_add_(1, rel.reshape(-1), per_pair).reshape(rpb.shape).to(rpb.dtype)
     else:
         drpb_out = q.new_empty((0,))
-    return dq.reshape(shape), dk.reshape(shape), dv.reshape(shape), drpb_out
+    return dq, dk, dv, drpb_out
