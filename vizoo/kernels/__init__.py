@@ -1,4 +1,8 @@
-"""Attention operators: a plain PyTorch reference beside a fused Triton kernel for each."""
+"""Operators: a plain PyTorch reference beside a fused Triton kernel for each.
+
+``na1d`` / ``na2d`` (neighborhood attention, ``vizoo.kernels.neighborhood``) are re-exported here; the fused
+layer norm for channels-last maps that the backbones use lives in ``vizoo.kernels.layernorm``.
+"""
 from vizoo.kernels.neighborhood import na1d, na2d
 
 __all__ = ["na1d", "na2d"]
