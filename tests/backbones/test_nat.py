@@ -537,3 +537,16 @@ def test_configs_name_real_arguments_and_official_recipe(path):
     assert (m["lr"], m["weight_decay"], m["warmup_epochs"], m["min_lr"]) == (1e-3, 0.05, 20, 5e-6)
     assert (m["mixup"], m["cutmix"], m["label_smoothing"]) == (0.8, 1.0, 0.1)
     assert cfg["trainer"]["max_epochs"] == 300 and cfg["data"]["auto_augment"] == "rand-m9-mstd0.5-inc1"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["nat_mini", "dinat_mini"])
+def test_inductor_compiled_model_matches_eager_gpu(name):
+    """The whole model compiles without graph breaks (vizoo::na_fwd is one node; the fused layer norm steps
+    aside under compile) and gives eager's logits (bf16 autocast)."""
+    model = timm.create_model(name).cuda().eval()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = model(x).float()
+        out = torch.compile(model, fullgraph=True)(x).float()
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
