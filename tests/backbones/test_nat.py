@@ -550,3 +550,16 @@ def test_inductor_compiled_model_matches_eager_gpu(name):
         ref = model(x).float()
         out = torch.compile(model, fullgraph=True)(x).float()
     torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("attn_backend", [None, "triton"])
+def test_compiled_model_matches_eager(attn_backend):
+    """torch.compile traces a whole (small) NAT without graph breaks and gives eager's output; aot_eager runs
+    dynamo + AOTAutograd without inductor's C++ build, which alone takes minutes on a CI runner."""
+    model = timm.create_model("nat_mini", img_size=64, depths=(1, 1, 1, 1), num_classes=5,
+                              attn_backend=attn_backend).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
