@@ -121,8 +121,8 @@ def _timeit(fn: Callable, reps: int = 100) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median") * 1e3  # microseconds
 
 
-def _gpu_time(fn: Callable, iters: int = 20) -> float:
-    """Mean GPU kernel time per call (us) from the profiler: excludes Python and launch overhead."""
+def _kernel_events(fn: Callable, iters: int) -> list:
+    """Profiler averages of the GPU work of ``iters`` calls of ``fn`` (after one warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -131,9 +131,13 @@ def _gpu_time(fn: Callable, iters: int = 20) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    total = sum(e.device_time_total for e in prof.key_averages() if e.device_time_total > 0 and not
-                e.key.startswith("cudaDeviceSynchronize"))
-    return total / iters
+    return [e for e in prof.key_averages() if e.device_time_total > 0 and not
+            e.key.startswith("cudaDeviceSynchronize")]
+
+
+def _gpu_time(fn: Callable, iters: int = 20) -> float:
+    """Mean GPU kernel time per call (us) from the profiler: excludes Python and launch overhead."""
+    return sum(e.device_time_total for e in _kernel_events(fn, iters)) / iters
 
 
 def bench_kernels(cases=CASES, log=print, reference=True) -> list[dict]:
@@ -308,15 +312,7 @@ def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = Fals
 
 
 def _log_top_kernels(fn: Callable, name: str, log, iters: int = 5, top: int = 10) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    events = sorted(_kernel_events(fn, iters), key=lambda e: -e.device_time_total)
     log(f"  {name}: GPU ms per batch {sum(e.device_time_total for e in events) / iters / 1e3:.2f}; top kernels:")
     for e in events[:top]:
         log(f"    {e.device_time_total / iters / 1e3:8.3f} ms {e.count // iters:4d}x  {e.key[:100]}")

@@ -1,4 +1,5 @@
-"""Small helpers shared across vizoo: name look-ups with helpful errors, atomic file writes."""
+"""Small helpers shared across vizoo: name look-ups with helpful errors, atomic file writes, whether a
+compiler or dispatch mode is tracing (the fused kernels' eager fast paths step aside then)."""
 from __future__ import annotations
 
 import contextlib
@@ -48,3 +49,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def tracing() -> bool:
+    """Whether a compiler, exporter or dispatch mode is watching (then only custom ops / plain torch will do)."""
+    import torch
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None

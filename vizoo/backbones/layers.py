@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from vizoo.kernels import na2d
 from vizoo.kernels.layernorm import layer_norm
-from vizoo.kernels.neighborhood.ops import tracing
+from vizoo.utils import tracing
 
 __all__ = ["LayerNorm", "NeighborhoodAttention2d"]
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vizoo.kernels.neighborhood import ops as _ops  # noqa: F401  (registers vizoo::na_fwd / na_bwd)
 from vizoo.kernels.neighborhood.reference import neighborhood_attention as _reference
-from vizoo.utils import unknown_name_error
+from vizoo.utils import tracing, unknown_name_error
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
@@ -153,7 +153,7 @@ def _na(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, bac
     if backend == "reference":
         return _reference(q, k, v, kernel_size, dilation, stride, is_causal, rpb=rpb, scale=scale)
     rpb = None if rpb is None else rpb.contiguous()
-    if not _ops.tracing():
+    if not tracing():
         return _ops.TritonNA.apply(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale)
     out, _ = torch.ops.vizoo.na_fwd(q, k, v, rpb, list(kernel_size), list(dilation), list(stride),
                                     list(is_causal), scale)

@@ -134,10 +134,3 @@ class TritonNA(torch.autograd.Function):
         dq, dk, dv, drpb = _triton.backward(grad_out.contiguous(), q, k, v, out, lse, rpb, *ctx.options,
                                             ctx.rpb_grad)
         return dq, dk, dv, (drpb if ctx.rpb_grad else None), None, None, None, None, None
-
-
-def tracing() -> bool:
-    """Whether a compiler, exporter or dispatch mode is watching (then only the custom ops will do)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None

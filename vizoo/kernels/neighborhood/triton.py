@@ -319,10 +319,11 @@ def _as_2d(q, kernel_size, dilation, stride, is_causal, rpb):
         return q, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), rpb
     heads = q.shape[2]
     rpb2 = None if rpb is None else rpb.reshape(heads, 1, -1)
-    return (q.unsqueeze(1), (1, kernel_size[0]), (1, dilation[0]), (1, stride[0]), (False, is_causal[0]), rpb2)
+    return (_to_2d(q), (1, kernel_size[0]), (1, dilation[0]), (1, stride[0]), (False, is_causal[0]), rpb2)
 
 
 def _to_2d(t):
+    """A heads-last tensor as a 2-D problem (1-D inputs get height 1)."""
     return t if t.dim() == 5 else t.unsqueeze(1)
 
 
