@@ -95,6 +95,52 @@ def _program_tile(H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y: tl.constexp
 
 
 @triton.jit
+def _query_windows(LO_Y, HI_Y, LO_X, HI_X, qy, qx, qvalid, gy, gx, GMAX_Y, GMAX_X, h, KH: tl.constexpr,
+                   KW: tl.constexpr):
+    """Each query's window: first key per axis, window widths (0 for padding queries; key (ky, kx) is attended
+    iff ``0 <= ky - lo_y < wy`` and the same for x) and the RPB table offset of its window's first key."""
+    lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
+    lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
+    wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
+    wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
+    r_base = ((h * (2 * KH - 1) + lo_y - qy + KH - 1) * (2 * KW - 1) + lo_x - qx + KW - 1)
+    return lo_y, lo_x, wy, wx, r_base
+
+
+@triton.jit
+def _tile_box(FIRST_Y, LAST_Y, FIRST_X, LAST_X, ty, tx, gy, gx, len_y, len_x, GMAX_Y, GMAX_X, TH: tl.constexpr,
+              TW: tl.constexpr):
+    """The box of partners (keys of a query tile, or queries of a key tile) from monotone first/last tables."""
+    row_lo = tl.load(FIRST_Y + gy * GMAX_Y + ty * TH)
+    row_hi = tl.load(LAST_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
+    col_lo = tl.load(FIRST_X + gx * GMAX_X + tx * TW)
+    col_hi = tl.load(LAST_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+    return row_lo, row_hi, col_lo, col_hi
+
+
+@triton.jit
+def _chunk_scores(q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
+                  r_base, scale_log2, DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KW: tl.constexpr,
+                  KR: tl.constexpr, KC: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr):
+    """Load the ``KR x KC`` key chunk at (ky0, kx0) and score it against the query tile (log2 units, RPB added);
+    also returns the chunk's offsets and masks and each pair's window offsets (dy, dx) and attended mask."""
+    j = tl.arange(0, KR * KC)
+    ky = ky0 + j // KC
+    kx = kx0 + j % KC
+    kvalid = (ky <= row_hi) & (kx <= col_hi)
+    k_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
+    kv_mask = kvalid[:, None] & dmask[None, :]
+    k = tl.load(K + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+    dy = ky[None, :] - lo_y[:, None]
+    dx = kx[None, :] - lo_x[:, None]
+    mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
+    if HAS_RPB:
+        s += tl.load(RPB + r_base[:, None] + dy * (2 * KW - 1) + dx, mask=mask, other=0.0) * 1.4426950408889634
+    return k, k_off, kv_mask, s, dy, dx, mask
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, OUT, LSE, RPB,
     LO_Y, HI_Y, LO_X, HI_X,
@@ -119,38 +165,19 @@ def _fwd_kernel(
     q_off = (qy * DIL_Y + gy) * sy + (qx * DIL_X + gx) * sx
     qi_off = (qy * DIL_Y + gy) * isy + (qx * DIL_X + gx) * isx
     q = tl.load(Q + ibase + qi_off[:, None] + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
-    lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
-    lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
-    # window widths (0 for padding queries): key (ky, kx) is attended iff 0 <= ky - lo_y < wy, same for x
-    wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
-    wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
-    r_base = ((h * (2 * KH - 1) + lo_y - qy + KH - 1) * (2 * KW - 1) + lo_x - qx + KW - 1)
-
-    row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
-    row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
-    col_lo = tl.load(LO_X + gx * GMAX_X + tx * TW)
-    col_hi = tl.load(HI_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+    lo_y, lo_x, wy, wx, r_base = _query_windows(LO_Y, HI_Y, LO_X, HI_X, qy, qx, qvalid, gy, gx, GMAX_Y, GMAX_X,
+                                                h, KH, KW)
+    row_lo, row_hi, col_lo, col_hi = _tile_box(LO_Y, HI_Y, LO_X, HI_X, ty, tx, gy, gx, len_y, len_x, GMAX_Y,
+                                               GMAX_X, TH, TW)
 
     m_i = tl.full([TH * TW], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([TH * TW], dtype=tl.float32)
     acc = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
-    j = tl.arange(0, KR * KC)
     for ky0 in range(row_lo, row_hi + 1, KR):
         for kx0 in range(col_lo, col_hi + 1, KC):
-            ky = ky0 + j // KC
-            kx = kx0 + j % KC
-            kvalid = (ky <= row_hi) & (kx <= col_hi)
-            k_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
-            kv_mask = kvalid[:, None] & dmask[None, :]
-            k = tl.load(K + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-            dy = ky[None, :] - lo_y[:, None]
-            dx = kx[None, :] - lo_x[:, None]
-            mask = ((dy.to(tl.uint32, bitcast=True) < wy[:, None])
-                    & (dx.to(tl.uint32, bitcast=True) < wx[:, None]))
-            if HAS_RPB:
-                r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
-                s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
+            k, k_off, kv_mask, s, dy, dx, mask = _chunk_scores(
+                q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
+                r_base, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, PRECISION)
             s = tl.where(mask, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -200,37 +227,18 @@ def _bwd_dq_kernel(
     o = tl.load(OUT + base + q_off[:, None] + offs_d[None, :], mask=qd_mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + row_off, delta, mask=qvalid)  # read by the dk/dv kernel that runs next
-    lo_y = tl.load(LO_Y + gy * GMAX_Y + qy, mask=qvalid, other=0)
-    lo_x = tl.load(LO_X + gx * GMAX_X + qx, mask=qvalid, other=0)
-    # window widths (0 for padding queries): key (ky, kx) is attended iff 0 <= ky - lo_y < wy, same for x
-    wy = (tl.load(HI_Y + gy * GMAX_Y + qy, mask=qvalid, other=-1) - lo_y + 1).to(tl.uint32)
-    wx = (tl.load(HI_X + gx * GMAX_X + qx, mask=qvalid, other=-1) - lo_x + 1).to(tl.uint32)
-    r_base = ((h * (2 * KH - 1) + lo_y - qy + KH - 1) * (2 * KW - 1) + lo_x - qx + KW - 1)
-
-    row_lo = tl.load(LO_Y + gy * GMAX_Y + ty * TH)
-    row_hi = tl.load(HI_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
-    col_lo = tl.load(LO_X + gx * GMAX_X + tx * TW)
-    col_hi = tl.load(HI_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+    lo_y, lo_x, wy, wx, r_base = _query_windows(LO_Y, HI_Y, LO_X, HI_X, qy, qx, qvalid, gy, gx, GMAX_Y, GMAX_X,
+                                                h, KH, KW)
+    row_lo, row_hi, col_lo, col_hi = _tile_box(LO_Y, HI_Y, LO_X, HI_X, ty, tx, gy, gx, len_y, len_x, GMAX_Y,
+                                               GMAX_X, TH, TW)
 
     dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
-    j = tl.arange(0, KR * KC)
     for ky0 in range(row_lo, row_hi + 1, KR):
         for kx0 in range(col_lo, col_hi + 1, KC):
-            ky = ky0 + j // KC
-            kx = kx0 + j % KC
-            kvalid = (ky <= row_hi) & (kx <= col_hi)
-            k_off = (ky * DIL_Y + gy) * isy + (kx * DIL_X + gx) * isx
-            kv_mask = kvalid[:, None] & dmask[None, :]
-            k = tl.load(K + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            k, k_off, kv_mask, s, dy, dx, mask = _chunk_scores(
+                q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
+                r_base, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, PRECISION)
             v = tl.load(V + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-            dy = ky[None, :] - lo_y[:, None]
-            dx = kx[None, :] - lo_x[:, None]
-            mask = ((dy.to(tl.uint32, bitcast=True) < wy[:, None])
-                    & (dx.to(tl.uint32, bitcast=True) < wx[:, None]))
-            if HAS_RPB:
-                r_off = r_base[:, None] + dy * (2 * KW - 1) + dx
-                s += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])
@@ -269,10 +277,8 @@ def _bwd_dkdv_kernel(
     k = tl.load(K + ibase + ki_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
     v = tl.load(V + ibase + ki_off[:, None] + offs_d[None, :], mask=kd_mask, other=0.0)
 
-    row_lo = tl.load(QMIN_Y + gy * GMAX_Y + ty * TH)
-    row_hi = tl.load(QMAX_Y + gy * GMAX_Y + tl.minimum(ty * TH + TH, len_y) - 1)
-    col_lo = tl.load(QMIN_X + gx * GMAX_X + tx * TW)
-    col_hi = tl.load(QMAX_X + gx * GMAX_X + tl.minimum(tx * TW + TW, len_x) - 1)
+    row_lo, row_hi, col_lo, col_hi = _tile_box(QMIN_Y, QMAX_Y, QMIN_X, QMAX_X, ty, tx, gy, gx, len_y, len_x,
+                                               GMAX_Y, GMAX_X, TH, TW)
 
     dk = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
