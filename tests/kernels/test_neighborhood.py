@@ -130,17 +130,19 @@ TRITON_CASES = [  # (spatial, kernel, dilation, stride, causal, rpb)
 
 
 def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2, dim=16, atol=2e-5, rtol=1e-4,
-             device=DEVICE, packed=False):
+             device=DEVICE, packed=False, misaligned=False):
     """Triton vs reference, output and every gradient; ``packed``: q, k, v are strided views into one
-    ``[batch, *spatial, 3, heads, dim]`` tensor, as the NAT layer passes them (no copies)."""
+    ``[batch, *spatial, 3, heads, dim]`` tensor, as the NAT layer passes them (no copies); ``misaligned``:
+    q, k, v start one element past a 16-byte boundary."""
     fn = na1d if len(spatial) == 1 else na2d
     if packed:
         qkv = torch.randn(batch, *spatial, 3, heads, dim, device=device, dtype=dtype, requires_grad=True)
         q, k, v = qkv.unbind(-3)
         inputs, names = [qkv], ["out", "dqkv", "drpb"]
     else:
-        q, k, v = (torch.randn(batch, *spatial, heads, dim, device=device, dtype=dtype, requires_grad=True)
-                   for _ in range(3))
+        shape = (batch, *spatial, heads, dim)
+        q, k, v = (torch.randn(torch.Size(shape).numel() + misaligned, device=device,
+                               dtype=dtype)[int(misaligned):].view(shape).requires_grad_(True) for _ in range(3))
         inputs, names = [q, k, v], ["out", "dq", "dk", "dv", "drpb"]
     n = len(spatial)
     rpb = None
@@ -212,6 +214,16 @@ def test_triton_property(data):
 def test_triton_matches_reference_gpu(size, heads, dim, ks, dil, use_rpb, dtype):
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=6e-2, rtol=5e-2)
     _compare(size, ks, dil, 1, False, use_rpb, dtype, batch=4, heads=heads, dim=dim, device="cuda", **tol)
+
+
+@pytest.mark.gpu
+def test_triton_repeated_calls_gpu():
+    """Later calls of one problem launch the compiled kernel directly (triton._launch); inputs whose
+    alignment or strides differ from the first call's must not reuse a kernel specialized for it."""
+    case = ((14, 14), 7, 1, 1, False, True, torch.bfloat16)
+    tol = dict(batch=4, heads=8, dim=32, device="cuda", atol=6e-2, rtol=5e-2)
+    for packed, misaligned in [(False, False), (False, False), (False, True), (True, False), (False, False)]:
+        _compare(*case, packed=packed, misaligned=misaligned, **tol)
 
 
 @pytest.mark.gpu

@@ -349,7 +349,7 @@ _GEOMETRY: dict = {}
 
 
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
-    """Tables, tile config, runtime sizes, grid and constexprs of one launch (cached per problem)."""
+    """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
            tuple(sorted(CONFIG_OVERRIDE.get(which, {}).items())))
     hit = _GEOMETRY.get(key)
@@ -369,7 +369,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     meta, launch = _split(cfg)
     common.update(meta)
     common.update(launch)
-    hit = (ty, tx, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common)
+    hit = (ty, tx, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common, key)
     _GEOMETRY[key] = hit
     return hit
 
@@ -379,17 +379,39 @@ def _split(cfg):
     return meta, dict(num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
 
 
+_COMPILED: dict = {}
+
+
+def _launch(kernel, grid, plan, args, meta) -> None:
+    """``kernel[grid](*args, **meta)``. Once a plan has compiled, later calls launch the compiled kernel
+    directly and skip Triton's per-call re-specialization of every argument (about 15 us of host time per
+    launch on the H200 VM; docs/benchmarks.md). ``plan`` must fix every int argument (shapes, strides,
+    tile config); the key adds what Triton also specializes on and may change between calls of one plan:
+    the 16-byte alignment of each tensor. The interpreter (``TRITON_INTERPRET=1``) always takes the JIT path.
+    """
+    key = (kernel, plan, tuple(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)))
+    run = _COMPILED.get(key)
+    if run is not None:
+        run(*args, *(meta[name] for name in kernel.arg_names[len(args):]))
+        return
+    compiled = kernel[grid](*args, **meta)
+    if hasattr(compiled, "packed_metadata") and len(_COMPILED) < 4096:  # a CompiledKernel, not the interpreter
+        _COMPILED[key] = compiled[(*grid, 1)]
+
+
 def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
+    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
     B, H, W, heads, _ = q2.shape
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
-    _fwd_kernel[grid](q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims,
-                      *q2.stride()[:4], scale * LOG2E, HAS_RPB=rpb2 is not None, **common)
+    strides = q2.stride()[:4]
+    _launch(_fwd_kernel, grid, (plan, strides),
+            (q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims, *strides,
+             scale * LOG2E), dict(common, HAS_RPB=rpb2 is not None))
     return out, (lse if q.dim() == 5 else lse.view(B, heads, W))
 
 
@@ -397,23 +419,28 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    ty, tx, dims, grid, common = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
+    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
     B, H, W, heads, _ = q2.shape
     strides = q2.stride()[:4]
     k2, v2, do2, out2 = _to_2d(k), _to_2d(v), _to_2d(grad_out.contiguous()), _to_2d(out)
     lse2 = lse if lse.dim() == 4 else lse.unsqueeze(2)
     delta = torch.empty_like(lse2)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
-    dq2 = _to_2d(dq)
-    has_rpb = rpb2 is not None
+    has_rpb, rpb_grad = rpb2 is not None, bool(rpb_grad)
     rpb_f = rpb2.float().contiguous() if has_rpb else dq
     kk = ks[0] * ks[1]
-    ds = torch.zeros(B * heads * H * W * kk, device=q.device, dtype=torch.float32) if rpb_grad else dq
-    _bwd_dq_kernel[grid](q2, k2, v2, out2, do2, lse2, delta, rpb_f, dq2, ds, ty[0], ty[1], tx[0], tx[1], *dims,
-                         *strides, scale, scale * LOG2E, HAS_RPB=has_rpb, RPB_GRAD=bool(rpb_grad), **common)
-    _bwd_dkdv_kernel[grid](q2, k2, v2, do2, lse2, delta, rpb_f, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0],
-                           tx[1], ty[2], ty[3], tx[2], tx[3], *dims, *strides, scale, scale * LOG2E,
-                           HAS_RPB=has_rpb, **common)
+    if rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
+        ds = (torch.zeros if any(causal) else torch.empty)(B * heads * H * W * kk, device=q.device,
+                                                           dtype=torch.float32)
+    else:
+        ds = dq
+    meta = dict(common, HAS_RPB=has_rpb)
+    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad),
+            (q2, k2, v2, out2, do2, lse2, delta, rpb_f, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1], *dims,
+             *strides, scale, scale * LOG2E), dict(meta, RPB_GRAD=rpb_grad))
+    _launch(_bwd_dkdv_kernel, grid, (plan, strides),
+            (q2, k2, v2, do2, lse2, delta, rpb_f, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1], ty[2], ty[3],
+             tx[2], tx[3], *dims, *strides, scale, scale * LOG2E), meta)
     if rpb_grad:
         rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
         per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
