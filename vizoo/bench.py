@@ -7,8 +7,8 @@ four NAT-Tiny stages at 224 (batch 64), a DiNAT dilation-8 layer at 56x56 and a 
 case (k=13, head dim 64). FlexAttention and SDPA get their native ``[B, heads, N, dim]`` layout (no
 transpose is timed). Times are medians of ``triton.testing.do_bench``.
 
-Usage: ``vizoo bench [--check] [--tune] [--models [--compile] [--profile]] [--json F] [--markdown F]`` (needs
-a CUDA GPU).
+Usage: ``vizoo bench [--check] [--tune | --host] [--models [--compile] [--profile]] [--cases A,B] [--json F]
+[--markdown F]`` (needs a CUDA GPU).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import json
 import math
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -223,6 +224,71 @@ def _bench_case(case: Case, log, reference: bool) -> dict:
     return row
 
 
+def _host_time(fn: Callable, calls: int = 300) -> float:
+    """Wall time per call (us) of back-to-back calls with no sync between them: host-bound for small work."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+class _Identity(torch.autograd.Function):
+    """The cheapest custom autograd op: the floor that PyTorch's autograd puts under any of them."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def host_costs(cases, log=print) -> list[dict]:
+    """Where the host time of one eager call goes (us per call), for the cases whose eager times are
+    host-bound: allocation, vizoo's wrappers with and without the cached launch, autograd's floor, Flex."""
+    from vizoo.kernels import na2d
+    from vizoo.kernels.neighborhood import triton as tk
+
+    rows = []
+    for case in cases:
+        q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
+        params = [q, k, v] + ([rpb] if rpb is not None else [])
+        g = torch.randn_like(q)
+        opts = ((case.kernel,) * 2, (case.dilation,) * 2, (1, 1), (False, False), case.dim ** -0.5)
+        out, lse = tk.forward(q, k, v, rpb, *opts)
+        flex, block_mask, _ = _flex_fns(case)
+        qt, kt, vt = (t.detach().flatten(1, 2).transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
+        gt = g.flatten(1, 2).transpose(1, 2).contiguous()
+
+        def na():
+            return na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton")
+
+        def na_no_grad():
+            with torch.no_grad():
+                return na()
+
+        fns = {
+            "torch.empty (q-sized)": lambda: torch.empty_like(q),
+            "triton.forward, JIT launch": lambda: (tk._COMPILED.clear(), tk.forward(q, k, v, rpb, *opts)),
+            "triton.forward, cached launch": lambda: tk.forward(q, k, v, rpb, *opts),
+            "triton.backward": lambda: tk.backward(g, q, k, v, out, lse, rpb, *opts, rpb is not None),
+            "na2d fwd (no grad)": na_no_grad,
+            "na2d fwd (grad)": na,
+            "identity autograd.Function fwd+grad": lambda: torch.autograd.grad(_Identity.apply(q), [q], g),
+            "na2d fwd+grad": lambda: torch.autograd.grad(na(), params, g),
+            "flex fwd+grad": lambda: torch.autograd.grad(flex(qt, kt, vt, block_mask=block_mask), [qt, kt, vt], gt),
+        }
+        row = dict(case=case.name, **{name: _host_time(fn) for name, fn in fns.items()})
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
 TUNE_CONFIGS = [  # tile configs swept by --tune (k = 7 favourites first)
     dict(TH=8, TW=8, KR=4, KC=16, num_warps=4), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2),
     dict(TH=8, TW=8, KR=2, KC=16, num_warps=4), dict(TH=8, TW=8, KR=1, KC=16, num_warps=2),
@@ -274,6 +340,9 @@ def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = Fals
                  profile: bool = False) -> list[dict]:
     """Images/s of whole backbones at 224, bf16 autocast: inference and one training step (fwd+bwd).
 
+    Inference is also reported GPU-only (batch / summed kernel time from the profiler), which does not move
+    with the host's load; the wall-clock rates of a shared VM varied by up to 1.6x between runs.
+
     ``compile``: also inference under ``torch.compile`` (default inductor). ``profile``: log the inference's
     ten most expensive GPU kernels (ms per batch, from ``torch.profiler``).
     """
@@ -290,6 +359,7 @@ def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = Fals
         model.eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             row["infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            row["infer img/s GPU-only"] = batch / (_gpu_time(lambda: model(x), iters=5) * 1e-6)
             if profile:
                 _log_top_kernels(lambda: model(x), name, log)
             if compile:
@@ -349,6 +419,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="vizoo bench", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="first check Triton vs reference on the GPU")
     parser.add_argument("--tune", action="store_true", help="sweep kernel tile configs only")
+    parser.add_argument("--host", action="store_true", help="break down the host time of eager calls only")
     parser.add_argument("--no-reference", action="store_true", help="skip timing the (slow) reference")
     parser.add_argument("--models", action="store_true", help="also time whole backbones (images/s)")
     parser.add_argument("--only-models", action="store_true", help="time only the backbones")
@@ -371,12 +442,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         out["check"] = check(cases, log)
     if args.tune:
         out["tune"] = tune(cases, log)
+    elif args.host:
+        out["host"] = host_costs(cases, log)
     elif not args.only_models:
         out["kernels"] = bench_kernels(cases, log, reference=not args.no_reference)
     if args.models or args.only_models:
         out["models"] = bench_models(log=log, compile=args.compile, profile=args.profile)
     md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
-    for key in ("check", "kernels", "models", "tune"):
+    for key in ("check", "kernels", "models", "tune", "host"):
         if key in out:
             md += [f"### {key}", "", markdown_table(out[key]), ""]
     text = "\n".join(md)
