@@ -297,11 +297,14 @@ TUNE_CONFIGS = [  # tile configs swept by --tune (k = 7 favourites first)
     dict(TH=4, TW=8, KR=4, KC=16, num_warps=4), dict(TH=16, TW=8, KR=2, KC=16, num_warps=4),
     dict(TH=8, TW=8, KR=4, KC=16, num_warps=4, num_stages=1), dict(TH=8, TW=8, KR=2, KC=16, num_warps=2,
                                                                    num_stages=1),
+    dict(TH=8, TW=8, KR=2, KC=16, num_warps=4, num_stages=1), dict(TH=4, TW=8, KR=2, KC=16, num_warps=2,
+                                                                   num_stages=1),
 ]
 
 
 def tune(cases, log=print) -> list[dict]:
-    """Sweep tile configs for the forward and for the backward; report each config's time per case."""
+    """Sweep tile configs for the forward, for both backward kernels ("bwd") and for the dK/dV kernel alone
+    ("dkdv", the dQ kernel at its default); report each config's time per case."""
     from vizoo.kernels import na2d
     from vizoo.kernels.neighborhood import triton as tk
 
@@ -311,7 +314,7 @@ def tune(cases, log=print) -> list[dict]:
         q, k, v, rpb = _inputs(case, case.batch, torch.bfloat16)
         params = [q, k, v] + ([rpb] if rpb is not None else [])
         g = torch.randn_like(q)
-        for which in ("fwd", "bwd"):
+        for which in ("fwd", "bwd", "dkdv"):
             for cfg in TUNE_CONFIGS:
                 tk.CONFIG_OVERRIDE[which] = cfg
                 fwd = lambda: na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb,  # noqa: E731

@@ -54,7 +54,9 @@ def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool
     if H == 1:  # 1-D
         return dict(TH=1, TW=64, KR=1, KC=64 if kernel[1] > 16 else 32, num_warps=4)
     if kernel[1] <= 9:
-        if which == "bwd":
+        if which == "dkdv" and rpb:  # its own sweep (docs/benchmarks.md): 23-28% faster than the dq config
+            return dict(TH=8, TW=8, KR=2, KC=16, num_warps=4, num_stages=1)
+        if which in ("bwd", "dkdv"):
             return dict(TH=4, TW=8, KR=2, KC=16, num_warps=2 if rpb else 1)
         if rpb:
             return dict(TH=8, TW=8, KR=2, KC=16, num_warps=2, num_stages=1)
@@ -63,7 +65,9 @@ def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool
     return dict(TH=4, TW=16, KR=max(1, min(64 // KC, 4)), KC=KC, num_warps=4)
 
 
-CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}}  # tile overrides per pass, used by the benchmark's sweep
+# tile overrides used by the benchmark's sweeps: "fwd", "bwd" (both backward kernels) and "dkdv" (that one only)
+CONFIG_OVERRIDE: dict = {"fwd": {}, "bwd": {}, "dkdv": {}}
+_OVERRIDES = {"fwd": ("fwd",), "bwd": ("bwd",), "dkdv": ("bwd", "dkdv")}  # applied in this order per launch
 
 
 @triton.jit
@@ -351,7 +355,7 @@ _GEOMETRY: dict = {}
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
-           tuple(sorted(CONFIG_OVERRIDE.get(which, {}).items())))
+           tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
     hit = _GEOMETRY.get(key)
     if hit is not None:
         return hit
@@ -360,7 +364,8 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
     tx = _tables(W, kernel_size[1], dilation[1], stride[1], is_causal[1], dev)
     cfg = dict(_config(tuple(kernel_size), (H, W), dim, which, rpb))
-    cfg.update(CONFIG_OVERRIDE.get(which, {}))
+    for name in _OVERRIDES[which]:
+        cfg.update(CONFIG_OVERRIDE.get(name, {}))
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
@@ -434,13 +439,13 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
                                                            dtype=torch.float32)
     else:
         ds = dq
-    meta = dict(common, HAS_RPB=has_rpb)
     _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad),
             (q2, k2, v2, out2, do2, lse2, delta, rpb_f, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1], *dims,
-             *strides, scale, scale * LOG2E), dict(meta, RPB_GRAD=rpb_grad))
+             *strides, scale, scale * LOG2E), dict(common, HAS_RPB=has_rpb, RPB_GRAD=rpb_grad))
+    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
     _launch(_bwd_dkdv_kernel, grid, (plan, strides),
             (q2, k2, v2, do2, lse2, delta, rpb_f, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1], ty[2], ty[3],
-             tx[2], tx[3], *dims, *strides, scale, scale * LOG2E), meta)
+             tx[2], tx[3], *dims, *strides, scale, scale * LOG2E), dict(common, HAS_RPB=has_rpb))
     if rpb_grad:
         rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
         per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
