@@ -54,7 +54,7 @@ def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool
     if H == 1:  # 1-D
         return dict(TH=1, TW=64, KR=1, KC=64 if kernel[1] > 16 else 32, num_warps=4)
     if kernel[1] <= 9:
-        if which == "dkdv" and rpb:  # its own sweep (docs/benchmarks.md): 23-28% faster than the dq config
+        if which == "dkdv" and rpb:  # its own sweep (docs/benchmarks.md): RPB fwd+bwd 21-30% faster
             return dict(TH=8, TW=8, KR=2, KC=16, num_warps=4, num_stages=1)
         if which in ("bwd", "dkdv"):
             return dict(TH=4, TW=8, KR=2, KC=16, num_warps=2 if rpb else 1)
