@@ -36,9 +36,8 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vizoo.probe.features import extract_tokens
-from vizoo.probe.multiblock import make_head
 from vizoo.probe.optim import build_optimizer, warmup_cosine
-from vizoo.probe.trainer import HeadSpec, TrainConfig
+from vizoo.probe.trainer import HeadSpec, TrainConfig, build_instances
 
 
 class AugmentedProbe(L.LightningModule):
@@ -71,19 +70,10 @@ class AugmentedProbe(L.LightningModule):
         self.index: list[tuple[int, int, float]] = []  # (layer, head type index, lr) per instance
         modules = []
         for layer in self.layers:
-            n, d, p, _ = token_shapes[layer]
-            for h_idx, spec in enumerate(heads):
-                for lr in config.lrs:
-                    torch.manual_seed(config.seed + h_idx)
-                    head = make_head(spec.name, d, num_classes, **spec.kwargs)
-                    if head.uses_prefix == "required" and p == 0:
-                        raise ValueError(
-                            f"head {spec.label!r} needs prefix tokens (a class token), but this "
-                            f"backbone returns none; use an option without them (e.g. linear "
-                            f"pool='avg')"
-                        )
-                    modules.append(head)
-                    self.index.append((layer, h_idx, float(lr)))
+            _, d, p, _ = token_shapes[layer]
+            for h_idx, lr, head in build_instances(heads, config.lrs, d, num_classes, p, config.seed):
+                modules.append(head)
+                self.index.append((layer, h_idx, lr))
         self.heads = nn.ModuleList(modules)
         self.specs = list(heads)
         k = min(5, num_classes)

@@ -139,9 +139,11 @@ def _check_inputs(train: CachedSplit, val: CachedSplit, layer: int, num_classes:
         raise ValueError(f"the training split holds only {present} class; probing needs at least 2")
 
 
-def _build_instances(
+def build_instances(
     heads: Sequence[HeadSpec], lrs: Sequence[float], dim: int, num_classes: int, num_prefix: int, seed: int
-):
+) -> list[tuple[int, float, torch.nn.Module]]:
+    """One head per (head spec, learning rate), seeded per spec, as ``(spec index, lr, head)``; shared by the
+    cached and the augmented protocol. A head that needs prefix tokens on a backbone without them is an error."""
     instances = []
     for h_idx, spec in enumerate(heads):
         for lr in lrs:
@@ -230,7 +232,7 @@ def _train(train, val, test, layer, heads, num_classes, config, progress) -> lis
     dim = train.tokens[layer].shape[2]
     num_tokens, num_prefix = train.tokens[layer].shape[1], train.prefix[layer].shape[1]
     grid = train.grids[layer]
-    instances = _build_instances(heads, config.lrs, dim, num_classes, num_prefix, config.seed)
+    instances = build_instances(heads, config.lrs, dim, num_classes, num_prefix, config.seed)
     modules = [h.to(device) for _, _, h in instances]
     scale = config.batch_size / 256 if config.scale_lr else 1.0
     optimizers = [
