@@ -93,6 +93,12 @@ def check(cases=CASES, log=print) -> list[dict]:
     return rows
 
 
+def _flex_layout(q, k, v, grad):
+    """q, k, v (new leaves that require grad) and the output gradient in Flex/SDPA's ``[B, heads, N, dim]``."""
+    qt, kt, vt, gt = (t.detach().flatten(1, -3).transpose(1, 2).contiguous() for t in (q, k, v, grad))
+    return qt.requires_grad_(True), kt.requires_grad_(True), vt.requires_grad_(True), gt
+
+
 def _flex_fns(case: Case):
     """FlexAttention forward with a block mask (and score_mod for RPB) equivalent to na2d."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -165,9 +171,7 @@ def _bench_case(case: Case, log, reference: bool) -> dict:
     g = torch.randn_like(q)
     B, (H, W) = case.batch, case.size
     n = H * W
-    qt, kt, vt = (t.detach().reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
-                  .requires_grad_(True) for t in (q, k, v))
-    gt = g.reshape(B, n, case.heads, case.dim).transpose(1, 2).contiguous()
+    qt, kt, vt, gt = _flex_layout(q, k, v, g)
     flex, block_mask, _ = _flex_fns(case)
     score_mod = None
     if rpb is not None:
@@ -262,8 +266,7 @@ def host_costs(cases, log=print) -> list[dict]:
         opts = ((case.kernel,) * 2, (case.dilation,) * 2, (1, 1), (False, False), case.dim ** -0.5)
         out, lse = tk.forward(q, k, v, rpb, *opts)
         flex, block_mask, _ = _flex_fns(case)
-        qt, kt, vt = (t.detach().flatten(1, 2).transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
-        gt = g.flatten(1, 2).transpose(1, 2).contiguous()
+        qt, kt, vt, gt = _flex_layout(q, k, v, g)
 
         def na():
             return na2d(q, k, v, case.kernel, dilation=case.dilation, rpb=rpb, backend="triton")
