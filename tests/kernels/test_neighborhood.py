@@ -7,6 +7,7 @@ tests marked ``gpu`` repeat the comparison at the real NAT/DiNAT shapes.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -85,22 +86,28 @@ def test_reference_matches_brute_force(spatial, ks, dil, stride, causal, use_rpb
         assert (mask.sum(1) == torch.tensor(ks).prod()).all()
 
 
-@settings(max_examples=25, deadline=None)
-@given(data=st.data())
-def test_reference_property(data):
-    """Random valid option combinations: reference == brute force."""
-    n = data.draw(st.sampled_from([1, 2]))
+def _draw_options(data, ndim: int, min_len: int, min_k: int, max_dil: int = 9) -> tuple:
+    """Random valid per-axis options (axis length up to 9) as ``(spatial, ks, dil, stride, causal, use_rpb)``;
+    RPB only with stride 1."""
     spatial, ks, dil, stride, causal = [], [], [], [], []
-    for _ in range(n):
-        L = data.draw(st.integers(2, 9))
-        d = data.draw(st.integers(1, max(1, L // 2)))
-        k = data.draw(st.integers(1, L // d))
+    for _ in range(ndim):
+        L = data.draw(st.integers(min_len, 9))
+        d = data.draw(st.integers(1, min(max_dil, L // 2)))
+        k = data.draw(st.integers(min_k, L // d))
         spatial.append(L)
         dil.append(d)
         ks.append(k)
         stride.append(data.draw(st.integers(1, k)))
         causal.append(data.draw(st.booleans()))
     use_rpb = data.draw(st.booleans()) and all(s == 1 for s in stride)
+    return tuple(spatial), tuple(ks), tuple(dil), tuple(stride), tuple(causal), use_rpb
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_reference_property(data):
+    """Random valid option combinations: reference == brute force."""
+    spatial, ks, dil, stride, causal, use_rpb = _draw_options(data, data.draw(st.sampled_from([1, 2])), 2, 1)
     q, k, v = (torch.randn(1, *spatial, 2, 4, dtype=torch.float64) for _ in range(3))
     rpb = torch.randn(2, *[2 * x - 1 for x in ks], dtype=torch.float64) if use_rpb else None
     expected, _ = brute_force(q, k, v, ks, dil, stride, causal, rpb)
@@ -140,9 +147,9 @@ def _compare(spatial, ks, dil, stride, causal, use_rpb, dtype, batch=1, heads=2,
         q, k, v = qkv.unbind(-3)
         inputs, names = [qkv], ["out", "dqkv", "drpb"]
     else:
-        shape = (batch, *spatial, heads, dim)
-        q, k, v = (torch.randn(torch.Size(shape).numel() + misaligned, device=device,
-                               dtype=dtype)[int(misaligned):].view(shape).requires_grad_(True) for _ in range(3))
+        shape, off = (batch, *spatial, heads, dim), int(misaligned)
+        q, k, v = (torch.randn(math.prod(shape) + off, device=device, dtype=dtype)[off:].view(shape)
+                   .requires_grad_(True) for _ in range(3))
         inputs, names = [q, k, v], ["out", "dq", "dk", "dv", "drpb"]
     n = len(spatial)
     rpb = None
@@ -190,18 +197,7 @@ def test_triton_head_dim_not_power_of_two():
 @given(data=st.data())
 def test_triton_property(data):
     """A few random option combinations: Triton == reference (values and gradients)."""
-    spatial, ks, dil, stride, causal = [], [], [], [], []
-    for _ in range(2):
-        L = data.draw(st.integers(4, 9))
-        d = data.draw(st.integers(1, 2))
-        k = data.draw(st.integers(2, L // d))
-        spatial.append(L)
-        dil.append(d)
-        ks.append(k)
-        stride.append(data.draw(st.integers(1, k)))
-        causal.append(data.draw(st.booleans()))
-    use_rpb = data.draw(st.booleans()) and all(s == 1 for s in stride)
-    _compare(tuple(spatial), tuple(ks), tuple(dil), tuple(stride), tuple(causal), use_rpb, torch.float32)
+    _compare(*_draw_options(data, 2, 4, 2, max_dil=2), torch.float32)
 
 
 @pytest.mark.gpu
