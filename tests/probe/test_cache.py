@@ -38,17 +38,11 @@ def _direct(model, dataset, layers, norm=False):
 def test_round_trip_matches_direct_extraction(tiny_vit, tiny_images, tmp_path):
     layers = resolve_layers(tiny_vit, [-1, 0])
     assert layers == [0, 1]
-    split = extract_split(
-        tiny_vit,
-        tiny_images,
-        _payload(tiny_vit, tiny_images, layers),
-        layers,
-        False,
-        tmp_path,
-        batch_size=4,
-        shard_size=8,
-        progress=False,
-    )
+    def extract(**kwargs):
+        return extract_split(tiny_vit, tiny_images, _payload(tiny_vit, tiny_images, layers), layers, False,
+                             tmp_path, batch_size=4, shard_size=8, progress=False, **kwargs)
+
+    split = extract()
     direct = _direct(tiny_vit, tiny_images, layers)
     assert len(split) == 22 and split.labels.tolist() == (torch.arange(22) % 3).tolist()
     for layer, ref in zip(layers, direct):
@@ -61,18 +55,7 @@ def test_round_trip_matches_direct_extraction(tiny_vit, tiny_images, tmp_path):
     assert manifest["norm"] is False and manifest["layers"] == [0, 1] and len(manifest["shards"]) == 3
     # a second call loads the cache and computes nothing
     calls = []
-    again = extract_split(
-        tiny_vit,
-        tiny_images,
-        _payload(tiny_vit, tiny_images, layers),
-        layers,
-        False,
-        tmp_path,
-        batch_size=4,
-        shard_size=8,
-        progress=False,
-        on_shard=lambda i, p: calls.append(i),
-    )
+    again = extract(on_shard=lambda i, p: calls.append(i))
     assert calls == [] and torch.equal(again.tokens[1], split.tokens[1])
 
 
