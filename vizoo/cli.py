@@ -26,7 +26,8 @@ def _usage() -> str:
     for name, (_, text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {text}")
     lines.append("")
-    lines.append("Run `vizoo COMMAND --help` for the options of one command.")
+    lines.append("Run `vizoo COMMAND --help` for the options of one command. Bad input ends with a one-line error")
+    lines.append("and exit code 2; set VIZOO_TRACEBACK=1 to see the traceback instead.")
     return "\n".join(lines)
 
 
@@ -41,12 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("VIZOO_TRACEBACK"):
             raise
         print(f"vizoo: error: {error}", file=sys.stderr)
-        print("(set VIZOO_TRACEBACK=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
 
 
-def _run(argv: list[str] | None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(given: list[str] | None) -> None:
+    argv = list(sys.argv[1:] if given is None else given)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
@@ -54,7 +54,7 @@ def _run(argv: list[str] | None) -> None:
     if command in LIGHTNING_COMMANDS:
         from vizoo.train.cli import cli_main
 
-        cli_main(argv)
+        cli_main(given)  # None: Lightning reads sys.argv itself (no 'args and argv' warning)
         return
     if command not in SUBCOMMANDS:
         from vizoo.utils import unknown_name_error
@@ -63,7 +63,9 @@ def _run(argv: list[str] | None) -> None:
         print(f"vizoo: {unknown_name_error('command', command, valid)}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(SUBCOMMANDS[command][0])
-    module.main(rest)
+    code = module.main(rest)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)  # a refusal (e.g. `vizoo bench` without CUDA) exits non-zero
 
 
 if __name__ == "__main__":

@@ -2,18 +2,31 @@
 compiler or dispatch mode is tracing (the fused kernels' eager fast paths step aside then)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with vizoo's error style: one line naming the option and what is accepted, exit code 2
+    (``--help`` shows the usage; subcommand parsers made by ``add_subparsers`` inherit the style)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def unknown_name_error(kind: str, name: str, valid: Iterable[str], hint: str = "") -> ValueError:
-    """A ValueError for an unknown registry name, listing the valid names with the closest ones first."""
+    """A ValueError for an unknown registry name, listing the valid names with the closest ones first.
+
+    "Did you mean" names only close matches (difflib similarity of at least 0.6), never a far-off name.
+    """
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.6)
     rest = [v for v in valid if v not in close]
     listed = close + rest
     shown = ", ".join(listed[:40]) + (f", ... ({len(listed) - 40} more)" if len(listed) > 40 else "")

@@ -64,10 +64,59 @@ def test_export_refuses_existing_and_overwrites_on_request(exports, tmp_path):
     out = export_model(model, tmp_path / "m")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_model(model, out)
-    (out / "stale.txt").write_text("x")
-    export_model(model, out, overwrite=True)
-    assert not (out / "stale.txt").exists()
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    export_model(model, out, overwrite=True)  # a folder holding only an export is replaced
+    assert (out / "model.safetensors").stat().st_mtime_ns != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary or backup folder left
+
+
+def test_overwrite_never_deletes_what_vizoo_did_not_write(exports, tmp_path):
+    model, _, _, _ = exports["test_vit"]
+    out = export_model(model, tmp_path / "m")
+    (out / "sub").mkdir()
+    (out / "sub" / "notes.txt").write_text("mine")
+    (out / "stale.txt").write_text("x")
+    listing = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(FileExistsError, match=r"holds files an export does not write \(stale.txt, sub/\)"):
+        export_model(model, out, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == listing
+    assert (out / "sub" / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_the_current_folder(exports, tmp_path, monkeypatch):
+    model, _, _, _ = exports["test_vit"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    for target in (".", str(tmp_path.parent)):
+        with pytest.raises(ValueError, match="current folder or holds it"):
+            export_model(model, target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_export_records_weights_hash_and_loaders_check_it(exports, tmp_path):
+    from vizoo.hub.export import file_sha256
+    from vizoo.hub.loading import create_model, verify_folder
+
+    model, _, _, _ = exports["test_vit"]
+    out = export_model(model, tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    assert config["vizoo"]["weights_sha256"] == file_sha256(out / "model.safetensors")
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF  # a byte flip inside a tensor: still a valid safetensors file
+    (out / "model.safetensors").write_bytes(bytes(data))
+    for load in (lambda: verify_folder(out), lambda: create_model(f"local-dir:{out}", pretrained=True)):
+        with pytest.raises(ValueError, match=r"model.safetensors: its SHA-256 differs"):
+            load()
+
+
+def test_damaged_config_is_reported_by_path(exports, tmp_path):
+    from vizoo.hub.loading import verify_folder
+
+    model, _, _, _ = exports["test_vit"]
+    out = export_model(model, tmp_path / "m")
+    (out / "config.json").write_text('{"architecture": ')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        verify_folder(out)
 
 
 def test_failed_export_leaves_nothing(exports, tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ stored), so either loads into either model without error: pick the model name th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -842,15 +843,18 @@ def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.M
     implied = {k: v for k, v in implied.items() if k not in kwargs}
     # all four stages of the hierarchical models, the last three blocks of the isotropic ones (as in ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
-    model = build_model_with_cfg(
-        cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-        **implied,
-    )
+    from vizoo.hub.loading import pretrained_download_errors
+
+    with pretrained_download_errors(variant, cfg) if pretrained else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+            **kwargs,
+            **implied,
+        )
     # timm merges the caller's kwargs over this, so exported configs also carry what the tag implied
     model._model_args = dict(getattr(model, "_model_args", {}), **implied)
     return model

@@ -11,6 +11,15 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from vizoo.data.registry import register_dataset
 
 
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image, or a ValueError naming the file when it is not a readable image (truncated, not an image)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, bad headers
+        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err}); remove or replace the file") from None
+
+
 def check_image_folder(path: Path) -> None:
     """Raise a clear error if ``path`` is not ``<class>/<image>`` with at least one image."""
     if not path.is_dir():
@@ -37,7 +46,7 @@ def image_folder(split: str, root: str | None = None, **_) -> ImageFolder:
     if split == "val" and not path.exists() and (base / "validation").exists():
         path = base / "validation"
     check_image_folder(path)
-    return ImageFolder(str(path), loader=lambda p: Image.open(p).convert("RGB"))
+    return ImageFolder(str(path), loader=load_image)
 
 
 class ImageFiles(Dataset):
@@ -55,4 +64,4 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return Image.open(self.paths[index]).convert("RGB"), index
+        return load_image(self.paths[index]), index

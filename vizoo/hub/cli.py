@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from vizoo.hub.convert import add_card_args, read_label_names, read_metrics
+from vizoo.utils import ArgumentParser
 
 
 def model_from_source(
@@ -18,7 +19,7 @@ def model_from_source(
     checkpoint: str | None = None,
     ema: bool = False,
     model_kwargs: dict[str, Any] | None = None,
-) -> tuple[nn.Module, list[str] | None, str]:
+) -> tuple[nn.Module, list[str] | None, str, dict[str, Any]]:
     """Build the model an export starts from.
 
     Args:
@@ -29,7 +30,10 @@ def model_from_source(
         model_kwargs: extra constructor kwargs for a model name.
 
     Returns:
-        (model in eval mode, class names or None, a line saying where the weights come from).
+        (model in eval mode, class names or None, a line saying where the weights come from, pretrained cfg
+        entries for the export). For weights trained by the user (a ``vizoo fit`` checkpoint or ``checkpoint``)
+        those entries clear the architecture's license (the user gives one with ``--license``) and, from a
+        ``vizoo fit`` checkpoint, set the input size, mean, std, interpolation and crop that training used.
     """
     import timm
 
@@ -64,7 +68,9 @@ def model_from_source(
             if isinstance(ckpt.get(key), int):
                 where += f", {key} {ckpt[key]}"
         where += ", EMA weights)" if ema else ")"
-        return model.eval(), (list(names) if names else None), where
+        cfg = {"license": None, **{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in (ckpt.get("data_config") or {}).items()}}
+        return model.eval(), (list(names) if names else None), where, cfg
     if checkpoint is not None:
         model = create_model(source, pretrained=False, **(model_kwargs or {}))
         try:
@@ -73,13 +79,24 @@ def model_from_source(
         except ValueError as err:
             raise ValueError(f"{err} (--checkpoint takes weights in vizoo/timm's own layout; convert an official "
                              "checkpoint with `vizoo convert --model MODEL --checkpoint FILE --out DIR`.)") from err
-        return model.eval(), None, f"loaded from `{Path(checkpoint).name}`"
+        return model.eval(), None, f"loaded from `{Path(checkpoint).name}`", {"license": None}
     looks_like_file = path.suffix in (".ckpt", ".pth", ".pt", ".safetensors", ".bin")
     if looks_like_file and ":" not in source and not timm.is_model(source.split(".", 1)[0]):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     model = create_model(source, pretrained=True, **(model_kwargs or {}))
     names = model.pretrained_cfg.get("label_names")
-    return model.eval(), (list(names) if names else None), f"pretrained weights of `{source}`"
+    return model.eval(), (list(names) if names else None), f"pretrained weights of `{source}`", {}
+
+
+def json_dict(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object, with an error that shows what was given."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"img_size\": 64}}', got {text!r}")
+    return value
 
 
 def _error(command: str, err: Exception | str) -> None:
@@ -88,11 +105,12 @@ def _error(command: str, err: Exception | str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from vizoo.hub.export import export_model
+    from vizoo.hub.export import check_output_folder, export_model
 
-    model, names, where = model_from_source(args.source, args.checkpoint, args.ema, args.model_kwargs)
+    check_output_folder(args.out_dir, args.overwrite)  # before the model is built
+    model, names, where, cfg_update = model_from_source(args.source, args.checkpoint, args.ema, args.model_kwargs)
     label_names = read_label_names(args.label_names) or names
-    cfg_update = {k: v for k, v in (("tag", args.tag), ("license", args.license)) if v}
+    cfg_update.update({k: v for k, v in (("tag", args.tag), ("license", args.license)) if v})
     if Path(args.source).is_file():
         cfg_update.setdefault("tag", "vizoo_fit")  # the architecture's default tag names other weights
     out = export_model(model, args.out_dir, label_names=label_names, metrics=read_metrics(args.metrics),
@@ -128,7 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vizoo hub", description=__doc__)
+    parser = ArgumentParser(prog="vizoo hub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="write config.json + model.safetensors + README.md for a model")
@@ -138,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--checkpoint", help="weights file for MODEL (a state dict or safetensors)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights of a `vizoo fit` checkpoint")
-    p.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of constructor kwargs")
+    p.add_argument("--model-kwargs", type=json_dict, default=None, help="JSON dict of constructor kwargs")
     p.add_argument("--tag", help="pretrained tag to record (e.g. digits_ft; default for a `vizoo fit` checkpoint: "
                                  "vizoo_fit)")
     p.add_argument("--license", help="license to record in the config and card (e.g. apache-2.0)")

@@ -29,6 +29,8 @@ from typing import Any
 
 from torch import nn
 
+from vizoo.utils import ArgumentParser
+
 
 @dataclass
 class ConversionReport:
@@ -193,7 +195,7 @@ def convert_checkpoint(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vizoo convert", description="Convert an official checkpoint into a "
+    parser = ArgumentParser(prog="vizoo convert", description="Convert an official checkpoint into a "
                                      "vizoo export folder (config.json + model.safetensors + README.md).")
     parser.add_argument("--model", required=True, help="vizoo architecture, optionally with a tag (nat_tiny.in1k)")
     parser.add_argument("--checkpoint", required=True, help="the official checkpoint file")
@@ -241,6 +243,10 @@ def read_metrics(value: str | None) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if args.out is not None:
+            from vizoo.hub.export import check_output_folder
+
+            check_output_folder(args.out, args.overwrite)  # before the checkpoint is read
         _, report = convert_checkpoint(
             args.model, args.checkpoint, args.out, ema=args.ema, num_classes=args.num_classes,
             model_kwargs=args.model_kwargs, allow_missing=args.allow_missing,

@@ -7,11 +7,16 @@ unchanged. vizoo adds one top-level key, ``vizoo``, that timm ignores: the vizoo
 from, and a forward check (the first outputs of the model on a seeded input) that ``vizoo hub push`` re-runs before
 it uploads anything. Weights are always written as safetensors, never as a pickle (timm's ``save_for_hf`` defaults
 to ``pytorch_model.bin``). The folder is written under a temporary name beside the target and renamed into place, so
-a killed export never leaves a half-written folder.
+a killed export never leaves a half-written folder. ``config.json`` also records the SHA-256 of
+``model.safetensors`` (``vizoo.weights_sha256``); loaders check it, so a modified or damaged file is reported by path.
+
+Overwriting never deletes what vizoo did not write: ``overwrite=True`` replaces a folder only when it holds nothing
+but an export's own three files, and refuses (naming the others) otherwise.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +34,57 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 CHECK_VALUES = 16  # how many leading outputs the forward check records
+OWN_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # all an export folder holds
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights_hash(config: Mapping[str, Any], weights: str | Path) -> None:
+    """ValueError if ``weights`` differs from the SHA-256 that the export recorded in ``config`` (if it did)."""
+    expected = (config.get("vizoo") or {}).get("weights_sha256")
+    if expected and file_sha256(weights) != expected:
+        raise ValueError(
+            f"{weights}: its SHA-256 differs from the one recorded at export ({expected[:16]}...); the file was "
+            "modified or damaged after the export. Export or download it again."
+        )
+
+
+def check_output_folder(out_dir: str | Path, overwrite: bool) -> None:
+    """Check, before any work, that ``out_dir`` can take an export folder.
+
+    Raises:
+        ValueError: ``out_dir`` is the current directory (or holds it), a file, or in a folder that cannot be
+            written.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or it holds anything besides an export's
+            own files (``config.json``, ``model.safetensors``, ``README.md``), which ``overwrite`` never deletes.
+    """
+    out = Path(out_dir)
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(f"OUT_DIR {str(out_dir)!r} is the current folder or holds it; give a new folder, e.g. ./export")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT_DIR {out} is a file; give a folder path")
+    if not out.exists():
+        parent = next((p for p in out.resolve().parents if p.exists()), None)
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot create {out}: {parent} is not writable")
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace a previous export there.")
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in OWN_FILES or p.is_dir())
+    if others:
+        shown = ", ".join(others[:8]) + (f", ... ({len(others) - 8} more)" if len(others) > 8 else "")
+        raise FileExistsError(
+            f"{out} holds files an export does not write ({shown}); --overwrite replaces only an export folder "
+            f"({', '.join(OWN_FILES)}) and never deletes anything else. Choose another OUT_DIR or move them."
+        )
 
 
 def forward_check_input(input_size: Sequence[int], seed: int = 0) -> torch.Tensor:
@@ -118,7 +174,7 @@ def export_model(
 
     Args:
         model: a model built by ``timm.create_model`` (it must have ``pretrained_cfg``).
-        out_dir: the folder to create. It must not exist unless ``overwrite``.
+        out_dir: the folder to create. It must not exist unless ``overwrite`` (see :func:`check_output_folder`).
         label_names: class names, one per output (written as ``label_names``); by default the ImageNet synsets
             when the model's cfg says it classifies ImageNet (timm's ``infer_imagenet_subset``), else none.
         metrics: name -> value pairs for the model card.
@@ -126,7 +182,7 @@ def export_model(
         pretrained_cfg: entries that replace those of the model's pretrained cfg (e.g. ``tag``, ``license``).
         source: one line for the card and ``config.json`` saying where the weights come from.
         repo_id: the Hub repository the folder is meant for (used in the card's loading snippet).
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace an existing export folder ``out_dir`` (one holding other files is refused).
         verify: before the folder is moved into place, check that it loads back exactly
             (:func:`vizoo.hub.loading.verify_folder`: strict load, timm's loader, the forward check).
 
@@ -134,7 +190,7 @@ def export_model(
         The path of the written folder.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or holds files an export does not write.
         ValueError: the model has no ``pretrained_cfg``, a model argument cannot be written as JSON, or the
             written folder does not load back (then nothing is left at ``out_dir``).
     """
@@ -143,8 +199,7 @@ def export_model(
     import vizoo
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    check_output_folder(out_dir, overwrite)
     if not getattr(model, "pretrained_cfg", None):
         raise ValueError("the model has no pretrained_cfg; build it with timm.create_model(...).")
     if label_names is not None and len(label_names) != getattr(model, "num_classes", len(label_names)):
@@ -167,10 +222,13 @@ def export_model(
         save_config_for_hf(model, str(tmp / CONFIG_NAME), model_config=model_config,
                            model_args=dict(model_args or {}))
         config = json.loads((tmp / CONFIG_NAME).read_text())
+        if config["pretrained_cfg"].get("license") is None:  # cleared for the user's own weights
+            config["pretrained_cfg"].pop("license", None)
         # the check runs at the input size the config now declares, the one a loader will resolve
         config["vizoo"] = {
             "version": vizoo.__version__,
             "source": source,
+            "weights_sha256": file_sha256(tmp / WEIGHTS_NAME),
             "forward_check": forward_check(model, config["pretrained_cfg"]["input_size"]),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -205,8 +263,10 @@ def _set_default_permissions(folder: Path) -> None:
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` onto ``out_dir``; an existing ``out_dir`` is moved aside first and removed afterwards."""
+    """Rename ``tmp`` onto ``out_dir``; an existing export folder (checked by :func:`check_output_folder`) is moved
+    aside first and removed afterwards."""
     if out_dir.exists():
+        check_output_folder(out_dir, overwrite=True)  # never remove a folder holding anything else
         old = out_dir.with_name(f".{out_dir.name}.old")
         if old.exists():
             shutil.rmtree(old)

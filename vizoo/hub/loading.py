@@ -9,6 +9,7 @@ download fetches it again), or weights that belong to another variant (mismatche
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,13 @@ import torch
 from torch import nn
 
 from vizoo.hub.checkpoints import check_safetensors, load_safetensors
-from vizoo.hub.export import CONFIG_NAME, WEIGHTS_NAME, compare_forward_check, forward_check
+from vizoo.hub.export import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_weights_hash,
+    compare_forward_check,
+    forward_check,
+)
 from vizoo.utils import unknown_name_error
 
 _logger = logging.getLogger(__name__)
@@ -122,11 +129,16 @@ def create_model(model_name: str, pretrained: bool = True, **kwargs: Any) -> nn.
         folder = Path(model_name[len("local-dir:"):])
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it a folder written by `vizoo hub export`?")
-        _check_architecture(json.loads((folder / CONFIG_NAME).read_text()), str(folder / CONFIG_NAME))
+        config = read_config(folder / CONFIG_NAME)
+        _check_architecture(config, str(folder / CONFIG_NAME))
         if pretrained and (folder / WEIGHTS_NAME).is_file():
             check_safetensors(folder / WEIGHTS_NAME)  # a clear error for a damaged file, before timm's
+            check_weights_hash(config, folder / WEIGHTS_NAME)
     try:
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        if pretrained and model_name.startswith("hf-hub:"):
+            _check_hub_hash(model_name[len("hf-hub:"):], kwargs.get("cache_dir"))
+        return model
     except RuntimeError as err:
         match = re.match(r"Unknown model \((.*)\)", str(err))
         if match:
@@ -163,6 +175,57 @@ def create_model(model_name: str, pretrained: bool = True, **kwargs: Any) -> nn.
         ) from err
 
 
+@contextlib.contextmanager
+def pretrained_download_errors(name: str, cfg: Any):
+    """Turn a failed download of a family's pretrained weights into one line: where the weights would come from,
+    why they could not be fetched, and how to load a local file instead. Used by vizoo's model factories, so
+    ``timm.create_model(name, pretrained=True)`` offline says what to do."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  (re-raised unless it is a download or file error)
+        origin = type(err).__module__.split(".")[0]
+        if not isinstance(err, (OSError, ConnectionError)) and origin not in ("huggingface_hub", "urllib", "requests",
+                                                                            "httpx"):
+            raise
+        tag = f"{name}.{cfg.tag}" if getattr(cfg, "tag", None) else name
+        if getattr(cfg, "file", None):
+            raise FileNotFoundError(f"{tag}: cannot read the pretrained weights file {cfg.file} ({err})") from None
+        where = (f"the Hugging Face Hub repository {cfg.hf_hub_id}" if getattr(cfg, "hf_hub_id", None)
+                 else getattr(cfg, "url", None) or "nowhere (this tag names no weights)")
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE=1 forbids downloads" if constants.HF_HUB_OFFLINE else "the download failed"
+        raise FileNotFoundError(
+            f"{tag}: pretrained weights come from {where}, and {why} ({type(err).__name__}). Download them once "
+            f"online (they are then cached), or load a local file: timm.create_model({name!r}, pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/weights.pth'))"
+        ) from None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """An export's ``config.json``, with a ValueError naming the file when it is not valid JSON."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is damaged. Export or download it again.") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an export config object")
+    return config
+
+
+def _check_hub_hash(repo: str, cache_dir: str | os.PathLike | None) -> None:
+    """Check the cached weights of a Hub export against the SHA-256 its config recorded (removing a bad file)."""
+    config_path = _hf_cached_file(repo, CONFIG_NAME, cache_dir)
+    weights = _hf_cached_file(repo, WEIGHTS_NAME, cache_dir)
+    if config_path is None or weights is None:
+        return
+    try:
+        check_weights_hash(read_config(config_path), weights)
+    except ValueError as err:
+        remove_from_cache(weights)
+        raise ValueError(f"{err} It was removed from the Hub cache; the next download fetches it again.") from err
+
+
 def _check_architecture(config: Mapping[str, Any], where: str) -> str:
     import timm
 
@@ -192,10 +255,7 @@ def verify_folder(folder: str | Path, check_forward: bool = True) -> nn.Module:
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; export it with `vizoo hub export` first.")
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {err}") from err
+    config = read_config(folder / CONFIG_NAME)
     arch = _check_architecture(config, str(folder / CONFIG_NAME))
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -206,7 +266,8 @@ def verify_folder(folder: str | Path, check_forward: bool = True) -> nn.Module:
 
     # built the way timm's loaders build it (model_args + the saved pretrained_cfg, whose tag some families read)
     model = timm.create_model(f"local-dir:{folder}", pretrained=False)
-    load_strict(model, state_dict, source=str(folder / WEIGHTS_NAME))
+    load_strict(model, state_dict, source=str(folder / WEIGHTS_NAME))  # another variant's weights: named keys
+    check_weights_hash(config, folder / WEIGHTS_NAME)
     model.eval()
 
     via_timm = create_model(f"local-dir:{folder}", pretrained=True).state_dict()

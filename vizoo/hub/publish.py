@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vizoo.hub.card import PLACEHOLDER_REPO
-from vizoo.hub.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from vizoo.hub.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_output_folder
 from vizoo.hub.loading import remove_from_cache, verify_folder
 
 _logger = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ def pull(
     if "@" in repo_id and revision is None:
         repo_id, revision = repo_id.split("@", 1)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+    if out is not None:
+        check_output_folder(out, overwrite)
     try:
         paths = {}
         for name in HUB_FILES:

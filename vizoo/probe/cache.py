@@ -5,8 +5,14 @@ Layout of one cache directory (``<cache_root>/<model-slug>-<split>-<key16>/``)::
     key.json                    the key payload and its SHA-256 (written first, atomically)
     shard-00000.safetensors     fp16 ``tokens.<layer>`` [n, N, D], ``prefix.<layer>`` [n, P, D],
                                 int64 ``labels``
+    shard-00000.sha256          the shard's SHA-256, written atomically right after the shard
     shard-00001.safetensors     (each written atomically; safetensors metadata repeats key, start and count)
     manifest.json               written last, atomically: the cache is complete only when it exists
+
+Integrity: every read checks each shard against its recorded SHA-256 and checks that its features are finite.
+A shard that is truncated, overwritten, unreadable or holds NaN/inf is reported by path (a warning), deleted
+with its checksum, and extracted again; a manifest that is not valid JSON is reported by path and rebuilt from
+the shards. Only files the cache itself wrote are ever deleted.
 
 The key hashes everything that changes the features: model name and arguments, a digest of the weights (every
 tensor of the state dict), the transform (its repr) and data config, the layers, ``norm``, the compute
@@ -30,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +51,14 @@ from vizoo.utils import atomic_path, atomic_write_text
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
 MANIFEST_FILE = "manifest.json"
+
+
+class DamagedCacheFile(ValueError):
+    """A cache file that cannot be trusted (``path`` names it); the cache rebuilds it."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"feature cache file {path} is damaged: {reason}")
+        self.path = Path(path)
 
 
 @dataclass
@@ -167,7 +182,13 @@ def _slug(text: str) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedCacheFile(path, f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DamagedCacheFile(path, f"holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _diff_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -214,17 +235,58 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
+def _checksum_path(shard: Path) -> Path:
+    return shard.with_suffix(".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    from vizoo.hub.export import file_sha256
+
+    return file_sha256(path)
+
+
+def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A shard's tensors and metadata, after checking its SHA-256 and that its features are finite.
+
+    Raises:
+        DamagedCacheFile: the shard is missing its checksum, differs from it, does not parse, or holds NaN/inf.
+    """
+    from safetensors import safe_open
+
+    recorded = _checksum_path(path)
+    if not recorded.exists():
+        raise DamagedCacheFile(path, f"its checksum file {recorded.name} is missing")
+    if _file_sha256(path) != recorded.read_text().strip():
+        raise DamagedCacheFile(path, "its SHA-256 differs from the one recorded when it was written")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:  # noqa: BLE001  (SafetensorError has no public class)
+        raise DamagedCacheFile(path, f"not a readable safetensors file ({err})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DamagedCacheFile(path, f"{name} holds NaN or infinite values")
+    return tensors, meta
+
+
+def _discard(path: Path, reason: Exception) -> None:
+    """Report a damaged cache file by path and delete it (and a shard's checksum) so it is rebuilt."""
+    print(f"vizoo probe: warning: {reason}; extracting it again", file=sys.stderr, flush=True)
+    for item in (path, _checksum_path(path) if path.suffix == ".safetensors" else None):
+        if item is not None and item.exists():
+            item.unlink()
+
+
 def _shard_ok(path: Path, key: str, start: int, count: int) -> bool:
     if not path.exists():
         return False
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return meta.get("key") == key and meta.get("start") == str(start) and meta.get("count") == str(count)
-    except Exception:  # noqa: BLE001  (a corrupt shard is recomputed)
+        _, meta = read_shard(path)
+    except DamagedCacheFile as err:
+        _discard(path, err)
         return False
+    return meta.get("key") == key and meta.get("start") == str(start) and meta.get("count") == str(count)
 
 
 def extract_split(
@@ -270,7 +332,12 @@ def extract_split(
     key = cache_key(payload)
     directory = cache_dir_for(cache_root, payload)
     if (directory / MANIFEST_FILE).exists():
-        return load_split(directory, key=key)
+        try:
+            return load_split(directory, key=key)
+        except DamagedCacheFile as err:  # rebuilt below: the manifest goes, the damaged file too
+            _discard(err.path, err)
+            if (directory / MANIFEST_FILE).exists():
+                (directory / MANIFEST_FILE).unlink()
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / KEY_FILE).exists():
         atomic_write_text(directory / KEY_FILE, stable_json(dict(key=key, payload=payload)))
@@ -322,6 +389,8 @@ def extract_split(
                     str(tmp),
                     metadata=dict(key=key, start=str(start), count=str(count), shapes=stable_json(shapes)),
                 )
+                checksum = _file_sha256(tmp)
+            atomic_write_text(_checksum_path(path), checksum + "\n")
             if on_shard is not None:
                 on_shard(i, path)
     finally:
@@ -352,9 +421,12 @@ def _shard_shapes(path: Path) -> dict[str, Any]:
 
 
 def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
-    """Load a complete cache directory; ``key`` (when given) must match the manifest's."""
-    from safetensors.torch import load_file
+    """Load a complete cache directory; ``key`` (when given) must match the manifest's.
 
+    Raises:
+        DamagedCacheFile: the manifest or a shard is damaged (see the module docstring).
+        ValueError: not a complete cache, another format version, or another key.
+    """
     directory = Path(directory)
     if not (directory / MANIFEST_FILE).exists():
         raise ValueError(f"{directory} holds no complete feature cache (no {MANIFEST_FILE})")
@@ -368,7 +440,7 @@ def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
         raise ValueError(
             f"{directory}: cache key {manifest.get('key', '')[:16]} does not match the wanted key {key[:16]}"
         )
-    shards = [load_file(str(directory / name)) for name in manifest["shards"]]
+    shards = [read_shard(directory / name)[0] for name in manifest["shards"]]
     layers = [int(v) for v in manifest["layers"]]
     tokens = {layer: torch.cat([s[f"tokens.{layer}"] for s in shards]) for layer in layers}
     prefix = {layer: torch.cat([s[f"prefix.{layer}"] for s in shards]) for layer in layers}
@@ -376,8 +448,8 @@ def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
     grids = {layer: tuple(grid) if grid else None for layer, grid in grid_of.items()}
     labels = torch.cat([s["labels"] for s in shards])
     if len(labels) != manifest["num_samples"]:
-        raise ValueError(
-            f"{directory}: shards hold {len(labels)} samples, manifest says {manifest['num_samples']}"
+        raise DamagedCacheFile(
+            directory / MANIFEST_FILE, f"the shards hold {len(labels)} samples, it says {manifest['num_samples']}"
         )
     return CachedSplit(layers, tokens, prefix, grids, labels, manifest)
 

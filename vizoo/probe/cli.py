@@ -14,7 +14,11 @@ long option names with underscores), and explicit command-line options. Without 
 main job's settings (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``) take the place
 of the defaults, so ``vizoo probe`` runs the main job and ``vizoo probe --device cuda --amp`` runs it on a GPU.
 
-Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``.
+Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``. The output
+folder is checked before any work: it must be writable, and results that another run (other settings) wrote there
+are never replaced unless ``--overwrite`` is given. When the folder comes from a config or the defaults rather than
+``--output-dir``, a run with other settings goes to ``<folder>-<hash of its settings>`` instead, so a variant of the
+demo never replaces the demo's results.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vizoo.utils import ArgumentParser
 
 DEFAULTS: dict[str, Any] = dict(
     model=None,
@@ -61,18 +67,22 @@ DEFAULTS: dict[str, Any] = dict(
     hflip=0.5,
     devices=1,
     progress=True,
+    overwrite=False,
 )
+# settings that do not change the results: two runs that differ only in these are the same run
+RUN_ONLY = ("output_dir", "overwrite", "progress", "cache_dir", "num_workers", "extract_batch_size")
 
 
 def _json_arg(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON/YAML: {text!r} ({err})") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise argparse.ArgumentTypeError(f"not valid JSON/YAML ({problem}): {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="vizoo probe",
         argument_default=argparse.SUPPRESS,
         description="Probe a frozen timm/vizoo backbone with linear and attentive heads (many at once). "
@@ -150,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--extract-batch-size", type=int)
     o.add_argument("--num-workers", type=int)
     o.add_argument("--no-progress", dest="progress", action="store_false")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace results another run wrote in --output-dir (default: refuse)")
     return p
 
 
@@ -209,6 +221,67 @@ def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespac
         settings.update(load_config(args.config))
     settings.update({k: v for k, v in vars(args).items() if k not in ("config", "list_heads")})
     return settings, args
+
+
+def _result_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in RUN_ONLY}
+
+
+def _settings_of(results: Path) -> dict[str, Any] | None:
+    """The settings recorded in a results.json (None if it cannot be read)."""
+    import json
+
+    try:
+        recorded = json.loads(results.read_text())["meta"]["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def choose_output_dir(settings: dict[str, Any], explicit: bool) -> Path:
+    """Where this run writes its results, checked before any work (see the module docstring).
+
+    Raises:
+        ValueError: the folder is a file or not writable, or (``explicit``) it holds another run's results and
+            ``overwrite`` is not set.
+    """
+    import hashlib
+    import json
+
+    out = Path(settings["output_dir"] or _default_output_dir(settings))
+    mine = json.loads(json.dumps(_result_settings(settings), default=str))
+    recorded = _settings_of(out / "results.json") if (out / "results.json").exists() else None
+    if (out / "results.json").exists() and recorded != mine and not settings.get("overwrite"):
+        if explicit:
+            differ = sorted(k for k in set(mine) | set(recorded or {}) if (recorded or {}).get(k) != mine.get(k))
+            raise ValueError(
+                f"{out / 'results.json'} holds the results of another run (settings that differ: "
+                f"{', '.join(differ[:8]) or 'unreadable file'}); pass --overwrite to replace them, or another "
+                "--output-dir"
+            )
+        digest = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:8]
+        out = out.with_name(f"{out.name}-{digest}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file; give a folder")
+    _check_writable(out)
+    return out
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` (removed again if it was new) and a file in it: the only sure test, root included."""
+    import tempfile
+
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write results to {folder} ({err.strerror}); give another --output-dir") from None
+    finally:
+        for path in created:  # deepest first
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 def job_from_settings(settings: dict[str, Any]):
@@ -297,10 +370,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             _list_heads()
             return None
         job = job_from_settings(settings)
+        out = choose_output_dir(settings, explicit=hasattr(args, "output_dir"))
         from vizoo.probe.pipeline import run_probe
 
         report = run_probe(job)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"vizoo probe: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     import os
@@ -308,7 +382,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
         return report  # DDP workers of the augmented protocol: rank 0 reports
     report["meta"]["settings"] = {k: v for k, v in settings.items()}
-    out = Path(settings["output_dir"] or _default_output_dir(settings))
     print_table(report)
     json_path = write_json(report, out / "results.json")
     png_path = write_plot(report, out / "results.png")

@@ -63,21 +63,14 @@ class BackboneSpec:
 
 def create_backbone(spec: BackboneSpec) -> nn.Module:
     """Build the frozen backbone: classifier removed, ``requires_grad=False``, eval mode."""
-    import timm
+    from vizoo.hub.loading import create_model
 
     kwargs = dict(spec.model_kwargs)
     kwargs["num_classes"] = 0
     pretrained = spec.pretrained and spec.checkpoint is None
-    try:
-        model = timm.create_model(spec.model, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err) or "Invalid model name" in str(err):
-            from vizoo.utils import unknown_name_error
-
-            raise unknown_name_error("model", spec.model, timm.list_models()) from None
-        raise
-    if spec.checkpoint is not None:
-        state = load_state_dict_file(spec.checkpoint)
+    state = load_state_dict_file(spec.checkpoint) if spec.checkpoint is not None else None  # fail before building
+    model = create_model(spec.model, pretrained=pretrained, **kwargs)  # clear errors: unknown, offline, damaged
+    if state is not None:
         state = {k: v for k, v in state.items() if not _is_classifier_key(model, k)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -98,18 +91,13 @@ def _is_classifier_key(model: nn.Module, key: str) -> bool:
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.safetensors`` or a torch file (weights only; ``state_dict``/``model`` keys
-    of Lightning or training checkpoints are unwrapped, and a ``model.`` prefix is stripped)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """The weights in a checkpoint file (safetensors, a torch pickle, a training or ``vizoo fit`` checkpoint),
+    read by :func:`vizoo.hub.checkpoints.load_file` (one-line errors for missing, truncated or corrupt files), with
+    a ``backbone.`` / ``model.`` prefix stripped."""
+    from vizoo.hub.checkpoints import extract_state_dict, load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    prefixes = ("model.", "backbone.", "module.")
-    for prefix in prefixes:
+    state = extract_state_dict(load_file(path), source=str(path))
+    for prefix in ("model.", "backbone.", "module."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state

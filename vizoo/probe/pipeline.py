@@ -144,6 +144,40 @@ def _has_split(dm, split: str) -> bool:
         return False
 
 
+def check_job_numbers(job: ProbeJob) -> None:
+    """ValueError naming the first setting whose number is out of range (never replaced by a default)."""
+    at_least = dict(extract_batch_size=1, devices=1, num_workers=0)
+    if job.image_size is not None:
+        at_least["image_size"] = 1
+    if job.k_shot is not None:
+        at_least["k_shot"] = 1
+    for name, low in at_least.items():
+        value = getattr(job, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    low, high = (float(v) for v in job.scale)
+    if not (0 < low <= high <= 1):
+        raise ValueError(f"scale must be two numbers with 0 < min <= max <= 1, got {tuple(job.scale)}")
+    if not (0 <= job.hflip <= 1):
+        raise ValueError(f"hflip must be a probability in [0, 1], got {job.hflip}")
+
+
+def check_device(device: str) -> None:
+    """ValueError for a device this machine does not have (before any model is built)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r} ({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                             "False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+
+
 def run_probe(job: ProbeJob) -> dict[str, Any]:
     """Run a probing job and return the results dict (the JSON that ``vizoo probe`` writes).
 
@@ -158,8 +192,8 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     job.train.check()
     if job.protocol == "augmented" and job.k_shot is not None:
         raise ValueError("low-shot mode (k_shot) runs on cached features; use protocol='cached' with k_shot")
-    if job.devices < 1:
-        raise ValueError(f"devices must be >= 1, got {job.devices}")
+    check_job_numbers(job)
+    check_device(job.train.device)
     from vizoo.probe.multiblock import head_class
 
     for spec in job.heads:  # unknown names fail before any work
@@ -169,7 +203,7 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     spec = BackboneSpec(job.model, dict(job.model_kwargs), job.pretrained, job.checkpoint)
     model = create_backbone(spec)
     digest = weights_digest(model)
-    image_size = job.image_size or int(data_config_for(model)["input_size"][-1])
+    image_size = job.image_size if job.image_size is not None else int(data_config_for(model)["input_size"][-1])
     data_config = data_config_for(model, image_size)
     dm = _datamodule(job, data_config, image_size)
     classes = _check_classes(dm)

@@ -90,8 +90,10 @@ class TrainConfig:
             )
         if not self.lrs or any(not (lr >= 0 and math.isfinite(lr)) for lr in self.lrs):
             raise ValueError(f"lrs must be a non-empty list of finite numbers >= 0, got {list(self.lrs)}")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_epochs and weight_decay must be >= 0")
+        for name in ("warmup_epochs", "weight_decay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass

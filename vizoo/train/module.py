@@ -175,6 +175,14 @@ class ImageClassifier(L.LightningModule):
         confidence, pred = probs.max(-1)
         return {"index": index, "pred": pred, "confidence": confidence}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the evaluation data config the run used (``vizoo hub export`` writes it as the pretrained cfg)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        config = getattr(datamodule, "data_config", None)
+        if config:
+            keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
+            checkpoint["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k in keys}
+
     def configure_optimizers(self):
         h = self.hparams
         optimizer = create_optimizer_v2(self.model, "adamw", lr=h.lr, weight_decay=h.weight_decay)

@@ -35,7 +35,12 @@ TRITON_HEAD_DIMS = (16, 128)
 
 
 def _per_axis(name: str, value, ndim: int, kind: type) -> tuple:
-    values = (value,) * ndim if isinstance(value, (int, bool)) else tuple(value)
+    if isinstance(value, (int, bool)):
+        values = (value,) * ndim
+    elif isinstance(value, (tuple, list)):
+        values = tuple(value)
+    else:
+        raise ValueError(f"{name} must be a {kind.__name__} or a tuple of {ndim}, got {value!r}")
     if len(values) != ndim:
         raise ValueError(f"{name} must be a {kind.__name__} or a tuple of {ndim}, got {value!r}")
     for x in values:
@@ -116,8 +121,9 @@ def check_arguments(
         if any(s != 1 for s in stride):
             raise ValueError(f"rpb requires stride 1 on every axis (offsets leave the 2k-1 table otherwise), "
                              f"got stride={stride}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise ValueError(f"scale must be a float or None, got {type(scale).__name__}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
     return kernel_size, dilation, stride, is_causal, backend
 
 
