@@ -156,6 +156,19 @@ def test_bad_safetensors_in_hub_cache_is_removed(exports, tmp_path):
     assert not weights.exists()
 
 
+def test_modified_weights_in_hub_cache_are_named_and_removed(exports, tmp_path):
+    _, folder, _, _ = exports["test_vit"]
+    cache = tmp_path / "cache"
+    populate_hub_cache(cache, "vizoo-test/flipped", folder)
+    weights = next(cache.rglob("model.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x10  # inside a tensor: the file still parses, only the recorded SHA-256 can tell
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors: its SHA-256 differs.*removed from the Hub cache"):
+        create_model("hf-hub:vizoo-test/flipped", cache_dir=cache)
+    assert not weights.exists()
+
+
 def test_unregistered_architecture(exports, tmp_path):
     _, folder, _, _ = exports["nat_mini"]
     bad = tmp_path / "bad"

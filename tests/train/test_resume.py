@@ -2,6 +2,7 @@
 ends; resuming never silently drops an option; bad input is a one-line error and leaves no empty run folder."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -196,3 +197,19 @@ def test_help_shows_no_lightning_warning():
     assert out.returncode == 0
     assert "args parameter" not in out.stderr and "--allow_hparam_changes" in out.stdout
     assert textwrap.dedent(out.stderr).strip() == ""
+
+
+def test_export_carries_the_training_data_config_and_no_borrowed_license(trained, run_dir):
+    import timm
+    from timm.data import resolve_model_data_config
+
+    main(["hub", "export", str(trained), "plain"])
+    main(["hub", "export", str(trained), "licensed", "--license", "mit"])
+    plain = json.loads((run_dir / "plain/config.json").read_text())["pretrained_cfg"]
+    model_cfg = resolve_model_data_config(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    assert plain["input_size"] == [3, 16, 16]  # the size trained at, not the architecture's 224
+    assert plain["crop_pct"] == 1.0  # the embedded digits' evaluation crop
+    assert plain["mean"] == list(model_cfg["mean"]) and plain["std"] == list(model_cfg["std"])
+    assert "license" not in plain  # vit_tiny's apache-2.0 belongs to Google's weights, not these
+    licensed = json.loads((run_dir / "licensed/config.json").read_text())["pretrained_cfg"]
+    assert licensed["license"] == "mit"

@@ -235,7 +235,7 @@ def _settings_of(results: Path) -> dict[str, Any] | None:
         recorded = json.loads(results.read_text())["meta"]["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return recorded if isinstance(recorded, dict) else None
+    return _result_settings(recorded) if isinstance(recorded, dict) else None
 
 
 def choose_output_dir(settings: dict[str, Any], explicit: bool) -> Path:
