@@ -6,5 +6,6 @@
 * :mod:`vizoo.vlm.evaluate`: CHAIR and POPE.
 """
 from vizoo.vlm.attention import VLMAdapter, get_adapter, supported_model_types
+from vizoo.vlm.paint import paint
 
-__all__ = ["VLMAdapter", "get_adapter", "supported_model_types"]
+__all__ = ["VLMAdapter", "get_adapter", "paint", "supported_model_types"]
