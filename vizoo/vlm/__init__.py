@@ -6,6 +6,7 @@
 * :mod:`vizoo.vlm.evaluate`: CHAIR and POPE.
 """
 from vizoo.vlm.attention import VLMAdapter, get_adapter, supported_model_types
+from vizoo.vlm.carve import CarveResult, carve
 from vizoo.vlm.paint import paint
 
-__all__ = ["VLMAdapter", "get_adapter", "paint", "supported_model_types"]
+__all__ = ["CarveResult", "VLMAdapter", "carve", "get_adapter", "paint", "supported_model_types"]
