@@ -213,8 +213,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a UTF-8 JSON-lines file ({error})") from error
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 record = json.loads(line)
@@ -268,9 +272,9 @@ def chair_from_files(answers: str | os.PathLike, annotations: str | os.PathLike)
 
 
 def pope_from_files(answers: str | os.PathLike, questions: str | os.PathLike) -> dict[str, float]:
-    """POPE from a question file (question_id, label) and an answer file (question_id, answer)."""
+    """POPE from a question file (question_id, label) and an answer file (question_id or id, answer)."""
     questions = read_jsonl(questions)
-    by_id = {str(r["question_id"]): _text(r) for r in read_jsonl(answers) if "question_id" in r}
+    by_id = {str(r.get("question_id", r.get("id"))): _text(r) for r in read_jsonl(answers)}
     missing = [str(q.get("question_id")) for q in questions if str(q.get("question_id")) not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} questions have no answer (first ids: {missing[:5]})")
