@@ -49,19 +49,24 @@ def _text(**kw):
                 num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw)
 
 
-def tiny_llava(num_layers: int = 3, seed: int = 0):
-    """(model, processor): CLIP 28 px / patch 7 (16 image tokens, a 4x4 grid), Llama decoder."""
+def tiny_llava(num_layers: int = 3, seed: int = 0, image_size: int = 28, patch_size: int = 7, width: int = 32):
+    """(model, processor): CLIP 28 px / patch 7 (16 image tokens, a 4x4 grid), Llama decoder; the GPU tests
+    ask for LLaVA-1.5's real image shapes (336 px, patch 14: a 24x24 grid) with a wider model."""
     tokenizer = tiny_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=28, patch_size=7, projection_dim=32)
-    text = LlamaConfig(num_hidden_layers=num_layers, **_text())
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                              projection_dim=width)
+    text = LlamaConfig(num_hidden_layers=num_layers, **dict(_text(), hidden_size=width, intermediate_size=2 * width))
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_seq_length=(image_size // patch_size) ** 2, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = None  # random weights: keep answers at full length
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
     return model, processor
 
