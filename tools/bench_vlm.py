@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                                               max_new_tokens=args.new_tokens, use_cache=cache),
                                 args.device, args.repeats)
     base = results["generate_sdpa"]["seconds"]
-    print(f"| case | seconds | x plain sdpa | peak GiB |\n|---|---|---|---|")
+    print("| case | seconds | x plain sdpa | peak GiB |\n|---|---|---|---|")
     for name in ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached"):
         r = results[name]
         print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} |")

@@ -61,8 +61,8 @@ def test_files(tmp_path):
     (tmp_path / "answers.jsonl").write_text(json.dumps({"image": "/x/a.jpg", "answer": "A dog and a cat."}) + "\n")
     result = chair_from_files(tmp_path / "answers.jsonl", tmp_path / "instances.json")
     assert result["chair_s"] == 1.0 and result["chair_i"] == 0.5
-    questions = [{"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": l}
-                 for i, l in enumerate(["yes", "no"])]
+    questions = [{"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": label}
+                 for i, label in enumerate(["yes", "no"])]
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(q) for q in questions))
     (tmp_path / "p.jsonl").write_text(json.dumps({"question_id": 0, "answer": "yes"}) + "\n")
     with pytest.raises(ValueError, match="1 questions have no answer"):

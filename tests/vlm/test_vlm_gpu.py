@@ -53,8 +53,7 @@ def test_gpu_carve_cached_equals_uncached(llava, family):
     if family == "llava":
         (model, processor), image = llava, _image(400, 336)
     else:
-        model, processor = tiny_qwen2_vl(num_layers=8)
-        processor.image_processor.max_pixels = 448 * 448
+        model, processor = tiny_qwen2_vl(num_layers=8, max_pixels=448 * 448)
         model, image = model.cuda(), _image(448, 448)
     kwargs = dict(layers=range(2, 8), max_new_tokens=16)
     cached = carve(model, processor, image, "what is this ?", **kwargs)

@@ -71,7 +71,7 @@ def tiny_llava(num_layers: int = 3, seed: int = 0, image_size: int = 28, patch_s
     return model, processor
 
 
-def tiny_qwen2_vl(num_layers: int = 3, seed: int = 0):
+def tiny_qwen2_vl(num_layers: int = 3, seed: int = 0, max_pixels: int = 112 * 112):
     """(model, processor): Qwen2-VL with patch 14 and a 2x2 merge; a 56x56 image gives a 2x2 token grid."""
     tokenizer = tiny_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -85,8 +85,8 @@ def tiny_qwen2_vl(num_layers: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = None
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
-                                            temporal_patch_size=2)
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": max_pixels}, patch_size=14,
+                                            merge_size=2, temporal_patch_size=2)
     processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=Qwen2VLVideoProcessor())
     return model, processor

@@ -73,9 +73,10 @@ def step_weights(num_steps: int, steps: str = "all") -> Tensor:
 
 def fuse(maps: Tensor, size: tuple[int, int], steps: str = "all") -> Tensor:
     """``sum_t w_t sum_l up(maps[t, l])``: maps (T, L, rows, cols) -> (H, W) with bilinear upsampling."""
-    t, l, rows, cols = maps.shape
-    up = F.interpolate(maps.reshape(t * l, 1, rows, cols).float(), size=size, mode="bilinear", align_corners=False)
-    return torch.einsum("t,thw->hw", step_weights(t, steps), up.reshape(t, l, *size).sum(1))
+    steps_, layers, rows, cols = maps.shape
+    up = F.interpolate(maps.reshape(steps_ * layers, 1, rows, cols).float(), size=size, mode="bilinear",
+                       align_corners=False)
+    return torch.einsum("t,thw->hw", step_weights(steps_, steps), up.reshape(steps_, layers, *size).sum(1))
 
 
 def _check_p(p: float) -> float:
@@ -170,7 +171,7 @@ def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max
     with adapter.capture(layers) as captured:
         ids = generate_greedy(adapter.model, inputs, max_new_tokens, use_cache)
     layers = sorted(captured)
-    maps = torch.stack([torch.stack([captured[l][t][0].mean(0)[positions] for l in layers])
+    maps = torch.stack([torch.stack([captured[layer][t][0].mean(0)[positions] for layer in layers])
                         for t in range(len(captured[layers[0]]))])
     return maps.reshape(maps.shape[0], len(layers), rows, cols).cpu(), ids
 

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from vizoo.utils import atomic_write_text
 

@@ -192,13 +192,13 @@ def pope(labels: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (positive = "yes") and yes-ratio of free-form ``answers``."""
     if len(labels) != len(answers) or not labels:
         raise ValueError(f"need as many answers as labels, and at least one (got {len(answers)} and {len(labels)})")
-    bad = sorted({l for l in labels if l not in ("yes", "no")})
+    bad = sorted({label for label in labels if label not in ("yes", "no")})
     if bad:
         raise ValueError(f"POPE labels must be 'yes' or 'no', got {bad[:5]}")
     predicted = [pope_answer(a) for a in answers]
-    tp = sum(p == l == "yes" for p, l in zip(predicted, labels))
-    fp = sum(p == "yes" != l for p, l in zip(predicted, labels))
-    fn = sum(p == "no" != l for p, l in zip(predicted, labels))
+    tp = sum(p == y == "yes" for p, y in zip(predicted, labels))
+    fp = sum(p == "yes" != y for p, y in zip(predicted, labels))
+    fn = sum(p == "no" != y for p, y in zip(predicted, labels))
     tn = len(labels) - tp - fp - fn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
