@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_qwen2_vl
+from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
 from vizoo.vlm.attention import _boost_last_row, get_adapter
 
-FAMILIES = [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_qwen2_vl, id="qwen2_vl")]
+FAMILIES = [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_llava_next, id="llava_next"),
+            pytest.param(tiny_qwen2_vl, id="qwen2_vl"), pytest.param(tiny_qwen2_5_vl, id="qwen2_5_vl")]
 
 
 def _image(h=40, w=50, seed=0):
@@ -52,6 +53,12 @@ def test_image_span_and_grid():
     positions = adapter.grid_positions(inputs)
     assert adapter.image_grid(inputs) == (4, 4)  # 28 px / patch 7
     assert positions.tolist() == (ids == model.config.image_token_id).nonzero().flatten().tolist()
+
+    model, processor = tiny_llava_next()  # base image (a 4x4 grid) first, then the any-resolution tiles
+    adapter = get_adapter(model)
+    inputs = adapter.inputs(processor, [_image()], "what is this ?")
+    image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+    assert image.numel() > 16 and adapter.grid_positions(inputs).tolist() == image[:16].tolist()
 
     model, processor = tiny_qwen2_vl()
     adapter = get_adapter(model)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_qwen2_vl
+from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_vl
 from vizoo.vlm import get_adapter, paint
 from vizoo.vlm.paint import select_tokens
 
@@ -27,6 +27,16 @@ def test_zero_strength_generates_the_plain_tokens(llava):
         painted = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert torch.equal(painted, plain)
     assert "generate" not in model.__dict__  # the block restored the model
+
+
+def test_llava_next_zero_strength_and_selection():
+    model, processor = tiny_llava_next()
+    inputs = get_adapter(model).inputs(processor, [Image.new("RGB", (50, 40), (90, 20, 200))], "what is this ?")
+    plain = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    with paint(model, processor, alpha=0.0, beta=0.0, gamma=0.0) as painter:
+        assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), plain)
+    selection = painter.last["selection"]
+    assert selection.first_layer.numel() == 16 and selection.local.numel() + selection.summary.numel() >= 1
 
 
 def test_select_tokens_by_hand():

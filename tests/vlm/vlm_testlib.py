@@ -90,3 +90,48 @@ def tiny_qwen2_vl(num_layers: int = 3, seed: int = 0, max_pixels: int = 112 * 11
     processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=Qwen2VLVideoProcessor())
     return model, processor
+
+
+def tiny_qwen2_5_vl(num_layers: int = 3, seed: int = 0):
+    """(model, processor): Qwen2.5-VL (windowed vision attention, one full-attention block) at the same sizes."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    _, processor = tiny_qwen2_vl()
+    ids = processor.tokenizer.convert_tokens_to_ids
+    text = _text(num_hidden_layers=num_layers,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                              video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                              vision_end_token_id=ids("<|vision_end|>"), pad_token_id=0, bos_token_id=1,
+                              eos_token_id=2)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = None
+    processor = Qwen2_5_VLProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                    video_processor=processor.video_processor)
+    return model, processor
+
+
+def tiny_llava_next(num_layers: int = 3, seed: int = 0):
+    """(model, processor): LLaVA-NeXt with a 28 px CLIP (a 4x4 base grid) and 28/56 px any-resolution tiles."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor, \
+        LlavaNextProcessor
+
+    tokenizer = tiny_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=28, patch_size=7, projection_dim=32)
+    text = LlamaConfig(num_hidden_layers=num_layers, **_text())
+    config = LlavaNextConfig(vision_config=vision, text_config=text,
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                             image_grid_pinpoints=[[28, 28], [28, 56], [56, 28]], vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = None
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                              image_grid_pinpoints=[[28, 28], [28, 56], [56, 28]])
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return model, processor

@@ -93,8 +93,10 @@ def vision_scores(adapter: VLMAdapter, pixel_values: Tensor) -> tuple[Tensor, Te
     before = vision._attn_implementation
     if before != "eager":
         model.set_attn_implementation({"vision_config": "eager"})
+    # LLaVA-NeXt's pixel_values are (images, crops, 3, H, W) with the whole (base) image first
+    pixels = pixel_values[0, :1] if pixel_values.dim() == 5 else pixel_values[:1]
     try:
-        attentions = adapter.vision_tower()(pixel_values[:1], output_attentions=True).attentions
+        attentions = adapter.vision_tower()(pixels, output_attentions=True).attentions
     finally:
         if before != "eager":
             model.set_attn_implementation({"vision_config": before})
