@@ -92,9 +92,11 @@ def test_carve_cached_equals_uncached(build):
     torch.testing.assert_close(cached.maps, cached.task_maps / (cached.general_maps + 1e-8))
     top = top_p_mask(cached.saliency, 0.3)  # regions=1 keeps one 4-connected region of the top 30%
     assert cached.mask.any() and not (cached.mask & ~top).any() and ndimage.label(cached.mask)[1] == 1
-    if model.config.model_type == "llava":  # the final pass does not change the mask
-        refined_only = carve(model, processor, image, "what is this ?", final="refined", **kwargs)
-        assert np.array_equal(refined_only.mask, cached.mask)
+    if model.config.model_type == "llava":  # the final pass does not change the mask; the general pass is reused
+        refined_only = carve(model, processor, image, "what is this ?", final="refined", general=uncached, **kwargs)
+        assert np.array_equal(refined_only.mask, cached.mask) and refined_only.general_maps is uncached.general_maps
+        with pytest.raises(ValueError, match="same image"):
+            carve(model, processor, image.crop((0, 0, 30, 30)), "what ?", general=cached, **kwargs)
 
 
 def test_carve_bad_input(tmp_path):

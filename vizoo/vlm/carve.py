@@ -30,6 +30,8 @@ Differs:
     * The attention comes from vizoo's eager attention function (vizoo.vlm.attention) instead of
       ``output_attentions``, so only the chosen layers' last rows are kept.
     * The first two passes run all layers (the paper notes they could stop after the last chosen layer).
+    * ``general=`` reuses the general-instruction pass of an earlier question on the same image (the paper's
+      appendix suggests this caching; ``vizoo carve`` does it for consecutive questions on one image).
 """
 from __future__ import annotations
 
@@ -219,7 +221,7 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
           steps: str = "all", lam: float = 1e-8, top_p: float = 0.2, regions: int = 3,
           region_strategy: str = "attention_sum", final: str = "both", max_new_tokens: int = 32,
           use_cache: bool = True, general_instruction: str = GENERAL_INSTRUCTION,
-          suffix: str = TASK_SUFFIX) -> CarveResult:
+          suffix: str = TASK_SUFFIX, general: CarveResult | None = None) -> CarveResult:
     """Answer ``question`` about ``image`` with CARVE (defaults are the official code's).
 
     Args:
@@ -235,6 +237,8 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
         final: ``both`` (original + refined image, the official code) or ``refined`` (the paper).
         max_new_tokens: length of the three greedy generations.
         use_cache: KV-cached generation (same result as the official uncached loop, faster).
+        general: an earlier result on the same image with the same layers and ``max_new_tokens``: its
+            general-instruction pass is reused (it depends on the image only), saving one of the three passes.
     """
     question = check_question(question)
     _check_p(top_p)
@@ -253,9 +257,17 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
     image = load_image(image)
 
     task_inputs = adapter.inputs(processor, [image], question + suffix)
-    general_inputs = adapter.inputs(processor, [image], general_instruction + suffix)
+    if general is not None and not (general.saliency.shape == (image.height, image.width)
+                                    and general.options.get("layers") == layers
+                                    and general.options.get("max_new_tokens") == max_new_tokens):
+        raise ValueError("general= must come from the same image, layers and max_new_tokens")
     task_maps, task_ids = attention_maps(adapter, task_inputs, layers, max_new_tokens, use_cache)
-    general_maps, general_ids = attention_maps(adapter, general_inputs, layers, max_new_tokens, use_cache)
+    if general is not None:
+        general_maps, general_answer = general.general_maps, general.general_answer
+    else:
+        general_inputs = adapter.inputs(processor, [image], general_instruction + suffix)
+        general_maps, general_ids = attention_maps(adapter, general_inputs, layers, max_new_tokens, use_cache)
+        general_answer = _decode(processor, general_ids)
     n = min(len(task_maps), len(general_maps))
     maps = contrast(task_maps[:n], general_maps[:n], lam)
     saliency = fuse(maps, (image.height, image.width), steps).numpy()
@@ -268,4 +280,4 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
     options = dict(layers=layers, steps=steps, lam=lam, top_p=top_p, regions=regions,
                    region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens, use_cache=use_cache)
     return CarveResult(_decode(processor, answer_ids), refined, mask, saliency, maps, task_maps, general_maps, box,
-                       _decode(processor, task_ids), _decode(processor, general_ids), options)
+                       _decode(processor, task_ids), general_answer, options)

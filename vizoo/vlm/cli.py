@@ -175,11 +175,17 @@ def carve_main(argv: list[str] | None = None) -> None:
     model, processor = load_model(args.model, args.device, args.dtype)
     layers = get_adapter(model).check_layers(_iter_layers(args.layers, get_adapter(model).num_layers), "--layers")
 
+    previous: dict = {}  # the last image's result: its general-instruction pass serves the next question on it
+
     def answer(item: dict, png: Path) -> dict:
         image = load_image(item["image"])
+        general = previous.get(item["image"])
         result = carve(model, processor, image, item["question"], layers=layers, steps=args.steps, lam=args.lam,
                        top_p=args.top_p, regions=args.regions, region_strategy=args.region_strategy,
-                       final=args.final, max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
+                       final=args.final, max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache,
+                       general=general)
+        previous.clear()
+        previous[item["image"]] = result
         save_overlay(image, result.saliency, png, title=f"{item['question']} -> {result.answer}", mask=result.mask)
         return {"answer": result.answer, "box": list(result.box), "task_answer": result.task_answer}
 
