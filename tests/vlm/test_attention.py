@@ -43,6 +43,10 @@ def test_captured_rows_equal_output_attentions(build, caplog):
     # outside the capture block nothing is recorded and logits equal eager's
     torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=0)
     assert all(len(r) == 4 for r in rows.values())  # the closed block recorded nothing more
+    model.set_attn_implementation({"text_config": "sdpa"})  # would hide the scores: the next block switches back
+    with caplog.at_level(logging.WARNING), adapter.capture([0]) as again:
+        model(**inputs)
+    assert len(again[0]) == 1 and model.config.text_config._attn_implementation == "vizoo_eager"
 
 
 def test_image_span_and_grid():

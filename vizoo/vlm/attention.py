@@ -217,6 +217,7 @@ class VLMAdapter:
         list runs over generated tokens (the first entry is the prompt's last position).
         """
         layers = frozenset(self.check_layers(layers))
+        self._switch_attention()  # someone may have set another implementation since the adapter was built
         state = self.state
         saved = state.capture_layers, state.rows
         state.capture_layers, state.rows = layers, {}
@@ -236,6 +237,7 @@ class VLMAdapter:
             head_weight: optional per-layer (heads,) weights; layers not in it use 1 for every head.
         """
         layers = frozenset(self.check_layers(layers))
+        self._switch_attention()
         state = self.state
         saved = state.boost_layers, state.key_weight, state.head_weight
         state.boost_layers, state.key_weight, state.head_weight = layers, key_weight, dict(head_weight or {})
