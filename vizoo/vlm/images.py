@@ -35,11 +35,12 @@ def save_overlay(image: Image.Image, heat: np.ndarray, path: str | os.PathLike, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 6 * image.height / max(image.width, 1)))
-    ax.imshow(image)
-    ax.imshow(heat, cmap="jet", alpha=0.45, extent=(0, image.width, image.height, 0), interpolation="bilinear")
+    extent = (0, image.width, image.height, 0)  # pixel (row i, column j) covers [j, j + 1] x [i, i + 1]
+    ax.imshow(image, extent=extent)
+    ax.imshow(heat, cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
     if mask is not None and mask.any():
-        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.5,
-                   extent=(0, image.width, 0, image.height), origin="upper")
+        ax.contour(np.arange(mask.shape[1]) + 0.5, np.arange(mask.shape[0]) + 0.5, mask.astype(float), levels=[0.5],
+                   colors="white", linewidths=1.5)
     ax.set_axis_off()
     if title:
         ax.set_title(title[:120], fontsize=9)
