@@ -119,7 +119,8 @@ class VLMAdapter:
         self.model = model
         self.config = model.config
         self.image_token_id = int(self.config.image_token_id)
-        layers = _find(model, ("model.language_model.layers", "language_model.model.layers", "language_model.layers"))
+        paths = ("model.language_model.layers", "language_model.model.layers", "language_model.layers")
+        layers = _find(model, paths)
         if layers is None:
             raise ValueError(f"cannot find the language model's decoder layers in {type(model).__name__}")
         self.layers: nn.ModuleList = layers
@@ -135,8 +136,9 @@ class VLMAdapter:
         current = getattr(text_config, "_attn_implementation", None)
         if current != ATTENTION_NAME:
             if current not in (None, "eager"):
-                logger.warning("vizoo.vlm: the language model used %r attention, which hides the attention scores; "
-                               "switched it to %r (eager math). The vision tower is unchanged.", current, ATTENTION_NAME)
+                logger.warning("vizoo.vlm: the language model used %r attention, which hides the attention "
+                               "scores; switched it to %r (eager math). The vision tower is unchanged.",
+                               current, ATTENTION_NAME)
             self.model.set_attn_implementation({"text_config": ATTENTION_NAME})
         if getattr(text_config, "_attn_implementation", None) != ATTENTION_NAME:
             raise ValueError(f"could not switch the language model of {type(self.model).__name__} to "
@@ -152,8 +154,8 @@ class VLMAdapter:
             raise ValueError(f"{what} is empty; give decoder layer indices in [0, {self.num_layers})")
         bad = [i for i in layers if not 0 <= i < self.num_layers]
         if bad:
-            raise ValueError(f"{what} {bad} out of range: this language model has {self.num_layers} decoder layers "
-                             f"(indices 0..{self.num_layers - 1})")
+            raise ValueError(f"{what} {bad} out of range: this language model has {self.num_layers} decoder "
+                             f"layers (indices 0..{self.num_layers - 1})")
         return layers
 
     # -- prompts and inputs
@@ -161,7 +163,8 @@ class VLMAdapter:
         """The chat prompt for ``question`` with ``num_images`` images before it."""
         if getattr(processor, "chat_template", None):
             content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
-            return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+            messages = [{"role": "user", "content": content}]
+            return processor.apply_chat_template(messages, add_generation_prompt=True)
         return self.default_prompt(question, num_images)
 
     def default_prompt(self, question: str, num_images: int) -> str:
@@ -195,8 +198,8 @@ class VLMAdapter:
         """(B, S) bool, True on image-token positions; a ValueError when a prompt has none."""
         mask = input_ids == self.image_token_id
         if not bool(mask.any(dim=-1).all()):
-            raise ValueError(f"the prompt has no image tokens (id {self.image_token_id}); put the processor's image "
-                             "placeholder in the text and pass the image to the processor")
+            raise ValueError(f"the prompt has no image tokens (id {self.image_token_id}); put the processor's "
+                             "image placeholder in the text and pass the image to the processor")
         return mask
 
     def image_grid(self, inputs: dict) -> tuple[int, int]:
@@ -279,7 +282,8 @@ class LlavaAdapter(VLMAdapter):
     def grid_positions(self, inputs: dict) -> Tensor:
         positions = self.image_mask(inputs["input_ids"])[0].nonzero().flatten()
         side = self._side()
-        start = 1 if getattr(self.config, "vision_feature_select_strategy", "default") == "full" else 0  # CLS first
+        strategy = getattr(self.config, "vision_feature_select_strategy", "default")
+        start = 1 if strategy == "full" else 0  # "full" keeps CLS as the first image token
         grid = positions[start: start + side * side]
         if grid.numel() != side * side:
             raise ValueError(f"expected at least {side * side} image tokens for a {side}x{side} grid, "
@@ -321,7 +325,8 @@ class QwenVLAdapter(VLMAdapter):
         rows, cols = self.image_grid(inputs)
         grid = positions[: rows * cols]  # one image has t frames; an image has t = 1
         if t != 1 or grid.numel() != rows * cols:
-            raise ValueError(f"expected a still image with {rows * cols} tokens, got t={t} and {positions.numel()}")
+            raise ValueError(f"expected a still image with {rows * cols} tokens, got t={t} and "
+                             f"{positions.numel()}")
         return grid
 
 
@@ -333,7 +338,8 @@ def supported_model_types() -> list[str]:
 
 
 def get_adapter(model: nn.Module) -> VLMAdapter:
-    """The adapter for ``model``'s family (reused if one was built before); a ValueError lists the supported ones."""
+    """The adapter for ``model``'s family (reused if one was built before); a ValueError lists the supported
+    ones."""
     existing = getattr(model, "_vizoo_adapter", None)
     if existing is not None:
         return existing

@@ -158,7 +158,8 @@ def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cac
         inputs["input_ids"] = torch.cat([inputs["input_ids"], token], 1)
         for key in ("attention_mask", "mm_token_type_ids"):  # a new text token: mask 1, type 0
             if key in inputs:
-                inputs[key] = torch.cat([inputs[key], torch.full_like(token, int(key == "attention_mask"))], 1)
+                new = torch.full_like(token, int(key == "attention_mask"))
+                inputs[key] = torch.cat([inputs[key], new], 1)
         if int(token) in eos:
             break
     return inputs["input_ids"][:, n:]
@@ -278,6 +279,7 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
     final_inputs = adapter.inputs(processor, images, question + suffix)
     answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True)
     options = dict(layers=layers, steps=steps, lam=lam, top_p=top_p, regions=regions,
-                   region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens, use_cache=use_cache)
-    return CarveResult(_decode(processor, answer_ids), refined, mask, saliency, maps, task_maps, general_maps, box,
-                       _decode(processor, task_ids), general_answer, options)
+                   region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens,
+                   use_cache=use_cache)
+    return CarveResult(_decode(processor, answer_ids), refined, mask, saliency, maps, task_maps, general_maps,
+                       box, _decode(processor, task_ids), general_answer, options)

@@ -21,13 +21,16 @@ PAINT_PROMPT = "Please help me describe the image in detail."  # PAINT's CHAIR p
 
 # ------------------------------------------------------------------------------------------------ shared
 def _common(parser: argparse.ArgumentParser, question_default: str | None) -> None:
-    parser.add_argument("--model", required=True, help="Hugging Face model id or local folder (with its processor)")
+    parser.add_argument("--model", required=True,
+                        help="Hugging Face model id or local folder (with its processor)")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several)")
     parser.add_argument("--question", default=question_default,
                         help="the question asked about every --image" + (f" (default: {question_default!r})"
                                                                          if question_default else ""))
-    parser.add_argument("--questions", help="JSONL file with one {question_id, image, text} per line (POPE's format)")
-    parser.add_argument("--image-root", default=".", help="folder that relative image paths in --questions start from")
+    parser.add_argument("--questions",
+                        help="JSONL file with one {question_id, image, text} per line (POPE's format)")
+    parser.add_argument("--image-root", default=".",
+                        help="folder that relative image paths in --questions start from")
     parser.add_argument("--out", required=True, help="output folder (answers.jsonl, maps/)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -43,7 +46,8 @@ def _layers(text: str) -> list[int]:
             return list(range(int(start), int(end) + 1)) if end else [int(start), -1]
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must look like '20-25', '2-' or '3,5,7', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"layers must look like '20-25', '2-' or '3,5,7', got {text!r}") \
+            from None
 
 
 def _items(args) -> list[dict]:
@@ -70,7 +74,8 @@ def _items(args) -> list[dict]:
         items = [{"id": f"{n:05d}-{Path(p).stem}", "image": p, "question": args.question} for n, p in
                  enumerate(args.image)]
     else:
-        raise ValueError("nothing to do: give --image FILE [--image FILE ...] with --question, or --questions FILE")
+        raise ValueError("nothing to do: give --image FILE [--image FILE ...] with --question, or "
+                         "--questions FILE")
     items = items[: args.limit] if args.limit is not None else items
     for item in items:  # check every input before the model loads
         if not item["question"].strip():
@@ -80,7 +85,8 @@ def _items(args) -> list[dict]:
         try:
             Image.open(item["image"]).close()  # reads the header only
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{item['image']} does not decode as an image ({error}); question {item['id']}") from error
+            raise ValueError(f"{item['image']} does not decode as an image ({error}); "
+                             f"question {item['id']}") from error
     return items
 
 
@@ -127,7 +133,8 @@ def load_model(name: str, device: str | None, dtype: str):
 
 
 def _run(items: list[dict], out: Path, answer) -> int:
-    """Answer each item not yet in OUT/answers.jsonl with ``answer(item, png_path) -> dict``; returns the count."""
+    """Answer each item not yet in OUT/answers.jsonl with ``answer(item, png_path) -> dict``; returns how many
+    were answered now."""
     from rich.progress import track
 
     (out / "maps").mkdir(parents=True, exist_ok=True)
@@ -155,7 +162,8 @@ def carve_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vizoo carve", description="Answer questions about images with CARVE "
                                      "(contrastive attention refinement).")
     _common(parser, None)
-    parser.add_argument("--layers", type=_layers, default=list(range(20, 26)), help="decoder layers (default 20-25)")
+    parser.add_argument("--layers", type=_layers, default=list(range(20, 26)),
+                        help="decoder layers (default 20-25)")
     parser.add_argument("--top-p", type=float, default=0.2, help="fraction of pixels in the mask, in (0, 1]")
     parser.add_argument("--regions", type=int, default=3, help="minimum number of connected regions kept")
     parser.add_argument("--region-strategy", default="attention_sum", choices=("attention_sum", "size"))
@@ -163,7 +171,8 @@ def carve_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--final", default="both", choices=("both", "refined"),
                         help="answer from original + refined image (official code) or the refined one (paper)")
     parser.add_argument("--lam", type=float, default=1e-8)
-    parser.add_argument("--no-cache", action="store_true", help="rerun the whole sequence per token (official style)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="rerun the whole sequence per token (official style)")
     args = parser.parse_args(argv)
     from vizoo.vlm.carve import _check_p
 
@@ -186,7 +195,8 @@ def carve_main(argv: list[str] | None = None) -> None:
                        general=general)
         previous.clear()
         previous[item["image"]] = result
-        save_overlay(image, result.saliency, png, title=f"{item['question']} -> {result.answer}", mask=result.mask)
+        title = f"{item['question']} -> {result.answer}"
+        save_overlay(image, result.saliency, png, title=title, mask=result.mask)
         return {"answer": result.answer, "box": list(result.box), "task_answer": result.task_answer}
 
     _run(items, Path(args.out), answer)
@@ -199,8 +209,10 @@ def paint_main(argv: list[str] | None = None) -> None:
     _common(parser, PAINT_PROMPT)
     parser.add_argument("--alpha", type=float, default=0.7, help="boost of the local tokens")
     parser.add_argument("--beta", type=float, default=0.4, help="boost of the summary tokens")
-    parser.add_argument("--gamma", type=float, default=0.1, help="text-only correction (PAI's gamma - 1; 0 = off)")
-    parser.add_argument("--layers", type=_layers, default=[2, -1], help="decoder layers (default 2- : 2 to the last)")
+    parser.add_argument("--gamma", type=float, default=0.1,
+                        help="text-only correction (PAI's gamma - 1; 0 = off)")
+    parser.add_argument("--layers", type=_layers, default=[2, -1],
+                        help="decoder layers (default 2- : 2 to the last)")
     parser.add_argument("--ratio", type=float, default=0.25, help="fraction of patches taken as local tokens")
     parser.add_argument("--spatial-ratio", type=float, default=0.0)
     parser.add_argument("--head-specific", action="store_true", help="scale the boost per head (v1 paper idea)")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "person": ("person", "people", "man", "woman", "boy", "girl", "child", "kid", "baby", "toddler", "guy", "lady",
-               "gentleman", "adult", "teenager", "player", "skier", "surfer", "skateboarder", "snowboarder",
-               "pedestrian", "rider", "biker", "cyclist", "passenger"),
+    "person": ("person", "people", "man", "woman", "boy", "girl", "child", "kid", "baby", "toddler", "guy",
+               "lady", "gentleman", "adult", "teenager", "player", "skier", "surfer", "skateboarder",
+               "snowboarder", "pedestrian", "rider", "biker", "cyclist", "passenger"),
     "bicycle": ("bicycle", "bike", "cycle"),
     "car": ("car", "automobile", "taxi", "cab", "sedan", "suv", "van", "jeep"),
     "motorcycle": ("motorcycle", "motorbike", "motor bike", "scooter", "moped"),
@@ -191,7 +191,8 @@ def pope_answer(text: str) -> str:
 def pope(labels: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (positive = "yes") and yes-ratio of free-form ``answers``."""
     if len(labels) != len(answers) or not labels:
-        raise ValueError(f"need as many answers as labels, and at least one (got {len(answers)} and {len(labels)})")
+        raise ValueError(f"need as many answers as labels, and at least one (got {len(answers)} answers and "
+                         f"{len(labels)} labels)")
     bad = sorted({label for label in labels if label not in ("yes", "no")})
     if bad:
         raise ValueError(f"POPE labels must be 'yes' or 'no', got {bad[:5]}")
@@ -278,4 +279,5 @@ def pope_from_files(answers: str | os.PathLike, questions: str | os.PathLike) ->
     missing = [str(q.get("question_id")) for q in questions if str(q.get("question_id")) not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} questions have no answer (first ids: {missing[:5]})")
-    return pope([str(q["label"]).strip().lower() for q in questions], [by_id[str(q["question_id"])] for q in questions])
+    labels = [str(q["label"]).strip().lower() for q in questions]
+    return pope(labels, [by_id[str(q["question_id"])] for q in questions])

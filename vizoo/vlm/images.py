@@ -39,8 +39,8 @@ def save_overlay(image: Image.Image, heat: np.ndarray, path: str | os.PathLike, 
     ax.imshow(image, extent=extent)
     ax.imshow(heat, cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
     if mask is not None and mask.any():
-        ax.contour(np.arange(mask.shape[1]) + 0.5, np.arange(mask.shape[0]) + 0.5, mask.astype(float), levels=[0.5],
-                   colors="white", linewidths=1.5)
+        x, y = np.arange(mask.shape[1]) + 0.5, np.arange(mask.shape[0]) + 0.5
+        ax.contour(x, y, mask.astype(float), levels=[0.5], colors="white", linewidths=1.5)
     ax.set_axis_off()
     if title:
         ax.set_title(title[:120], fontsize=9)

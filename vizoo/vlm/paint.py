@@ -113,7 +113,8 @@ class TextOnlyContrast:
     """
 
     def __init__(self, adapter: VLMAdapter, text_inputs: dict, prompt_length: int, gamma: float):
-        self.adapter, self.text_inputs, self.prompt_length, self.gamma = adapter, text_inputs, prompt_length, gamma
+        self.adapter, self.text_inputs, self.gamma = adapter, text_inputs, gamma
+        self.prompt_length = prompt_length
         self.cache, self.seen = None, 0
 
     @torch.no_grad()
@@ -144,7 +145,8 @@ class Painter:
     def __init__(self, adapter: VLMAdapter, alpha: float, beta: float, gamma: float, layers: Sequence[int],
                  ratio: float, spatial_ratio: float, head_specific: bool):
         self.adapter, self.alpha, self.beta, self.gamma = adapter, alpha, beta, gamma
-        self.layers, self.ratio, self.spatial_ratio, self.head_specific = layers, ratio, spatial_ratio, head_specific
+        self.layers, self.ratio, self.spatial_ratio = layers, ratio, spatial_ratio
+        self.head_specific = head_specific
         self.last: dict | None = None
 
     def key_weight(self, inputs: dict) -> tuple[Tensor, TokenSelection]:
@@ -182,7 +184,8 @@ class Painter:
             raise ValueError("PAINT generates for one prompt at a time (batch size 1)")
         weight, selection = self.key_weight(inputs)
         heads = self.head_weights(inputs, weight) if self.head_specific else None
-        self.last = {"selection": selection, "positions": self.adapter.grid_positions(inputs), "head_weights": heads}
+        positions = self.adapter.grid_positions(inputs)
+        self.last = {"selection": selection, "positions": positions, "head_weights": heads}
         if self.gamma:
             processors = list(kwargs.pop("logits_processor", None) or [])
             text = self.adapter.text_only(inputs)
