@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "convert": ("vizoo.hub.convert", "convert an official checkpoint into a vizoo export folder"),
     "bench": ("vizoo.bench", "benchmark kernels and backbones (on a GPU)"),
     "models": ("vizoo.cli_models", "list the registered vizoo models"),
+    "carve": ("vizoo.vlm.cli_carve", "answer questions about images with CARVE (Hugging Face VLMs)"),
+    "paint": ("vizoo.vlm.cli_paint", "generate VLM answers or captions with PAINT (less hallucination)"),
+    "vlm-eval": ("vizoo.vlm.cli_eval", "score VLM answers with CHAIR or POPE"),
 }
 
 

@@ -1,0 +1,64 @@
+"""The vlm tests again on a CUDA device with LLaVA-1.5's real image shapes (336 px, 576 image tokens in a 24x24
+grid) and a Qwen2-VL image of 448 px (a 16x16 token grid); the language models stay small (random weights)."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlm_testlib import tiny_llava, tiny_qwen2_vl
+from vizoo.vlm import carve, get_adapter, paint
+
+pytestmark = pytest.mark.gpu
+
+
+def _image(h, w):
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def llava():
+    model, processor = tiny_llava(num_layers=8, image_size=336, patch_size=14, width=256)
+    return model.cuda(), processor
+
+
+def test_gpu_capture_equals_output_attentions(llava):
+    model, processor = llava
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation({"text_config": "eager"})
+    adapter = get_adapter(model)
+    inputs = adapter.inputs(processor, [_image(400, 336)], "what is this ?")
+    assert adapter.grid_positions(inputs).numel() == 576 and adapter.image_grid(inputs) == (24, 24)
+    with adapter.capture(range(8)) as rows:
+        ours = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    ref = reference.generate(**inputs, max_new_tokens=8, do_sample=False, output_attentions=True,
+                             return_dict_in_generate=True)
+    assert torch.equal(ours, ref.sequences)
+    for step in range(8):
+        for layer in range(8):
+            torch.testing.assert_close(rows[layer][step], ref.attentions[step][layer][:, :, -1].float())
+
+
+def test_gpu_paint_zero_is_plain(llava):
+    model, processor = llava
+    inputs = get_adapter(model).inputs(processor, [_image(400, 336)], "please describe the image in detail .")
+    plain = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    with paint(model, processor, alpha=0.0, beta=0.0, gamma=0.0):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=32, do_sample=False), plain)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_gpu_carve_cached_equals_uncached(llava, family):
+    if family == "llava":
+        (model, processor), image = llava, _image(400, 336)
+    else:
+        model, processor = tiny_qwen2_vl(num_layers=8, max_pixels=448 * 448)
+        model, image = model.cuda(), _image(448, 448)
+    kwargs = dict(layers=range(2, 8), max_new_tokens=16)
+    cached = carve(model, processor, image, "what is this ?", **kwargs)
+    uncached = carve(model, processor, image, "what is this ?", use_cache=False, **kwargs)
+    assert cached.maps.shape[-2:] == ((24, 24) if family == "llava" else (16, 16))
+    torch.testing.assert_close(cached.task_maps, uncached.task_maps, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cached.general_maps, uncached.general_maps, rtol=1e-4, atol=1e-6)
+    assert (cached.answer, cached.task_answer) == (uncached.answer, uncached.task_answer)

@@ -1,0 +1,172 @@
+"""GPU benchmark of vizoo.vlm on a random-initialised LLaVA-1.5-7B-sized model (bf16): plain ``generate``
+(sdpa and eager), PAINT (released setting, and the boost alone with gamma = 0), CARVE with the KV cache, CARVE
+uncached (``use_cache=False``: the whole sequence per token, only the chosen rows kept) and the official code's
+loop (the whole sequence per token with ``output_attentions=True``); latency (median of
+``--repeats`` runs after a warm-up) and peak GPU memory, for one 336 px image and a ``--new-tokens`` answer.
+
+    python tools/bench_vlm.py --out bench_vlm.json            # on the GPU (about 14 GB of weights)
+    python tools/bench_vlm.py --size tiny --device cpu         # a smoke run of the script itself
+
+Random weights never emit EOS here (it is unset), so every generation runs the full ``--new-tokens``; the
+numbers are timing and memory only. Needs transformers (the ``vlm`` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def build(size: str, device: str, dtype: torch.dtype):
+    """(model, processor): LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Llama-2-7B) or a tiny one, random weights."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    if size == "7b":
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    else:
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  image_size=28, patch_size=7, projection_dim=32)
+        text = LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=4)
+    text.pad_token_id, text.bos_token_id, text.eos_token_id = 0, 1, 2
+    side = vision.image_size // vision.patch_size
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000,
+                         image_seq_length=side * side, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    model.generation_config.eos_token_id = None
+    assert model.dtype == dtype, model.dtype
+    # a word-level tokenizer with LLaVA's special ids: prompt words map to ids below 32000
+    words = ("user assistant what is in the image answer question using a single word or phrase write general "
+             "description of please help me describe detail").split()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: 3 + i for i, w in enumerate(words)}, "<image>": 32000}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<image>", "<s>", "</s>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<unk>")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": vision.image_size},
+                                         crop_size={"height": vision.image_size, "width": vision.image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.patch_size,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return model, processor
+
+
+def measure(fn, device: str, repeats: int) -> dict:
+    fn()  # warm-up
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="7b", choices=("7b", "tiny"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from vizoo.vlm import carve, get_adapter, paint
+    from vizoo.vlm.carve import GENERAL_INSTRUCTION, TASK_SUFFIX, generate_greedy, greedy_config
+
+    model, processor = build(args.size, args.device, getattr(torch, args.dtype))
+    side = model.config.vision_config.image_size
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side + 64, side, 3), dtype=np.uint8))
+    question = "what is in the image ?"
+    config = greedy_config(model, args.new_tokens)
+    prompt = "USER: <image>\n" + question + TASK_SUFFIX + " ASSISTANT:"
+    batch = processor(images=[image], text=[prompt], return_tensors="pt")
+    inputs = {k: v.to(args.device, model.dtype) if v.is_floating_point() else v.to(args.device) for k, v in batch.items()}
+    layers = list(range(20, 26)) if args.size == "7b" else [1, 2, 3]
+
+    @torch.no_grad()
+    def plain():
+        out = model.generate(**inputs, generation_config=config)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + args.new_tokens
+
+    results = {"config": vars(args), "prompt_tokens": int(inputs["input_ids"].shape[1]),
+               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "transformers": __import__("transformers").__version__, "torch": torch.__version__}
+    model.set_attn_implementation({"text_config": "sdpa"})
+    results["generate_sdpa"] = measure(plain, args.device, args.repeats)
+    get_adapter(model)  # the language model now runs vizoo's eager attention
+    results["generate_eager"] = measure(plain, args.device, args.repeats)
+
+    def painted():
+        with paint(model, processor):
+            plain()
+
+    def boost_only():
+        with paint(model, processor, gamma=0.0):
+            plain()
+
+    results["paint"] = measure(painted, args.device, args.repeats)
+    results["paint_boost_only"] = measure(boost_only, args.device, args.repeats)
+    for name, cache in (("carve_cached", True), ("carve_uncached", False)):
+        results[name] = measure(lambda: carve(model, processor, image, question, layers=layers,
+                                              max_new_tokens=args.new_tokens, use_cache=cache),
+                                args.device, args.repeats)
+
+    adapter = get_adapter(model)
+
+    @torch.no_grad()
+    def official_style():
+        """The official code's loop: every token reruns the whole sequence with output_attentions=True (all
+        layers' full matrices), then the same final cached answer; the mask steps (CPU, milliseconds) left out."""
+        for text in (question + TASK_SUFFIX, GENERAL_INSTRUCTION + TASK_SUFFIX):
+            step = adapter.inputs(processor, [image], text)
+            positions = adapter.grid_positions(step)
+            for _ in range(args.new_tokens):
+                out = model(**step, use_cache=False, output_attentions=True)
+                maps = [out.attentions[layer][0, :, -1, positions].float().mean(0) for layer in layers]
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                step["input_ids"] = torch.cat([step["input_ids"], token], 1)
+                step["attention_mask"] = torch.cat([step["attention_mask"], torch.ones_like(token)], 1)
+            del out, maps
+        final = adapter.inputs(processor, [image, image], question + TASK_SUFFIX)
+        generate_greedy(model, final, args.new_tokens)
+
+    results["carve_official_style"] = measure(official_style, args.device, args.repeats)
+    base = results["generate_sdpa"]["seconds"]
+    print("| case | seconds | x plain sdpa | peak GiB |\n|---|---|---|---|")
+    cases = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
+             "carve_official_style")
+    for name in cases:
+        r = results[name]
+        print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} |")
+    print(f"PAINT / plain sdpa: {results['paint']['seconds'] / base:.2f} (target <= 1.2); "
+          f"CARVE uncached / cached: {results['carve_uncached']['seconds'] / results['carve_cached']['seconds']:.2f}"
+          f", official style / cached: "
+          f"{results['carve_official_style']['seconds'] / results['carve_cached']['seconds']:.2f} (target >= 3)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
