@@ -11,17 +11,20 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint
 
 from vizoo.utils import atomic_path
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Writes ``<checkpoints>/last.ckpt`` at the end of every training epoch, through a temporary file and a rename.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` (2.6) refreshes ``last.ckpt`` only in epochs that also save a
     top-k checkpoint, so after a kill it can be several epochs old; and it writes in place, so a kill during the
     write leaves a damaged file. This callback does neither: the newest complete epoch is always there.
+
+    As a ``Checkpoint`` it runs after the other callbacks, and like ``ModelCheckpoint`` it computes the epoch's
+    metrics on every rank before saving, so under DDP every rank enters the same collectives in the same order.
     """
 
     FILENAME = "last.ckpt"
@@ -29,9 +32,9 @@ class LastCheckpoint(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        callback = trainer.checkpoint_callback
-        folder = Path(callback.dirpath if callback is not None and callback.dirpath else
-                      os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints"))
+        trainer.callback_metrics  # noqa: B018  (syncs the epoch's metrics on all ranks, as rank 0's progress bar does)
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        folder = Path(dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints"))
         tmp = folder / f".{self.FILENAME}.tmp"
         trainer.save_checkpoint(tmp)  # collective under DDP: rank 0 writes
         if trainer.is_global_zero:
