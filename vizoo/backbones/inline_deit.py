@@ -18,6 +18,7 @@ supported (``ValueError``).
 """
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
@@ -48,6 +49,11 @@ class InLineDeiT(VisionTransformer):
         for block in self.blocks:
             block.attn.grid_size = grid
             block.attn.num_prefix_tokens = self.num_prefix_tokens
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Position embedding and class token (timm's ViT also names tokens this model does not have)."""
+        return {"pos_embed", "cls_token"}
 
     def set_input_size(self, img_size: Optional[Tuple[int, int]] = None,
                        patch_size: Optional[Tuple[int, int]] = None) -> None:

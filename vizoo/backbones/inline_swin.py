@@ -92,7 +92,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineSwin) -> Dict[
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineSwin:
     return build_model_with_cfg(
         InLineSwin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)), **kwargs)
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
