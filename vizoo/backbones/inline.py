@@ -227,11 +227,6 @@ class HierarchicalMixin:
     maps at strides 4, 8, 16, 32), ``self.norm`` (over channels, or Identity), ``self.head``
     (``ClassifierHead`` on NCHW), ``self.img_size``, ``self.feature_info``."""
 
-    stages: nn.Sequential
-    norm: nn.Module
-    head: nn.Module
-    img_size: Tuple[int, int]
-
     def _norm(self, x: Tensor) -> Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
@@ -265,7 +260,7 @@ class HierarchicalMixin:
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's NCHW map ``[B, C, H/32, W/32]`` (after the final norm where the model has one)."""
-        check_image_size(x, self.img_size, type(self).__name__)
+        check_image_size(x, self.img_size, self.arch_name)
         return self._norm(self.stages(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -287,7 +282,7 @@ class HierarchicalMixin:
         features. ``indices``: last n stages if int, these stages if a list, all if None."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_size(x, self.img_size, type(self).__name__)
+        check_image_size(x, self.img_size, self.arch_name)
         take, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]

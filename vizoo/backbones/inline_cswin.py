@@ -173,6 +173,7 @@ class InLineCSwin(HierarchicalMixin, nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.arch_name = type(self).__name__
         self.img_size: Tuple[int, int] = tuple(int(s) for s in to_2tuple(img_size))
         if min(self.img_size) < 32:
             raise ValueError(f"InLineCSwin needs img_size >= 32, got {img_size}")

@@ -87,6 +87,7 @@ class InLinePVT(HierarchicalMixin, nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.arch_name = type(self).__name__
         self.img_size: Tuple[int, int] = tuple(int(s) for s in to_2tuple(img_size))
         if any(s % 32 or s < 32 for s in self.img_size):
             raise ValueError(f"InLinePVT needs img_size multiples of 32 (e.g. 224, 256, 288), got {img_size}")
