@@ -247,3 +247,58 @@ def test_cuda_triton_model_matches_cpu_reference_gpu(name, monkeypatch):
         grads.append(xi.grad.cpu())
     torch.testing.assert_close(outs[1], outs[0], atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(grads[1], grads[0], atol=2e-4, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# recipes: one shared base plus one small file per model (LightningCLI stacks -c files)
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "inline"
+OFFICIAL_RECIPE = {  # drop path, per-GPU batch, lr (5e-4 per 512 of global batch), clip; official cfgs/*.yaml
+    "inline_deit_tiny": (0.1, 512, 4e-3, 5.0), "inline_deit_small": (0.1, 128, 1e-3, 5.0),
+    "inline_deit_base": (0.1, 64, 5e-4, 5.0),
+    "inline_pvt_tiny": (0.1, 128, 1e-3, None), "inline_pvt_small": (0.1, 128, 1e-3, None),
+    "inline_pvt_medium": (0.3, 128, 1e-3, 1.0), "inline_pvt_large": (0.3, 64, 5e-4, 1.0),
+    "inline_swin_tiny": (0.2, 128, 1e-3, 5.0), "inline_swin_small": (0.3, 128, 1e-3, 5.0),
+    "inline_swin_base": (0.5, 64, 5e-4, 5.0),
+    "inline_cswin_tiny": (0.2, 128, 1e-3, None), "inline_cswin_small": (0.4, 128, 1e-3, None),
+    "inline_cswin_base": (0.5, 64, 5e-4, None),
+}
+
+
+def _stacked(name: str) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load((CONFIG_DIR / "base_in1k.yaml").read_text())
+    for section, values in yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()).items():
+        cfg[section] = dict(cfg[section], **values) if isinstance(values, dict) else values
+    return cfg
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_RECIPE))
+def test_configs_stack_on_the_base_and_follow_the_official_recipe(name):
+    import inspect
+
+    from vizoo.data import ImageDataModule
+    from vizoo.train.module import ImageClassifier
+
+    cfg = _stacked(name)
+    assert set(cfg["model"]) <= set(inspect.signature(ImageClassifier).parameters)
+    assert set(cfg["data"]) <= set(inspect.signature(ImageDataModule).parameters)
+    assert cfg["model"]["model_name"] == name
+    drop_path, batch, lr, clip = OFFICIAL_RECIPE[name]
+    m = cfg["model"]
+    assert (m["drop_path_rate"], cfg["data"]["batch_size"], m["lr"]) == (drop_path, batch, lr)
+    assert m["lr"] == pytest.approx(5e-4 * batch * cfg["trainer"]["devices"] / 512)
+    assert cfg["trainer"]["gradient_clip_val"] == clip
+    assert cfg["data"]["image_size"] == timm.models.get_pretrained_cfg(name).input_size[-1]
+    assert (m["mixup"], m["cutmix"], m["label_smoothing"], cfg["trainer"]["max_epochs"]) == (0.8, 1.0, 0.1, 300)
+
+
+def test_cpu_demo_config_trains(tmp_path, monkeypatch):
+    from vizoo.train.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "-c", str(CONFIG_DIR / "inline_demo_cpu.yaml"), "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+                    "--trainer.enable_model_summary=false"])
+    assert cli.trainer.global_step == 3
+    assert type(cli.model.model).__name__ == "InLinePVT"
