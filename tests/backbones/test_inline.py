@@ -302,3 +302,42 @@ def test_cpu_demo_config_trains(tmp_path, monkeypatch):
                     "--trainer.enable_model_summary=false"])
     assert cli.trainer.global_step == 3
     assert type(cli.model.model).__name__ == "InLinePVT"
+
+
+def test_vizoo_convert_reads_an_official_file(tmp_path):
+    """``vizoo convert``'s engine on an official-layout .pth (training-state dict around ``model``)."""
+    from vizoo.hub.convert import convert_checkpoint
+
+    src = timm.create_model("inline_cswin_tiny", img_size=64, num_classes=10).eval()
+    path = tmp_path / "inline_cswin_t.pth"
+    torch.save({"model": _to_official("inline_cswin_tiny", src.state_dict()), "optimizer": {}, "epoch": 299,
+                "max_accuracy": 83.2}, path)
+    model, report = convert_checkpoint("inline_cswin_tiny", path, None, model_kwargs={"img_size": 64})
+    assert model.num_classes == 10 and not report.explained_missing
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), src(x))
+
+
+@pytest.mark.parametrize("name", ["inline_deit_tiny", "inline_swin_tiny"])
+def test_compiled_model_matches_eager(name):
+    """torch.compile traces a whole (small) InLine model without graph breaks; aot_eager avoids inductor's C++
+    build on CI."""
+    model = timm.create_model(name, img_size=64, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["inline_deit_tiny", "inline_swin_tiny", "inline_cswin_tiny"])
+def test_inductor_compiled_model_matches_eager_gpu(name):
+    """The whole model compiles with inductor (vizoo::inline_fwd one node) and gives eager's logits (bf16)."""
+    model = timm.create_model(name).cuda().eval()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = model(x).float()
+        out = torch.compile(model, fullgraph=True)(x).float()
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
