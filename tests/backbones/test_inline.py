@@ -5,6 +5,7 @@ sizes, and the checkpoint filters on official-layout state dicts.
 The timm contract itself (forward_intermediates, features_only, reset_classifier, ...) is checked for every
 registered model by tests/backbones/test_timm_contract.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,6 @@ import re
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vizoo  # noqa: F401  (registers the models)
@@ -45,7 +45,9 @@ def _meta_count(name: str):
         x = torch.empty(1, *size)
     with FlopCounterMode(display=False) as counter:
         model(x)
-    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2e9  # MACs, as papers count
+    return sum(
+        p.numel() for p in model.parameters()
+    ), counter.get_total_flops() / 2e9  # MACs, as papers count
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL))
@@ -73,7 +75,8 @@ def _official_global(q, k, v, scale):
 
 
 def _brute_residual(taps, v):
-    """taps [B, 9C], v [B, H, W, C]: out[b, y, x, c] = sum_{ky,kx} taps[b, 9c + 3ky + kx] v[b, y+ky-1, x+kx-1, c]
+    """taps [B, 9C], v [B, H, W, C]:
+    out[b, y, x, c] = sum_{ky,kx} taps[b, 9c + 3ky + kx] v[b, y+ky-1, x+kx-1, c]
     (zero outside), one pixel at a time."""
     B, H, W, C = v.shape
     out = torch.zeros_like(v)
@@ -83,7 +86,7 @@ def _brute_residual(taps, v):
                 for kx in range(3):
                     yy, xx = y + ky - 1, x + kx - 1
                     if 0 <= yy < H and 0 <= xx < W:
-                        out[:, y, x] += taps[:, 3 * ky + kx::9] * v[:, yy, xx]
+                        out[:, y, x] += taps[:, 3 * ky + kx :: 9] * v[:, yy, xx]
     return out
 
 
@@ -113,7 +116,11 @@ def test_cswin_inline_branch_is_global_with_lepe():
     q, k, v = (torch.randn(B, N, dim, dtype=torch.float64) for _ in range(3))
     mean = torch.randn(B, dim, dtype=torch.float64)
     split = lambda t: t.reshape(B, N, heads, dim // heads).transpose(1, 2)  # noqa: E731
-    out = _official_global(split(q), split(k), split(v), (dim // heads) ** -0.5).transpose(1, 2).reshape(B, N, dim)
+    out = (
+        _official_global(split(q), split(k), split(v), (dim // heads) ** -0.5)
+        .transpose(1, 2)
+        .reshape(B, N, dim)
+    )
     taps = branch.residual(mean.unsqueeze(-1)).squeeze(-1)
     out = out + _brute_residual(taps, v.reshape(B, *grid, dim)).reshape(B, N, dim)
     lepe = branch.get_v(v.transpose(1, 2).reshape(B, dim, *grid)).flatten(2).transpose(1, 2)
@@ -206,11 +213,18 @@ def _to_official(name: str, sd: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["inline_deit_tiny", "inline_pvt_tiny", "inline_swin_tiny", "inline_cswin_tiny"])
+@pytest.mark.parametrize(
+    "name", ["inline_deit_tiny", "inline_pvt_tiny", "inline_swin_tiny", "inline_cswin_tiny"]
+)
 def test_checkpoint_filter_loads_official_layout(name):
     kw = dict(img_size=64)
     src = timm.create_model(name, **kw).eval()
-    official = {"model": _to_official(name, src.state_dict()), "optimizer": {}, "epoch": 299, "max_accuracy": 0.0}
+    official = {
+        "model": _to_official(name, src.state_dict()),
+        "optimizer": {},
+        "epoch": 299,
+        "max_accuracy": 0.0,
+    }
     dst = timm.create_model(name, **kw).eval()
     module = __import__(type(dst).__module__, fromlist=["checkpoint_filter_fn"])
     dst.load_state_dict(module.checkpoint_filter_fn(official, dst), strict=True)
@@ -229,7 +243,9 @@ def test_checkpoint_filter_names_keys_of_another_family():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["inline_deit_tiny", "inline_pvt_tiny", "inline_swin_tiny", "inline_cswin_tiny"])
+@pytest.mark.parametrize(
+    "name", ["inline_deit_tiny", "inline_pvt_tiny", "inline_swin_tiny", "inline_cswin_tiny"]
+)
 def test_cuda_triton_model_matches_cpu_reference_gpu(name, monkeypatch):
     """The same weights on CUDA (fused Triton InLine kernel) and on CPU (PyTorch reference): logits and the
     gradient of the input, fp32 (no TF32), at the real 224 input."""
@@ -253,13 +269,18 @@ def test_cuda_triton_model_matches_cpu_reference_gpu(name, monkeypatch):
 # recipes: one shared base plus one small file per model (LightningCLI stacks -c files)
 CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "inline"
 OFFICIAL_RECIPE = {  # drop path, per-GPU batch, lr (5e-4 per 512 of global batch), clip; official cfgs/*.yaml
-    "inline_deit_tiny": (0.1, 512, 4e-3, 5.0), "inline_deit_small": (0.1, 128, 1e-3, 5.0),
+    "inline_deit_tiny": (0.1, 512, 4e-3, 5.0),
+    "inline_deit_small": (0.1, 128, 1e-3, 5.0),
     "inline_deit_base": (0.1, 64, 5e-4, 5.0),
-    "inline_pvt_tiny": (0.1, 128, 1e-3, None), "inline_pvt_small": (0.1, 128, 1e-3, None),
-    "inline_pvt_medium": (0.3, 128, 1e-3, 1.0), "inline_pvt_large": (0.3, 64, 5e-4, 1.0),
-    "inline_swin_tiny": (0.2, 128, 1e-3, 5.0), "inline_swin_small": (0.3, 128, 1e-3, 5.0),
+    "inline_pvt_tiny": (0.1, 128, 1e-3, None),
+    "inline_pvt_small": (0.1, 128, 1e-3, None),
+    "inline_pvt_medium": (0.3, 128, 1e-3, 1.0),
+    "inline_pvt_large": (0.3, 64, 5e-4, 1.0),
+    "inline_swin_tiny": (0.2, 128, 1e-3, 5.0),
+    "inline_swin_small": (0.3, 128, 1e-3, 5.0),
     "inline_swin_base": (0.5, 64, 5e-4, 5.0),
-    "inline_cswin_tiny": (0.2, 128, 1e-3, None), "inline_cswin_small": (0.4, 128, 1e-3, None),
+    "inline_cswin_tiny": (0.2, 128, 1e-3, None),
+    "inline_cswin_small": (0.4, 128, 1e-3, None),
     "inline_cswin_base": (0.5, 64, 5e-4, None),
 }
 
@@ -290,16 +311,29 @@ def test_configs_stack_on_the_base_and_follow_the_official_recipe(name):
     assert m["lr"] == pytest.approx(5e-4 * batch * cfg["trainer"]["devices"] / 512)
     assert cfg["trainer"]["gradient_clip_val"] == clip
     assert cfg["data"]["image_size"] == timm.models.get_pretrained_cfg(name).input_size[-1]
-    assert (m["mixup"], m["cutmix"], m["label_smoothing"], cfg["trainer"]["max_epochs"]) == (0.8, 1.0, 0.1, 300)
+    assert (m["mixup"], m["cutmix"], m["label_smoothing"], cfg["trainer"]["max_epochs"]) == (
+        0.8,
+        1.0,
+        0.1,
+        300,
+    )
 
 
 def test_cpu_demo_config_trains(tmp_path, monkeypatch):
     from vizoo.train.cli import cli_main
 
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["fit", "-c", str(CONFIG_DIR / "inline_demo_cpu.yaml"), "--trainer.max_epochs=1",
-                    "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
-                    "--trainer.enable_model_summary=false"])
+    cli = cli_main(
+        [
+            "fit",
+            "-c",
+            str(CONFIG_DIR / "inline_demo_cpu.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=2",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     assert cli.trainer.global_step == 3
     assert type(cli.model.model).__name__ == "InLinePVT"
 
@@ -310,8 +344,15 @@ def test_vizoo_convert_reads_an_official_file(tmp_path):
 
     src = timm.create_model("inline_cswin_tiny", img_size=64, num_classes=10).eval()
     path = tmp_path / "inline_cswin_t.pth"
-    torch.save({"model": _to_official("inline_cswin_tiny", src.state_dict()), "optimizer": {}, "epoch": 299,
-                "max_accuracy": 83.2}, path)
+    torch.save(
+        {
+            "model": _to_official("inline_cswin_tiny", src.state_dict()),
+            "optimizer": {},
+            "epoch": 299,
+            "max_accuracy": 83.2,
+        },
+        path,
+    )
     model, report = convert_checkpoint("inline_cswin_tiny", path, None, model_kwargs={"img_size": 64})
     assert model.num_classes == 10 and not report.explained_missing
     x = torch.randn(1, 3, 64, 64)

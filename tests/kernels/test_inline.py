@@ -4,6 +4,7 @@ against the reference (values and every gradient), torch.library integration, an
 On CPU the Triton kernel runs under TRITON_INTERPRET=1 (set by tests/conftest.py) at small shapes; tests
 marked ``gpu`` repeat the comparison at the real InLine model shapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ def _compare(B, N, heads, dim, dtype, atol=2e-5, rtol=1e-4, device=DEVICE, packe
         q, k, v = qkv.unbind(2)
         inputs, names = [qkv], ["out", "dqkv"]
     else:
-        q, k, v = (torch.randn(B, N, heads, dim, device=device, dtype=dtype, requires_grad=True)
-                   for _ in range(3))
+        q, k, v = (
+            torch.randn(B, N, heads, dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)
+        )
         inputs, names = [q, k, v], ["out", "dq", "dk", "dv"]
     results = {}
     grad = None
@@ -83,17 +85,21 @@ def _compare(B, N, heads, dim, dtype, atol=2e-5, rtol=1e-4, device=DEVICE, packe
         grad = torch.randn_like(out) if grad is None else grad
         results[backend] = [out] + list(torch.autograd.grad(out, inputs, grad))
     for name, ref, tri in zip(names, results["reference"], results["triton"]):
-        torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            tri.float(), ref.float(), atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
-@pytest.mark.parametrize("B,N,heads,dim", [
-    pytest.param(1, 1, 1, 16, id="one-token"),
-    pytest.param(2, 50, 3, 32, id="deit-like"),
-    pytest.param(1, 130, 2, 16, id="ragged-tiles"),
-    pytest.param(1, 9, 2, 24, id="dim24-padded"),
-    pytest.param(2, 33, 1, 8, id="dim8"),
-])
+@pytest.mark.parametrize(
+    "B,N,heads,dim",
+    [
+        pytest.param(1, 1, 1, 16, id="one-token"),
+        pytest.param(2, 50, 3, 32, id="deit-like"),
+        pytest.param(1, 130, 2, 16, id="ragged-tiles"),
+        pytest.param(1, 9, 2, 24, id="dim24-padded"),
+        pytest.param(2, 33, 1, 8, id="dim8"),
+    ],
+)
 def test_triton_matches_reference_fp32(B, N, heads, dim):
     _compare(B, N, heads, dim, torch.float32)
 
@@ -102,21 +108,38 @@ def test_triton_reads_packed_qkv_views():
     _compare(2, 37, 2, 32, torch.float32, packed=True, scale=0.3)
 
 
-@pytest.mark.parametrize("dtype", [
-    torch.float16,
-    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-        DEVICE == "cpu", reason="the Triton interpreter (CPU) computes bf16 dots wrongly; GPU tests cover it")),
-])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        pytest.param(
+            torch.bfloat16,
+            marks=pytest.mark.skipif(
+                DEVICE == "cpu",
+                reason="the Triton interpreter (CPU) computes bf16 dots wrongly; GPU tests cover it",
+            ),
+        ),
+    ],
+)
 def test_triton_matches_reference_half(dtype):
     _compare(2, 40, 2, 16, dtype, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B,N,heads,dim", [
-    (64, 197, 6, 32), (16, 3136, 2, 32), (8, 784, 4, 32), (4, 16384, 6, 32), (1, 65536, 6, 32),
-    (2, 1000, 3, 64), (2, 500, 2, 128), (3, 77, 5, 24),
-])
+@pytest.mark.parametrize(
+    "B,N,heads,dim",
+    [
+        (64, 197, 6, 32),
+        (16, 3136, 2, 32),
+        (8, 784, 4, 32),
+        (4, 16384, 6, 32),
+        (1, 65536, 6, 32),
+        (2, 1000, 3, 64),
+        (2, 500, 2, 128),
+        (3, 77, 5, 24),
+    ],
+)
 def test_triton_matches_reference_gpu(B, N, heads, dim, dtype):
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(B, N, heads, dim, dtype, device="cuda", **tol)
@@ -153,8 +176,11 @@ def test_compile_triton_no_graph_break():
 
 def test_custom_op_opcheck():
     q, k, v = (torch.randn(1, 20, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
-    torch.library.opcheck(torch.ops.vizoo.inline_fwd.default, (q, k, v, 0.25),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.vizoo.inline_fwd.default,
+        (q, k, v, 0.25),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 class _InLineModule(torch.nn.Module):
@@ -200,21 +226,34 @@ def _q(*shape, **kw):
     return torch.randn(*shape, **kw)
 
 
-@pytest.mark.parametrize("call,match", [
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 16)] * 3), "layout", id="rank"),
-    pytest.param(lambda: inline_attn(_q(1, 8, 1, 16), _q(1, 7, 1, 16), _q(1, 8, 1, 16)), "same shape",
-                 id="shape"),
-    pytest.param(lambda: inline_attn(_q(1, 8, 1, 16), _q(1, 8, 1, 16).double(), _q(1, 8, 1, 16)),
-                 "share a dtype", id="mixed-dtype"),
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16).int()] * 3), "unsupported dtype", id="int"),
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16, dtype=torch.float64)] * 3, backend="triton"),
-                 "unsupported dtype", id="fp64-triton"),
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 256)] * 3, backend="triton"), "head dim", id="dim"),
-    pytest.param(lambda: inline_attn(*[_q(1, 0, 1, 16)] * 3), "empty", id="empty"),
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16)] * 3, scale="x"), "scale", id="scale"),
-    pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16)] * 3, backend="tritn"), "Did you mean 'triton'",
-                 id="backend"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        pytest.param(lambda: inline_attn(*[_q(1, 8, 16)] * 3), "layout", id="rank"),
+        pytest.param(
+            lambda: inline_attn(_q(1, 8, 1, 16), _q(1, 7, 1, 16), _q(1, 8, 1, 16)), "same shape", id="shape"
+        ),
+        pytest.param(
+            lambda: inline_attn(_q(1, 8, 1, 16), _q(1, 8, 1, 16).double(), _q(1, 8, 1, 16)),
+            "share a dtype",
+            id="mixed-dtype",
+        ),
+        pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16).int()] * 3), "unsupported dtype", id="int"),
+        pytest.param(
+            lambda: inline_attn(*[_q(1, 8, 1, 16, dtype=torch.float64)] * 3, backend="triton"),
+            "unsupported dtype",
+            id="fp64-triton",
+        ),
+        pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 256)] * 3, backend="triton"), "head dim", id="dim"),
+        pytest.param(lambda: inline_attn(*[_q(1, 0, 1, 16)] * 3), "empty", id="empty"),
+        pytest.param(lambda: inline_attn(*[_q(1, 8, 1, 16)] * 3, scale="x"), "scale", id="scale"),
+        pytest.param(
+            lambda: inline_attn(*[_q(1, 8, 1, 16)] * 3, backend="tritn"),
+            "Did you mean 'triton'",
+            id="backend",
+        ),
+    ],
+)
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -16,7 +16,8 @@ Faithful: the math above, the module parameters and names, what feeds the mean (
 class token included in DeiT; CSwin passes its pre-norm block input), the grouped MLP and its channel order.
 Differs: the global term runs through ``inline_attn`` (fused Triton kernel on CUDA) instead of the official
 ``Q (K^T V)`` with K and V pre-scaled by ``sqrt(scale/N)`` (same value); the grid of patch tokens is given
-(``grid_size``) instead of ``int(sqrt(N))``, so non-square inputs work (the official code assumes square ones).
+(``grid_size``) instead of ``int(sqrt(N))``, so non-square inputs work (the official code assumes square
+ones).
 """
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -30,12 +31,22 @@ from torch import Tensor, nn
 
 from vizoo.kernels import inline_attn
 
-__all__ = ["InLineAttention", "InLineQKVAttention", "ConvEmbed", "TokenStage", "HierarchicalMixin", "inline_mix",
-           "local_residual", "residual_mlp", "check_image_size"]
+__all__ = [
+    "InLineAttention",
+    "InLineQKVAttention",
+    "ConvEmbed",
+    "TokenStage",
+    "HierarchicalMixin",
+    "inline_mix",
+    "local_residual",
+    "residual_mlp",
+    "check_image_size",
+]
 
 
 def residual_mlp(dim: int, num_heads: int) -> nn.Sequential:
-    """The MLP that predicts the local residual's 3x3 taps from the mean token (``[B, C, 1] -> [B, 9C, 1]``)."""
+    """The MLP that predicts the local residual's 3x3 taps from the mean token
+    (``[B, C, 1] -> [B, 9C, 1]``)."""
     return nn.Sequential(
         nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads),
         nn.GELU(),
@@ -45,7 +56,8 @@ def residual_mlp(dim: int, num_heads: int) -> nn.Sequential:
 
 def local_residual(taps: Tensor, v: Tensor) -> Tensor:
     """Per-sample depthwise 3x3 convolution of ``v`` ``[B, H, W, C]`` with ``taps`` ``[B, 9C, 1]`` (the output
-    of ``residual_mlp`` on the mean token). Returns ``[B, H, W, C]``. The batch folds into the channels, so one
+    of ``residual_mlp`` on the mean token). Returns ``[B, H, W, C]``. The batch folds into the channels, so
+    one
     grouped convolution applies every sample's own kernels."""
     B, H, W, C = v.shape
     taps = taps.reshape(B * C, 1, 3, 3)
@@ -117,15 +129,22 @@ class InLineAttention(nn.Module):
         """Called by timm's Swin block when the input size changes: the grid follows the window."""
         self.grid_size = (int(window_size[0]), int(window_size[1]))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-                is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         B, N, C = x.shape
         H, W = self.grid_size
         p = self.num_prefix_tokens
         if N != p + H * W or C != self.dim:
             raise ValueError(f"InLineAttention expects [B, {p} + {H}*{W}, {self.dim}] tokens, got {x.shape}")
         if mask is not None or attn_mask is not None or is_causal:
-            raise ValueError("InLineAttention attends to all its tokens: masks and is_causal are not supported")
+            raise ValueError(
+                "InLineAttention attends to all its tokens: masks and is_causal are not supported"
+            )
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = inline_mix(q, k, v, self.residual(x.mean(1).unsqueeze(-1)), self.grid_size, p, self.scale)
@@ -135,8 +154,9 @@ class InLineAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, grid_size={self.grid_size}"
 
 
-def inline_mix(q: Tensor, k: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int,
-               scale: float) -> Tensor:
+def inline_mix(
+    q: Tensor, k: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int, scale: float
+) -> Tensor:
     """Global InLine term plus local residual for ``[B, N, heads, dim]`` q, k, v; returns ``[B, N, C]``."""
     B, N, heads, dim = q.shape
     C = heads * dim
@@ -152,8 +172,14 @@ def inline_mix(q: Tensor, k: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[i
 class InLineQKVAttention(nn.Module):
     """InLine attention with separate ``q`` and ``kv`` projections (InLine-PVT's layout), no prefix tokens."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 grid_size: Sequence[int] = (56, 56)) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        grid_size: Sequence[int] = (56, 56),
+    ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
@@ -175,8 +201,9 @@ class InLineQKVAttention(nn.Module):
             raise ValueError(f"InLineQKVAttention expects [B, {H}*{W}, {self.dim}] tokens, got {x.shape}")
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim)
         kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim)
-        out = inline_mix(q, kv[:, :, 0], kv[:, :, 1], self.residual(x.mean(1).unsqueeze(-1)), self.grid_size, 0,
-                         self.scale)
+        out = inline_mix(
+            q, kv[:, :, 0], kv[:, :, 1], self.residual(x.mean(1).unsqueeze(-1)), self.grid_size, 0, self.scale
+        )
         return self.proj_drop(self.proj(out))
 
 
@@ -184,8 +211,16 @@ class ConvEmbed(nn.Module):
     """Convolution, flatten to tokens, LayerNorm (and an absolute position embedding when ``grid_size`` is
     given): PVT's patch embeddings, CSwin's stem and merge layers. NCHW in, ``[B, H*W, C]`` out."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int = 0,
-                 eps: float = 1e-5, grid_size: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int,
+        padding: int = 0,
+        eps: float = 1e-5,
+        grid_size: Optional[Sequence[int]] = None,
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding)
         self.norm = nn.LayerNorm(out_chs, eps=eps)
@@ -203,7 +238,8 @@ class ConvEmbed(nn.Module):
 
 
 class TokenStage(nn.Module):
-    """``downsample`` (NCHW -> tokens), then blocks on ``[B, H*W, C]`` tokens, back to NCHW ``[B, C, H, W]``."""
+    """``downsample`` (NCHW -> tokens), then blocks on ``[B, H*W, C]`` tokens, back to NCHW ``[B, C, H, W]``.
+    """
 
     def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module], grid_size: Sequence[int]) -> None:
         super().__init__()
@@ -234,7 +270,9 @@ class HierarchicalMixin:
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
             stem=r"^stages\.0\.downsample",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^norm", (99999,)),
@@ -324,11 +362,13 @@ def unwrap_checkpoint(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
     elif "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
 
 
-def check_keys(out: Dict[str, Tensor], model: nn.Module, unknown: Sequence[str], family: str) -> Dict[str, Tensor]:
+def check_keys(
+    out: Dict[str, Tensor], model: nn.Module, unknown: Sequence[str], family: str
+) -> Dict[str, Tensor]:
     """Strict key and shape check of a converted state dict against ``model`` (classifier keys pass, so timm
     can drop them when ``num_classes`` differs). Raises ``ValueError`` naming missing and unexpected keys."""
     model_sd = model.state_dict()
@@ -341,11 +381,16 @@ def check_keys(out: Dict[str, Tensor], model: nn.Module, unknown: Sequence[str],
             f"{unexpected[:8]}, {len(missing)} missing key(s) {missing[:8]}. Check that the checkpoint is an "
             f"{family} checkpoint of this variant."
         )
-    bad = [(k, tuple(v.shape), tuple(model_sd[k].shape)) for k, v in out.items()
-           if k in model_sd and not is_head(k) and v.shape != model_sd[k].shape]
+    bad = [
+        (k, tuple(v.shape), tuple(model_sd[k].shape))
+        for k, v in out.items()
+        if k in model_sd and not is_head(k) and v.shape != model_sd[k].shape
+    ]
     if bad:
-        raise ValueError("checkpoint shapes do not match the model (another variant?): "
-                         + ", ".join(f"{k} {a} vs model {b}" for k, a, b in bad[:8]))
+        raise ValueError(
+            "checkpoint shapes do not match the model (another variant?): "
+            + ", ".join(f"{k} {a} vs model {b}" for k, a, b in bad[:8])
+        )
     return out
 
 
@@ -368,4 +413,6 @@ def block_types(layout: str, depths: Sequence[int]) -> list:
             raise ValueError(f"attn_type {layout!r}: letters must be I, S or M (then the InLine count)")
     if len(letters) != len(depths):
         raise ValueError(f"attn_type {layout!r} names {len(letters)} stages, the model has {len(depths)}")
-    return [[("I" if j < mixed else "S") if t == "M" else t for j in range(d)] for t, d in zip(letters, depths)]
+    return [
+        [("I" if j < mixed else "S") if t == "M" else t for j in range(d)] for t, d in zip(letters, depths)
+    ]

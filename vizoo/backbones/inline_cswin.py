@@ -6,7 +6,8 @@ github.com/LeapLabTHU/InLine (models/inline_cswin.py, a fork of the CSWin code);
 nothing copied.
 
 Faithful: 7x7/4 conv stem + LayerNorm, 3x3/2 conv merges + LayerNorm, pre-norm blocks with a block-level
-``qkv`` (bias), final norm, mean pooling; layout ``IISS``: stages 1-2 InLine, attending globally over the stage
+``qkv`` (bias), final norm, mean pooling; layout ``IISS``: stages 1-2 InLine, attending globally over the
+stage
 map with all heads (official ``la_split_size`` 56-28-14-7, equal to the stage size at 224; 96-48-24-12 for the
 384 model) plus the local residual (whose mean is taken over the *pre-norm* block input) and CSWin's LePE (a
 3x3 depthwise conv with bias on V); stages 3-4 CSWin's cross-shaped stripe softmax attention (two branches of
@@ -18,9 +19,12 @@ Differs: timm layout (``stages.i.downsample.{proj,norm}`` for the stem and merge
 (``img_size``) and another is a ``ValueError``. Official defects fixed: InLine blocks stay global at every
 input size (the official InLine branch only works when the split equals the stage size and crashes otherwise);
 a stripe wider than its map is clamped to the map (the official code crashes), and a map that is not a
-multiple of the stripe width is refused with a ``ValueError`` naming the constraint; ``reset_classifier`` works
-(the official one read a missing ``out_dim`` and moved the head to CUDA); no ``exit(0)`` on a bad branch index.
+multiple of the stripe width is refused with a ``ValueError`` naming the constraint; ``reset_classifier``
+works
+(the official one read a missing ``out_dim`` and moved the head to CUDA); no ``exit(0)`` on a bad branch
+index.
 """
+
 from typing import Any, Dict, Sequence, Tuple
 
 import torch
@@ -29,8 +33,16 @@ from timm.layers import ClassifierHead, DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from torch import Tensor, nn
 
-from vizoo.backbones.inline import (ConvEmbed, HierarchicalMixin, TokenStage, block_types, check_keys, inline_mix,
-                                    residual_mlp, unwrap_checkpoint)
+from vizoo.backbones.inline import (
+    ConvEmbed,
+    HierarchicalMixin,
+    TokenStage,
+    block_types,
+    check_keys,
+    inline_mix,
+    residual_mlp,
+    unwrap_checkpoint,
+)
 
 __all__ = ["InLineCSwin", "checkpoint_filter_fn"]
 
@@ -52,8 +64,15 @@ class CSwinInLineBranch(nn.Module):
         B, N, C = q.shape
         H, W = self.grid_size
         shape = (B, N, self.num_heads, self.head_dim)
-        out = inline_mix(q.reshape(shape), k.reshape(shape), v.reshape(shape),
-                         self.residual(x_mean.unsqueeze(-1)), self.grid_size, 0, self.scale)
+        out = inline_mix(
+            q.reshape(shape),
+            k.reshape(shape),
+            v.reshape(shape),
+            self.residual(x_mean.unsqueeze(-1)),
+            self.grid_size,
+            0,
+            self.scale,
+        )
         lepe = self.get_v(v.transpose(1, 2).reshape(B, C, H, W)).reshape(B, C, N).transpose(1, 2)
         return out + lepe.to(out.dtype)
 
@@ -83,8 +102,11 @@ class CSwinStripeBranch(nn.Module):
         L = hs * ws
         lepe = self.get_v(v.transpose(1, 2).reshape(-1, C, hs, ws)).reshape(-1, C, L).transpose(1, 2)
         heads = (-1, L, self.num_heads, C // self.num_heads)
-        out = F.scaled_dot_product_attention(q.reshape(heads).transpose(1, 2), k.reshape(heads).transpose(1, 2),
-                                             v.reshape(heads).transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            q.reshape(heads).transpose(1, 2),
+            k.reshape(heads).transpose(1, 2),
+            v.reshape(heads).transpose(1, 2),
+        )
         out = out.transpose(1, 2).reshape(-1, L, C) + lepe
         return out.reshape(B, H // hs, W // ws, hs, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, N, C)
 
@@ -92,9 +114,19 @@ class CSwinStripeBranch(nn.Module):
 class CSwinBlock(nn.Module):
     """Pre-norm block: block-level ``qkv``, one or two attention branches (``attns``), ``proj``, MLP."""
 
-    def __init__(self, dim: int, num_heads: int, grid_size: Sequence[int], kind: str, split: int, last: bool,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: Sequence[int],
+        kind: str,
+        split: int,
+        last: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         H, W = grid_size
         self.norm1 = nn.LayerNorm(dim)
@@ -109,7 +141,8 @@ class CSwinBlock(nn.Module):
                 if H % hs or W % ws:
                     raise ValueError(
                         f"CSwin stripe width {split} must divide the {H}x{W} feature map of a softmax stage "
-                        f"(or cover it): pick an img_size whose stage maps are multiples of {split} or at most "
+                        f"(or cover it): pick an img_size whose stage maps are multiples of {split} or "
+                        f"at most "
                         f"{split} (e.g. 224: 14 and 7)"
                     )
             attns = [CSwinStripeBranch(dim // 2, num_heads // 2, grid_size, s) for s in stripes]
@@ -189,15 +222,30 @@ class InLineCSwin(HierarchicalMixin, nn.Module):
             else:
                 grid = tuple((g - 1) // 2 + 1 for g in grid)
                 down = ConvEmbed(prev, dim, 3, 2, 1)
-            blocks = [CSwinBlock(dim, num_heads[i], grid, types[i][j], split_size[i], i == len(depths) - 1,
-                                 mlp_ratio, qkv_bias, proj_drop_rate, dpr[layer + j]) for j in range(depth)]
+            blocks = [
+                CSwinBlock(
+                    dim,
+                    num_heads[i],
+                    grid,
+                    types[i][j],
+                    split_size[i],
+                    i == len(depths) - 1,
+                    mlp_ratio,
+                    qkv_bias,
+                    proj_drop_rate,
+                    dpr[layer + j],
+                )
+                for j in range(depth)
+            ]
             stages.append(TokenStage(down, blocks, grid))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
             prev, layer = dim, layer + depth
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = prev
         self.norm = nn.LayerNorm(prev)
-        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW")
+        self.head = ClassifierHead(
+            prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW"
+        )
         self.apply(_init_weights)
 
 
@@ -230,7 +278,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineCSwin) -> Dict
         if key.startswith("norm."):
             new = key
         elif key.startswith("head."):
-            new = "head.fc." + key[len("head."):]
+            new = "head.fc." + key[len("head.") :]
         if new is None:
             unknown.append(key)
         else:
@@ -240,29 +288,46 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineCSwin) -> Dict
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineCSwin:
     return build_model_with_cfg(
-        InLineCSwin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
+        InLineCSwin,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
     return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
-        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True, "first_conv": "stages.0.downsample.proj", "classifier": "head.fc",
-        "test_input_size": (3, 64, 64), "paper_ids": "arXiv:2412.06590",
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "fixed_input_size": True,
+        "first_conv": "stages.0.downsample.proj",
+        "classifier": "head.fc",
+        "test_input_size": (3, 64, 64),
+        "paper_ids": "arXiv:2412.06590",
         "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine", **kwargs,
+        "origin_url": "https://github.com/LeapLabTHU/InLine",
+        **kwargs,
     }
 
 
 _URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
-default_cfgs = generate_default_cfgs({
-    "inline_cswin_tiny.in1k": _cfg(_URL.format("49fa2ecc543647c4b970")),
-    "inline_cswin_small.in1k": _cfg(_URL.format("59f4e65f776f4052b93c")),
-    "inline_cswin_base.in1k": _cfg(_URL.format("91e17121df284ae38521")),
-    # the paper's 384 fine-tune (85.7 top-1); no released checkpoint
-    "inline_cswin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "inline_cswin_tiny.in1k": _cfg(_URL.format("49fa2ecc543647c4b970")),
+        "inline_cswin_small.in1k": _cfg(_URL.format("59f4e65f776f4052b93c")),
+        "inline_cswin_base.in1k": _cfg(_URL.format("91e17121df284ae38521")),
+        # the paper's 384 fine-tune (85.7 top-1); no released checkpoint
+        "inline_cswin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    }
+)
 
 
 def _cswin(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> InLineCSwin:
@@ -295,5 +360,9 @@ def inline_cswin_base(pretrained: bool = False, **kwargs) -> InLineCSwin:
 @register_model
 def inline_cswin_base_384(pretrained: bool = False, **kwargs) -> InLineCSwin:
     """InLine-CSwin-B at 384 (73M params, 46.3 GFLOPs; stripes 12; the paper's 85.7 top-1 fine-tune)."""
-    return _cswin("inline_cswin_base_384", pretrained, dict(_B, img_size=384, split_size=(1, 2, 12, 12),
-                                                             drop_path_rate=0.7), kwargs)
+    return _cswin(
+        "inline_cswin_base_384",
+        pretrained,
+        dict(_B, img_size=384, split_size=(1, 2, 12, 12), drop_path_rate=0.7),
+        kwargs,
+    )

@@ -16,28 +16,44 @@ official model resized position embeddings on the fly, comparing every stage wit
 ``reset_classifier`` works (the official one read a missing ``embed_dim``); softmax attention and spatial
 reduction are not offered (never used by a released model; the official InLine path crashes with them).
 """
+
 from functools import partial
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
-from timm.layers import ClassifierHead, DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from vizoo.backbones.inline import (ConvEmbed, HierarchicalMixin, InLineQKVAttention, TokenStage, check_keys,
-                                    unwrap_checkpoint)
+from vizoo.backbones.inline import (
+    ConvEmbed,
+    HierarchicalMixin,
+    InLineQKVAttention,
+    TokenStage,
+    check_keys,
+    unwrap_checkpoint,
+)
 
 __all__ = ["InLinePVT", "checkpoint_filter_fn"]
 
 
 class PVTBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, grid_size: Sequence[int],
-                 proj_drop: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        grid_size: Sequence[int],
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.norm1 = norm(dim)
-        self.attn = InLineQKVAttention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=proj_drop, grid_size=grid_size)
+        self.attn = InLineQKVAttention(
+            dim, num_heads, qkv_bias=qkv_bias, proj_drop=proj_drop, grid_size=grid_size
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -98,14 +114,19 @@ class InLinePVT(HierarchicalMixin, nn.Module):
             patch = 4 if i == 0 else 2
             grid = (self.img_size[0] // (4 * 2**i), self.img_size[1] // (4 * 2**i))
             embed = ConvEmbed(prev, dim, patch, patch, grid_size=grid)
-            blocks = [PVTBlock(dim, heads, ratio, qkv_bias, grid, proj_drop_rate, dpr[layer + j]) for j in range(depth)]
+            blocks = [
+                PVTBlock(dim, heads, ratio, qkv_bias, grid, proj_drop_rate, dpr[layer + j])
+                for j in range(depth)
+            ]
             stages.append(TokenStage(embed, blocks, grid))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
             prev, layer = dim, layer + depth
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = prev
         self.norm = nn.Identity()
-        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW")
+        self.head = ClassifierHead(
+            prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW"
+        )
         self.apply(_init_weights)
         for stage in self.stages:
             trunc_normal_(stage.downsample.pos_embed, std=0.02)
@@ -137,11 +158,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLinePVT) -> Dict[s
                 grid = model.stages[i].grid_size if i < len(model.stages) else None
                 if grid is not None and value.shape[1] != grid[0] * grid[1]:
                     side = int(round(value.shape[1] ** 0.5))
-                    value = resample_abs_pos_embed(value, list(grid), old_size=[side, side], num_prefix_tokens=0)
+                    value = resample_abs_pos_embed(
+                        value, list(grid), old_size=[side, side], num_prefix_tokens=0
+                    )
             else:
                 new = f"stages.{i}.blocks{rest}"
         elif key.startswith("head."):
-            new = "head.fc." + key[len("head."):]
+            new = "head.fc." + key[len("head.") :]
         else:
             unknown.append(key)
             continue
@@ -151,28 +174,45 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLinePVT) -> Dict[s
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLinePVT:
     return build_model_with_cfg(
-        InLinePVT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
+        InLinePVT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
     return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True, "first_conv": "stages.0.downsample.proj", "classifier": "head.fc",
-        "test_input_size": (3, 64, 64), "paper_ids": "arXiv:2412.06590",
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "fixed_input_size": True,
+        "first_conv": "stages.0.downsample.proj",
+        "classifier": "head.fc",
+        "test_input_size": (3, 64, 64),
+        "paper_ids": "arXiv:2412.06590",
         "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine", **kwargs,
+        "origin_url": "https://github.com/LeapLabTHU/InLine",
+        **kwargs,
     }
 
 
 _URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
-default_cfgs = generate_default_cfgs({
-    "inline_pvt_tiny.in1k": _cfg(_URL.format("90ac52b1555b401eb5e6")),
-    "inline_pvt_small.in1k": _cfg(_URL.format("1ab953b2479d433080a3")),
-    "inline_pvt_medium.in1k": _cfg(_URL.format("a72aec31e6084bc0a280")),
-    "inline_pvt_large.in1k": _cfg(_URL.format("efd91318ba964f01b288")),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "inline_pvt_tiny.in1k": _cfg(_URL.format("90ac52b1555b401eb5e6")),
+        "inline_pvt_small.in1k": _cfg(_URL.format("1ab953b2479d433080a3")),
+        "inline_pvt_medium.in1k": _cfg(_URL.format("a72aec31e6084bc0a280")),
+        "inline_pvt_large.in1k": _cfg(_URL.format("efd91318ba964f01b288")),
+    }
+)
 
 
 def _pvt(variant: str, pretrained: bool, depths, kwargs) -> InLinePVT:

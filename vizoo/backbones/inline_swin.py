@@ -2,7 +2,8 @@
 
 Papers: Han et al. "Bridging the Divide: Reconsidering Softmax and Linear Attention." NeurIPS 2024, arXiv
 2412.06590; Liu et al. "Swin Transformer." ICCV 2021, arXiv 2103.14030. Official code:
-github.com/LeapLabTHU/InLine (models/inline_swin.py, a fork of the Swin code); written from reading it, nothing
+github.com/LeapLabTHU/InLine (models/inline_swin.py, a fork of the Swin code); written from reading it,
+nothing
 copied.
 
 Faithful: Swin's patch embedding (4x4 + LayerNorm), patch merging, pre-norm blocks, final norm, average pool;
@@ -14,13 +15,15 @@ official window is 96) and a shift of half a window on odd blocks of a stage. Pa
 official ones.
 Differs: the model subclasses timm 1.x's ``SwinTransformer`` (timm layout: patch merging opens stage i+1,
 ``head.fc``; ``checkpoint_filter_fn`` maps the official keys and drops the ``relative_position_index`` /
-``attn_mask`` buffers, which are regenerated). Official defect fixed: at inputs above 224 (above 384 for the 384
+``attn_mask`` buffers, which are regenerated). Official defect fixed: at inputs above 224 (above 384 for the
+384
 model) the official InLine blocks cut 56-wide windows and shift them without applying the shift mask (the
 InLine layer accepts and ignores it), so tokens mix across the wrapped border; here InLine blocks stay global
 at every input size, which is what they compute at the training size. Softmax blocks at sizes that are not
 window multiples are padded as timm's Swin does (the official code fails there).
 """
-from typing import Any, Dict, Optional, Sequence
+
+from typing import Any, Dict
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.swin_transformer import SwinTransformer
@@ -33,7 +36,8 @@ __all__ = ["InLineSwin", "checkpoint_filter_fn"]
 
 
 class InLineSwin(SwinTransformer):
-    """timm's ``SwinTransformer`` whose InLine blocks (``attn_type``) attend globally with ``InLineAttention``.
+    """timm's ``SwinTransformer`` whose InLine blocks (``attn_type``) attend globally with
+    ``InLineAttention``.
 
     Args:
         attn_type: official layout string (``'IIIS'``, ``'IISS'``, ``'IIMS2'``).
@@ -53,8 +57,12 @@ class InLineSwin(SwinTransformer):
             for block, kind in zip(stage.blocks, types):
                 if kind == "I":
                     old = block.attn
-                    block.attn = InLineAttention(old.qkv.in_features, old.num_heads, old.qkv.bias is not None,
-                                                 grid_size=block.input_resolution)
+                    block.attn = InLineAttention(
+                        old.qkv.in_features,
+                        old.num_heads,
+                        old.qkv.bias is not None,
+                        grid_size=block.input_resolution,
+                    )
                     block.attn.proj_drop = old.proj_drop
         self._globalize()
 
@@ -91,29 +99,46 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineSwin) -> Dict[
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineSwin:
     return build_model_with_cfg(
-        InLineSwin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
+        InLineSwin,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
     return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True, "first_conv": "patch_embed.proj", "classifier": "head.fc",
-        "test_input_size": (3, 64, 64), "paper_ids": "arXiv:2412.06590",
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "fixed_input_size": True,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head.fc",
+        "test_input_size": (3, 64, 64),
+        "paper_ids": "arXiv:2412.06590",
         "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine", **kwargs,
+        "origin_url": "https://github.com/LeapLabTHU/InLine",
+        **kwargs,
     }
 
 
 _URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
-default_cfgs = generate_default_cfgs({
-    "inline_swin_tiny.in1k": _cfg(_URL.format("32810869fcc34410966b")),
-    "inline_swin_small.in1k": _cfg(_URL.format("e9657fd247c04c7cb1a1")),
-    "inline_swin_base.in1k": _cfg(_URL.format("bf23564bb64c420aafe1")),
-    # the paper's 384 fine-tune config; no released checkpoint
-    "inline_swin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "inline_swin_tiny.in1k": _cfg(_URL.format("32810869fcc34410966b")),
+        "inline_swin_small.in1k": _cfg(_URL.format("e9657fd247c04c7cb1a1")),
+        "inline_swin_base.in1k": _cfg(_URL.format("bf23564bb64c420aafe1")),
+        # the paper's 384 fine-tune config; no released checkpoint
+        "inline_swin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    }
+)
 
 
 def _swin(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> InLineSwin:
@@ -122,7 +147,9 @@ def _swin(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Di
 
 _T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), attn_type="IIIS", drop_path_rate=0.2)
 _S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), attn_type="IISS", drop_path_rate=0.3)
-_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), attn_type="IIMS2", drop_path_rate=0.5)
+_B = dict(
+    embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), attn_type="IIMS2", drop_path_rate=0.5
+)
 
 
 @register_model

@@ -6,14 +6,17 @@ computes, per batch and head,
     w_ij = (scale / N) * (q_i . k_j - q_i . mean_s k_s) + 1 / N,     out_i = sum_j w_ij v_j
 
 in O(N dim^2) without forming the N x N weights. ``scale`` defaults to ``dim ** -0.5``; the extra ``1 / N`` is
-what the official code applies (it pre-scales K and V by ``sqrt(scale / N)``), so vizoo's weights are exactly the
+what the official code applies (it pre-scales K and V by ``sqrt(scale / N)``), so vizoo's weights are exactly
+the
 official ones. Each row of weights sums to 1; weights may be negative. The official InLine models use the
 identity feature map, which is what this operator computes (apply any other feature map to q and k first).
 
 Backends: ``reference.py`` (plain PyTorch, any device, the specification) and ``triton.py`` (fused forward and
-backward, through the ``vizoo::inline_fwd`` / ``vizoo::inline_bwd`` custom ops of ``ops.py``). The public function
+backward, through the ``vizoo::inline_fwd`` / ``vizoo::inline_bwd`` custom ops of ``ops.py``). The public
+function
 validates its arguments, then dispatches: Triton on CUDA, the reference elsewhere, or what ``backend`` forces.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,11 +45,14 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[st
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"inline_attn expects {name} in layout [B, N, heads, dim] (4 dims), got shape "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"inline_attn expects {name} in layout [B, N, heads, dim] (4 dims), got shape "
+                f"{tuple(t.shape)}"
+            )
     if not (q.shape == k.shape == v.shape):
-        raise ValueError(f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -59,22 +65,28 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[st
         raise unknown_name_error("backend", backend, BACKENDS)
     dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
     if q.dtype not in dtypes:
-        raise ValueError(f"unsupported dtype {q.dtype} for the {backend} backend; accepted: "
-                         f"{', '.join(str(d) for d in dtypes)}")
+        raise ValueError(
+            f"unsupported dtype {q.dtype} for the {backend} backend; accepted: "
+            f"{', '.join(str(d) for d in dtypes)}"
+        )
     if backend == "triton":
         if q.shape[-1] > TRITON_MAX_DIM:
-            raise ValueError(f"head dim must be at most {TRITON_MAX_DIM} for the triton backend, got "
-                             f"{q.shape[-1]}")
+            raise ValueError(
+                f"head dim must be at most {TRITON_MAX_DIM} for the triton backend, got {q.shape[-1]}"
+            )
         if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
-                             f"for CPU tensors), got device {q.device}")
+            raise ValueError(
+                "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
+                f"for CPU tensors), got device {q.device}"
+            )
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise ValueError(f"scale must be a float or None, got {type(scale).__name__}")
     return backend
 
 
-def inline_attn(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None,
-                backend: Optional[str] = None) -> Tensor:
+def inline_attn(
+    q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, backend: Optional[str] = None
+) -> Tensor:
     """Injective linear attention on ``[B, N, heads, dim]`` tensors.
 
     Args:

@@ -1,15 +1,18 @@
 """``torch.library`` registration of the fused InLine kernels.
 
-Two custom ops, ``vizoo::inline_fwd`` and ``vizoo::inline_bwd``, wrap the Triton forward and backward with fake
+Two custom ops, ``vizoo::inline_fwd`` and ``vizoo::inline_bwd``, wrap the Triton forward and backward with
+fake
 (meta) implementations, an autograd formula and FLOP formulas, so ``torch.compile(fullgraph=True)`` traces
 models that use them without graph breaks, ``torch.export`` keeps one node per call, and
 ``torch.utils.flop_counter.FlopCounterMode`` counts them.
 
-FLOPs (matmul FLOPs, as for attention): the forward is ``4 * B * heads * N * dim^2`` (``K^T V`` and ``Q M``), the
+FLOPs (matmul FLOPs, as for attention): the forward is ``4 * B * heads * N * dim^2`` (``K^T V`` and ``Q M``),
+the
 backward twice that (``Q^T dO``, ``dO M^T``, ``(V - mean V) G^T``, ``(K - mean K) G``).
 
 Triton is imported only when a kernel runs, so importing vizoo stays fast.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,13 +39,17 @@ def _(q, k, v, scale):
     B, N, heads, dim = q.shape
     bd = _padded_dim(dim)
     f32 = torch.float32
-    return (q.new_empty(q.shape), q.new_empty((B * heads, bd, bd), dtype=f32),
-            q.new_empty((B * heads, 2, bd), dtype=f32))
+    return (
+        q.new_empty(q.shape),
+        q.new_empty((B * heads, bd, bd), dtype=f32),
+        q.new_empty((B * heads, 2, bd), dtype=f32),
+    )
 
 
 @torch.library.custom_op("vizoo::inline_bwd", mutates_args=())
-def inline_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, state: Tensor, means: Tensor,
-               scale: float) -> tuple[Tensor, Tensor, Tensor]:
+def inline_bwd(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, state: Tensor, means: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Fused backward; returns dq, dk, dv."""
     from vizoo.kernels.inline import triton as _triton
 

@@ -9,11 +9,13 @@ For one head with ``N`` tokens, the weight of key ``j`` for query ``i`` is
 
 so every row sums to exactly 1 (no division) and weights may be negative. ``scale / N`` is the factor the
 official code really applies (it multiplies K and V by ``sqrt(scale / N)`` before ``K^T V``, with
-``scale = dim ** -0.5``; the paper's equation folds it into the kernel function). The output is computed without
+``scale = dim ** -0.5``; the paper's equation folds it into the kernel function). The output is computed
+without
 forming the ``N x N`` matrix, in O(N d^2):
 
     out_i = q_i^T M + mean_j v_j,   M = (scale / N) * (K - mean K)^T V    ([dim, dim] per batch and head)
 """
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ strides (views into a packed qkv need no copy) and accumulate in float32:
 Products of 16-bit tiles run on tensor cores with exact float32 accumulation; products with the float32
 state use TF32 for 16-bit inputs (their mantissa fits) and IEEE float32 for float32 inputs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,26 @@ BLOCK_N = 64
 
 
 @triton.jit
-def _gram(A, B, PART, SUM_A, SUM_B, N, HEADS, CHUNK, sa_b, sa_n, sa_h, sb_b, sb_n, sb_h,
-          D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+def _gram(
+    A,
+    B,
+    PART,
+    SUM_A,
+    SUM_B,
+    N,
+    HEADS,
+    CHUNK,
+    sa_b,
+    sa_n,
+    sa_h,
+    sb_b,
+    sb_n,
+    sb_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
     chunk = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = tl.num_programs(0)
@@ -62,8 +81,21 @@ def _load_tile(ptr, r64, s_n, cols, mask):
 
 
 @triton.jit
-def _apply(Q, STATE, MEANS, OUT, N, HEADS, sq_b, sq_n, sq_h,
-           D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+def _apply(
+    Q,
+    STATE,
+    MEANS,
+    OUT,
+    N,
+    HEADS,
+    sq_b,
+    sq_n,
+    sq_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -82,8 +114,30 @@ def _apply(Q, STATE, MEANS, OUT, N, HEADS, sq_b, sq_n, sq_h,
 
 
 @triton.jit
-def _apply_bwd(DO, K, V, STATE, G, MEANS, DO_SUM, DQ, DK, DV, N, HEADS, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h,
-               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+def _apply_bwd(
+    DO,
+    K,
+    V,
+    STATE,
+    G,
+    MEANS,
+    DO_SUM,
+    DQ,
+    DK,
+    DV,
+    N,
+    HEADS,
+    sk_b,
+    sk_n,
+    sk_h,
+    sv_b,
+    sv_n,
+    sv_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -138,9 +192,27 @@ def _gram_sums(a: torch.Tensor, b: torch.Tensor):
     part = torch.empty(bh, chunks, bd, bd, device=a.device, dtype=torch.float32)
     sum_a = torch.empty(bh, chunks, bd, device=a.device, dtype=torch.float32)
     sum_b = torch.empty_like(sum_a)
-    _gram[(chunks, bh)](a, b, part, sum_a, sum_b, N, heads, chunk, a.stride(0), a.stride(1), a.stride(2),
-                        b.stride(0), b.stride(1), b.stride(2), D=dim, BLOCK_D=bd, BLOCK_N=BLOCK_N,
-                        PREC=_prec(a.dtype), num_warps=_num_warps(bd))
+    _gram[(chunks, bh)](
+        a,
+        b,
+        part,
+        sum_a,
+        sum_b,
+        N,
+        heads,
+        chunk,
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(a.dtype),
+        num_warps=_num_warps(bd),
+    )
     return part.sum(1), sum_a.sum(1), sum_b.sum(1)
 
 
@@ -160,8 +232,21 @@ def forward(q, k, v, scale: float):
     means = torch.stack((k_mean, v_mean), 1)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     _apply[(triton.cdiv(N, BLOCK_N), B * heads)](
-        q, state, means, out, N, heads, q.stride(0), q.stride(1), q.stride(2),
-        D=dim, BLOCK_D=bd, BLOCK_N=BLOCK_N, PREC=_prec(q.dtype), num_warps=_num_warps(bd))
+        q,
+        state,
+        means,
+        out,
+        N,
+        heads,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(q.dtype),
+        num_warps=_num_warps(bd),
+    )
     return out, state, means
 
 
@@ -175,7 +260,28 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     g = qdo * (scale / N)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=t.dtype) for t in (q, k, v))
     _apply_bwd[(triton.cdiv(N, BLOCK_N), B * heads)](
-        grad_out, k, v, state, g, means, do_sum, dq, dk, dv, N, heads,
-        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        D=dim, BLOCK_D=bd, BLOCK_N=BLOCK_N, PREC=_prec(q.dtype), num_warps=_num_warps(bd))
+        grad_out,
+        k,
+        v,
+        state,
+        g,
+        means,
+        do_sum,
+        dq,
+        dk,
+        dv,
+        N,
+        heads,
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(q.dtype),
+        num_warps=_num_warps(bd),
+    )
     return dq, dk, dv
