@@ -382,3 +382,38 @@ def test_inductor_compiled_model_matches_eager_gpu(name):
         ref = model(x).float()
         out = torch.compile(model, fullgraph=True)(x).float()
     torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ("inline_swin_base", "inline_swin_tiny"),
+        ("inline_deit_small", "inline_deit_tiny"),
+        ("inline_cswin_base", "inline_cswin_tiny"),
+        ("inline_pvt_small", "inline_pvt_tiny"),
+    ],
+)
+def test_checkpoint_filter_rejects_another_variant(src, dst):
+    """A checkpoint of another variant of the family: a ValueError naming the keys or shapes, never a crash."""
+    with torch.device("meta"):
+        a = timm.create_model(src, img_size=64)
+        b = timm.create_model(dst, img_size=64)
+    filter_fn = __import__(type(b).__module__, fromlist=["checkpoint_filter_fn"]).checkpoint_filter_fn
+    with pytest.raises(ValueError, match="key|shapes"):
+        filter_fn({"model": _to_official(src, a.state_dict())}, b)
+
+
+def test_swin_filter_resizes_window_tables_for_the_384_model():
+    """Loading 224 weights (softmax window 7) into the 384 model (window 12) resizes the tables (fine-tune
+    start), through the official layout."""
+    from vizoo.backbones.inline_swin import checkpoint_filter_fn
+
+    with torch.device("meta"):
+        src = timm.create_model("inline_swin_base")
+        dst = timm.create_model("inline_swin_base_384")
+    sd = {k: torch.zeros(v.shape) for k, v in _to_official("inline_swin_base", src.state_dict()).items()}
+    out = checkpoint_filter_fn({"model": sd}, dst)
+    table = "layers.3.blocks.0.attn.relative_position_bias_table"
+    assert out[table].shape == (23 * 23, 32) and set(out) == set(dst.state_dict()) - {
+        k for k, _ in dst.named_buffers()
+    }

@@ -23,11 +23,12 @@ at every input size, which is what they compute at the training size. Softmax bl
 window multiples are padded as timm's Swin does (the official code fails there).
 """
 
+import re
 from typing import Any, Dict
 
+from timm.layers import resize_rel_pos_bias_table
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.swin_transformer import SwinTransformer
-from timm.models.swin_transformer import checkpoint_filter_fn as _swin_filter
 from torch import Tensor
 
 from vizoo.backbones.inline import InLineAttention, block_types, check_keys, unwrap_checkpoint
@@ -84,17 +85,36 @@ class InLineSwin(SwinTransformer):
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineSwin) -> Dict[str, Tensor]:
     """Official InLine-Swin checkpoint (the ``.pth`` dict as ``torch.load`` returns it, or a bare state dict)
-    -> timm's Swin layout through timm's own Swin filter (downsample moved to the next stage, ``head`` ->
-    ``head.fc``, buffers dropped, relative position tables resized to the model's window), then a strict key
-    check.
+    -> timm's Swin layout: ``layers.i.downsample`` -> ``layers.{i+1}.downsample``, ``head`` -> ``head.fc``,
+    the ``relative_position_index`` / ``attn_mask`` buffers dropped (the model regenerates them). Keys are
+    checked strictly; then relative position tables of another window size are resized to the model's
+    (timm's ``resize_rel_pos_bias_table``), and any other shape difference is an error.
 
     Raises:
         ValueError: naming missing and unexpected keys (another family or layout) or shape mismatches.
     """
     state_dict = unwrap_checkpoint(state_dict)
-    out = _swin_filter(state_dict, model)
-    buffers = {k for k, _ in model.named_buffers()}
-    return check_keys({k: v for k, v in out.items() if k not in buffers}, model, [], "InLine-Swin")
+    official = "layers.0.downsample.reduction.weight" in state_dict
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        if official:
+            key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) + 1}.downsample", key)
+            key = re.sub(r"^head\.", "head.fc.", key)
+        out[key] = value
+    model_sd = model.state_dict()
+    for key, value in out.items():
+        target = model_sd.get(key)
+        if (
+            key.endswith("relative_position_bias_table")
+            and target is not None
+            and value.shape != target.shape
+            and value.shape[1] == target.shape[1]
+        ):
+            window = model.get_submodule(key[: -len(".relative_position_bias_table")]).window_size
+            out[key] = resize_rel_pos_bias_table(value, new_window_size=window, new_bias_shape=target.shape)
+    return check_keys(out, model, [], "InLine-Swin")
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineSwin:
