@@ -6,8 +6,11 @@ the kernels stream each tensor once per pass in tiles of ``BLOCK_N`` tokens, rea
 strides (views into a packed qkv need no copy) and accumulate in float32:
 
 * ``_gram``: for a chunk of tokens, the partial ``A^T B`` ([dim, dim]) and the column sums of ``A`` and ``B``.
-  Forward: (A, B) = (K, V); backward: (Q, dO). The chunks give enough programs to fill the GPU at batch 1;
-  PyTorch sums the few partials and forms the tiny per-head state.
+  Forward: (A, B) = (K, V); backward: (Q, dO). The chunks give enough programs to fill the GPU at batch 1.
+* ``_finalize``: sums the chunk partials (in a fixed order: deterministic) into the per-head state
+  ``M = (scale/N)(K^T V - sum(K) mean(V)^T)`` (backward: ``G = (scale/N) Q^T dO``) and the column means, one
+  program per state row. Three launches per direction in all, which matters for the many small calls of a
+  DeiT at 224.
 * ``_apply``: ``out = Q M + mean V`` per tile.
 * ``_apply_bwd``: with ``G = (scale/N) Q^T dO``: ``dQ = dO M^T``, ``dK = (V - mean V) G^T`` and
   ``dV = (K - mean K) G + sum(dO) / N``, all from one read of dO, K and V.
@@ -30,8 +33,6 @@ def _gram(
     A,
     B,
     PART,
-    SUM_A,
-    SUM_B,
     N,
     HEADS,
     CHUNK,
@@ -69,10 +70,53 @@ def _gram(
         acc = tl.dot(tl.trans(a), bb, acc, input_precision=PREC)
         sum_a += tl.sum(a.to(tl.float32), 0)
         sum_b += tl.sum(bb.to(tl.float32), 0)
-    slot = bh.to(tl.int64) * n_chunks + chunk
-    tl.store(PART + slot * BLOCK_D * BLOCK_D + cols[:, None] * BLOCK_D + cols[None, :], acc)
-    tl.store(SUM_A + slot * BLOCK_D + cols, sum_a)
-    tl.store(SUM_B + slot * BLOCK_D + cols, sum_b)
+    # this chunk's slot of PART [B*heads, chunks, BLOCK_D + 2, BLOCK_D]: A^T B, then the column sums
+    base = PART + (bh.to(tl.int64) * n_chunks + chunk) * (BLOCK_D + 2) * BLOCK_D
+    tl.store(base + cols[:, None] * BLOCK_D + cols[None, :], acc)
+    tl.store(base + BLOCK_D * BLOCK_D + cols, sum_a)
+    tl.store(base + (BLOCK_D + 1) * BLOCK_D + cols, sum_b)
+
+
+@triton.jit
+def _sum_row(ptr, row, n_chunks, cols, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sum over chunks of one row of PART (``ptr`` at this (batch, head)'s first chunk)."""
+    total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for c0 in range(0, n_chunks, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        offs = c[:, None].to(tl.int64) * ((BLOCK_D + 2) * BLOCK_D) + row * BLOCK_D + cols[None, :]
+        total += tl.sum(tl.load(ptr + offs, mask=(c < n_chunks)[:, None], other=0.0), 0)
+    return total
+
+
+@triton.jit
+def _finalize(
+    PART,
+    STATE,
+    MEANS,
+    n_chunks,
+    N,
+    factor,
+    CENTER: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Row ``r`` of the per-(batch, head) state from the chunk partials:
+    ``factor * (A^T B - sum(A) mean(B)^T)`` (``CENTER``) or ``factor * A^T B``; row 0's program also writes
+    the column means of A and B."""
+    bh = tl.program_id(0)
+    r = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_D)
+    part = PART + bh.to(tl.int64) * n_chunks * (BLOCK_D + 2) * BLOCK_D
+    row = _sum_row(part, r, n_chunks, cols, BLOCK_D, BLOCK_C)
+    sum_a = _sum_row(part, BLOCK_D, n_chunks, cols, BLOCK_D, BLOCK_C)
+    sum_b = _sum_row(part, BLOCK_D + 1, n_chunks, cols, BLOCK_D, BLOCK_C)
+    if CENTER:
+        sum_a_r = tl.sum(tl.where(cols == r, sum_a, 0.0), 0)
+        row = row - sum_a_r * sum_b / N
+    tl.store(STATE + (bh.to(tl.int64) * BLOCK_D + r) * BLOCK_D + cols, row * factor)
+    first = (cols * 0 + r) == 0
+    tl.store(MEANS + bh.to(tl.int64) * 2 * BLOCK_D + cols, sum_a / N, mask=first)
+    tl.store(MEANS + (bh.to(tl.int64) * 2 + 1) * BLOCK_D + cols, sum_b / N, mask=first)
 
 
 @triton.jit
@@ -121,7 +165,7 @@ def _apply_bwd(
     STATE,
     G,
     MEANS,
-    DO_SUM,
+    BWD_MEANS,
     DQ,
     DK,
     DV,
@@ -153,7 +197,7 @@ def _apply_bwd(
     g_t = tl.load(G + square + cols[None, :] * BLOCK_D + cols[:, None])
     k_mean = tl.load(MEANS + sbh * 2 * BLOCK_D + cols)
     v_mean = tl.load(MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
-    do_mean = tl.load(DO_SUM + sbh * BLOCK_D + cols) / N
+    do_mean = tl.load(BWD_MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
     dense = b * N * HEADS * D + h * D
     do = _load_tile(DO + dense, r64, HEADS * D, cols, mask)
     k = _load_tile(K + b * sk_b + h * sk_h, r64, sk_n, cols, mask) - k_mean[None, :]
@@ -179,25 +223,22 @@ def _num_warps(block_d: int) -> int:
     return 4 if block_d <= 64 else 8
 
 
-def _gram_sums(a: torch.Tensor, b: torch.Tensor):
-    """Per (batch, head) float32 ``A^T B`` ``[B*heads, BD, BD]`` and column sums ``[B*heads, BD]`` of A and B
-    (zero-padded to ``BD = _block_d(dim)``)."""
+def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
+    """Per (batch, head) float32 state ``factor * (A - mean A)^T B`` (``center``) or ``factor * A^T B``,
+    ``[B*heads, BD, BD]``, and the column means of A and B, ``[B*heads, 2, BD]`` (zero-padded to
+    ``BD = _block_d(dim)``). Two launches: chunked partial sums, then one program per state row."""
     B, N, heads, dim = a.shape
     bd = _block_d(dim)
     bh = B * heads
-    # enough programs to fill a large GPU even at batch 1, chunks of whole tiles
-    chunks = max(1, min(triton.cdiv(N, BLOCK_N), triton.cdiv(1024, bh)))
+    # about four programs per SM of a large GPU even at batch 1, chunks of whole tiles
+    chunks = max(1, min(triton.cdiv(N, BLOCK_N), triton.cdiv(528, bh)))
     chunk = triton.cdiv(triton.cdiv(N, chunks), BLOCK_N) * BLOCK_N
     chunks = triton.cdiv(N, chunk)
-    part = torch.empty(bh, chunks, bd, bd, device=a.device, dtype=torch.float32)
-    sum_a = torch.empty(bh, chunks, bd, device=a.device, dtype=torch.float32)
-    sum_b = torch.empty_like(sum_a)
+    part = torch.empty(bh, chunks, bd + 2, bd, device=a.device, dtype=torch.float32)
     _gram[(chunks, bh)](
         a,
         b,
         part,
-        sum_a,
-        sum_b,
         N,
         heads,
         chunk,
@@ -213,7 +254,22 @@ def _gram_sums(a: torch.Tensor, b: torch.Tensor):
         PREC=_prec(a.dtype),
         num_warps=_num_warps(bd),
     )
-    return part.sum(1), sum_a.sum(1), sum_b.sum(1)
+    state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
+    means = torch.empty(bh, 2, bd, device=a.device, dtype=torch.float32)
+    block_c = min(64, triton.next_power_of_2(chunks))
+    _finalize[(bh, bd)](
+        part,
+        state,
+        means,
+        chunks,
+        N,
+        factor,
+        CENTER=center,
+        BLOCK_D=bd,
+        BLOCK_C=block_c,
+        num_warps=1 if block_c * bd <= 1024 else 4,
+    )
+    return state, means
 
 
 def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -226,10 +282,7 @@ def forward(q, k, v, scale: float):
     q, k, v = (_last_contiguous(t) for t in (q, k, v))
     B, N, heads, dim = q.shape
     bd = _block_d(dim)
-    kv, k_sum, v_sum = _gram_sums(k, v)
-    k_mean, v_mean = k_sum / N, v_sum / N
-    state = (kv - k_sum[:, :, None] * v_mean[:, None, :]) * (scale / N)
-    means = torch.stack((k_mean, v_mean), 1)
+    state, means = _gram_state(k, v, scale / N, center=True)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     _apply[(triton.cdiv(N, BLOCK_N), B * heads)](
         q,
@@ -256,8 +309,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     grad_out = grad_out.contiguous()
     B, N, heads, dim = q.shape
     bd = _block_d(dim)
-    qdo, _, do_sum = _gram_sums(q, grad_out)
-    g = qdo * (scale / N)
+    g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=t.dtype) for t in (q, k, v))
     _apply_bwd[(triton.cdiv(N, BLOCK_N), B * heads)](
         grad_out,
@@ -266,7 +318,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         state,
         g,
         means,
-        do_sum,
+        bwd_means,
         dq,
         dk,
         dv,
