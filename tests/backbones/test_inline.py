@@ -417,3 +417,22 @@ def test_swin_filter_resizes_window_tables_for_the_384_model():
     assert out[table].shape == (23 * 23, 32) and set(out) == set(dst.state_dict()) - {
         k for k, _ in dst.named_buffers()
     }
+
+
+@pytest.mark.parametrize(
+    "name,base_lr,epochs", [("inline_swin_base_384", 2e-5, 30), ("inline_cswin_base_384", 5e-6, 20)]
+)
+def test_384_finetune_configs(name, base_lr, epochs):
+    """The paper's 384 fine-tunes start from the 224 weights (cfg url overlay) with the official schedule."""
+    import inspect
+
+    from vizoo.train.module import ImageClassifier
+
+    cfg = _stacked(name)
+    m = cfg["model"]
+    assert set(m) <= set(inspect.signature(ImageClassifier).parameters)
+    assert m["model_name"] == name and m["pretrained"] and cfg["data"]["image_size"] == 384
+    assert m["lr"] == pytest.approx(base_lr * cfg["data"]["batch_size"] * cfg["trainer"]["devices"] / 512)
+    assert cfg["trainer"]["max_epochs"] == epochs and m["weight_decay"] == 1e-8
+    url = m["model_kwargs"]["pretrained_cfg_overlay"]["url"]
+    assert url == timm.models.get_pretrained_cfg(name.replace("_384", "") + ".in1k").url
