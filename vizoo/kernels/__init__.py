@@ -2,7 +2,9 @@
 
 ``na1d`` / ``na2d`` (neighborhood attention, ``vizoo.kernels.neighborhood``) are re-exported here; the fused
 layer norm for channels-last maps that the backbones use lives in ``vizoo.kernels.layernorm``.
+``inline_attn`` (injective linear attention, ``vizoo.kernels.inline``) is re-exported here too.
 """
+from vizoo.kernels.inline import inline_attn
 from vizoo.kernels.neighborhood import na1d, na2d
 
-__all__ = ["na1d", "na2d"]
+__all__ = ["na1d", "na2d", "inline_attn"]

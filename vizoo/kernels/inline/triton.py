@@ -1,0 +1,339 @@
+"""Fused InLine attention in Triton: two streaming passes forward, two backward, no N x N matrix.
+
+Same operator as ``reference.py``: ``out = Q M + mean(V)`` with ``M = (scale/N) (K - mean K)^T V`` per
+(batch, head). The work is memory-bound (head dim 32: 2 d^2 FLOPs per token against 4 d bytes per tensor), so
+the kernels stream each tensor once per pass in tiles of ``BLOCK_N`` tokens, read any ``[B, N, heads, dim]``
+strides (views into a packed qkv need no copy) and accumulate in float32:
+
+* ``_gram``: for a chunk of tokens, the partial ``A^T B`` ([dim, dim]) and the column sums of ``A`` and ``B``.
+  Forward: (A, B) = (K, V); backward: (Q, dO). The chunks give enough programs to fill the GPU at batch 1.
+* ``_finalize``: sums the chunk partials (in a fixed order: deterministic) into the per-head state
+  ``M = (scale/N)(K^T V - sum(K) mean(V)^T)`` (backward: ``G = (scale/N) Q^T dO``) and the column means, one
+  program per state row. Three launches per direction in all, which matters for the many small calls of a
+  DeiT at 224.
+* ``_apply``: ``out = Q M + mean V`` per tile.
+* ``_apply_bwd``: with ``G = (scale/N) Q^T dO``: ``dQ = dO M^T``, ``dK = (V - mean V) G^T`` and
+  ``dV = (K - mean K) G + sum(dO) / N``, all from one read of dO, K and V.
+
+Products of 16-bit tiles run on tensor cores with exact float32 accumulation; products with the float32
+state use TF32 for 16-bit inputs (their mantissa fits) and IEEE float32 for float32 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_N = 64
+
+
+@triton.jit
+def _gram(
+    A,
+    B,
+    PART,
+    N,
+    HEADS,
+    CHUNK,
+    sa_b,
+    sa_n,
+    sa_h,
+    sb_b,
+    sb_n,
+    sb_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = tl.num_programs(0)
+    b = (bh // HEADS).to(tl.int64)
+    h = bh % HEADS
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    a_ptr = A + b * sa_b + h * sa_h
+    b_ptr = B + b * sb_b + h * sb_h
+    acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+    sum_a = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sum_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    start = chunk * CHUNK
+    end = tl.minimum(start + CHUNK, N)
+    for off in range(start, end, BLOCK_N):
+        rows = off + tl.arange(0, BLOCK_N)
+        mask = (rows < end)[:, None] & cmask[None, :]
+        r64 = rows.to(tl.int64)
+        a = tl.load(a_ptr + r64[:, None] * sa_n + cols[None, :], mask=mask, other=0.0)
+        bb = tl.load(b_ptr + r64[:, None] * sb_n + cols[None, :], mask=mask, other=0.0)
+        acc = tl.dot(tl.trans(a), bb, acc, input_precision=PREC)
+        sum_a += tl.sum(a.to(tl.float32), 0)
+        sum_b += tl.sum(bb.to(tl.float32), 0)
+    # this chunk's slot of PART [B*heads, chunks, BLOCK_D + 2, BLOCK_D]: A^T B, then the column sums
+    base = PART + (bh.to(tl.int64) * n_chunks + chunk) * (BLOCK_D + 2) * BLOCK_D
+    tl.store(base + cols[:, None] * BLOCK_D + cols[None, :], acc)
+    tl.store(base + BLOCK_D * BLOCK_D + cols, sum_a)
+    tl.store(base + (BLOCK_D + 1) * BLOCK_D + cols, sum_b)
+
+
+@triton.jit
+def _sum_row(ptr, row, n_chunks, cols, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sum over chunks of one row of PART (``ptr`` at this (batch, head)'s first chunk)."""
+    total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for c0 in range(0, n_chunks, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        offs = c[:, None].to(tl.int64) * ((BLOCK_D + 2) * BLOCK_D) + row * BLOCK_D + cols[None, :]
+        total += tl.sum(tl.load(ptr + offs, mask=(c < n_chunks)[:, None], other=0.0), 0)
+    return total
+
+
+@triton.jit
+def _finalize(
+    PART,
+    STATE,
+    MEANS,
+    n_chunks,
+    N,
+    factor,
+    CENTER: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Row ``r`` of the per-(batch, head) state from the chunk partials:
+    ``factor * (A^T B - sum(A) mean(B)^T)`` (``CENTER``) or ``factor * A^T B``; row 0's program also writes
+    the column means of A and B."""
+    bh = tl.program_id(0)
+    r = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_D)
+    part = PART + bh.to(tl.int64) * n_chunks * (BLOCK_D + 2) * BLOCK_D
+    row = _sum_row(part, r, n_chunks, cols, BLOCK_D, BLOCK_C)
+    sum_a = _sum_row(part, BLOCK_D, n_chunks, cols, BLOCK_D, BLOCK_C)
+    sum_b = _sum_row(part, BLOCK_D + 1, n_chunks, cols, BLOCK_D, BLOCK_C)
+    if CENTER:
+        sum_a_r = tl.sum(tl.where(cols == r, sum_a, 0.0), 0)
+        row = row - sum_a_r * sum_b / N
+    tl.store(STATE + (bh.to(tl.int64) * BLOCK_D + r) * BLOCK_D + cols, row * factor)
+    first = (cols * 0 + r) == 0
+    tl.store(MEANS + bh.to(tl.int64) * 2 * BLOCK_D + cols, sum_a / N, mask=first)
+    tl.store(MEANS + (bh.to(tl.int64) * 2 + 1) * BLOCK_D + cols, sum_b / N, mask=first)
+
+
+@triton.jit
+def _load_tile(ptr, r64, s_n, cols, mask):
+    return tl.load(ptr + r64[:, None] * s_n + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _apply(
+    Q,
+    STATE,
+    MEANS,
+    OUT,
+    N,
+    HEADS,
+    sq_b,
+    sq_n,
+    sq_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HEADS).to(tl.int64)
+    h = bh % HEADS
+    cols = tl.arange(0, BLOCK_D)
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < N)[:, None] & (cols < D)[None, :]
+    r64 = rows.to(tl.int64)
+    sbh = bh.to(tl.int64)
+    m = tl.load(STATE + sbh * BLOCK_D * BLOCK_D + cols[:, None] * BLOCK_D + cols[None, :])
+    v_mean = tl.load(MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
+    q = _load_tile(Q + b * sq_b + h * sq_h, r64, sq_n, cols, mask)
+    out = tl.dot(q, m, input_precision=PREC) + v_mean[None, :]
+    o_ptr = OUT + b * N * HEADS * D + h * D
+    tl.store(o_ptr + r64[:, None] * (HEADS * D) + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _apply_bwd(
+    DO,
+    K,
+    V,
+    STATE,
+    G,
+    MEANS,
+    BWD_MEANS,
+    DQ,
+    DK,
+    DV,
+    N,
+    HEADS,
+    sk_b,
+    sk_n,
+    sk_h,
+    sv_b,
+    sv_n,
+    sv_h,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HEADS).to(tl.int64)
+    h = bh % HEADS
+    cols = tl.arange(0, BLOCK_D)
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < N)[:, None] & (cols < D)[None, :]
+    r64 = rows.to(tl.int64)
+    sbh = bh.to(tl.int64)
+    square = sbh * BLOCK_D * BLOCK_D
+    m_t = tl.load(STATE + square + cols[None, :] * BLOCK_D + cols[:, None])  # M^T
+    g = tl.load(G + square + cols[:, None] * BLOCK_D + cols[None, :])
+    g_t = tl.load(G + square + cols[None, :] * BLOCK_D + cols[:, None])
+    k_mean = tl.load(MEANS + sbh * 2 * BLOCK_D + cols)
+    v_mean = tl.load(MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
+    do_mean = tl.load(BWD_MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
+    dense = b * N * HEADS * D + h * D
+    do = _load_tile(DO + dense, r64, HEADS * D, cols, mask)
+    k = _load_tile(K + b * sk_b + h * sk_h, r64, sk_n, cols, mask) - k_mean[None, :]
+    v = _load_tile(V + b * sv_b + h * sv_h, r64, sv_n, cols, mask) - v_mean[None, :]
+    dq = tl.dot(do, m_t, input_precision=PREC)
+    dk = tl.dot(v, g_t, input_precision=PREC)
+    dv = tl.dot(k, g, input_precision=PREC) + do_mean[None, :]
+    offs = dense + r64[:, None] * (HEADS * D) + cols[None, :]
+    tl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=mask)
+    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=mask)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _num_warps(block_d: int) -> int:
+    return 4 if block_d <= 64 else 8
+
+
+def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
+    """Per (batch, head) float32 state ``factor * (A - mean A)^T B`` (``center``) or ``factor * A^T B``,
+    ``[B*heads, BD, BD]``, and the column means of A and B, ``[B*heads, 2, BD]`` (zero-padded to
+    ``BD = _block_d(dim)``). Two launches: chunked partial sums, then one program per state row."""
+    B, N, heads, dim = a.shape
+    bd = _block_d(dim)
+    bh = B * heads
+    # about four programs per SM of a large GPU even at batch 1, chunks of whole tiles
+    chunks = max(1, min(triton.cdiv(N, BLOCK_N), triton.cdiv(528, bh)))
+    chunk = triton.cdiv(triton.cdiv(N, chunks), BLOCK_N) * BLOCK_N
+    chunks = triton.cdiv(N, chunk)
+    part = torch.empty(bh, chunks, bd + 2, bd, device=a.device, dtype=torch.float32)
+    _gram[(chunks, bh)](
+        a,
+        b,
+        part,
+        N,
+        heads,
+        chunk,
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(a.dtype),
+        num_warps=_num_warps(bd),
+    )
+    state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
+    means = torch.empty(bh, 2, bd, device=a.device, dtype=torch.float32)
+    block_c = min(64, triton.next_power_of_2(chunks))
+    _finalize[(bh, bd)](
+        part,
+        state,
+        means,
+        chunks,
+        N,
+        factor,
+        CENTER=center,
+        BLOCK_D=bd,
+        BLOCK_C=block_c,
+        num_warps=1 if block_c * bd <= 1024 else 4,
+    )
+    return state, means
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def forward(q, k, v, scale: float):
+    """Returns ``out`` (contiguous, q's dtype), the state ``M`` ``[B*heads, BD, BD]`` and the means of K and V
+    ``[B*heads, 2, BD]`` (float32, zero-padded to ``BD``), which the backward reuses."""
+    q, k, v = (_last_contiguous(t) for t in (q, k, v))
+    B, N, heads, dim = q.shape
+    bd = _block_d(dim)
+    state, means = _gram_state(k, v, scale / N, center=True)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    _apply[(triton.cdiv(N, BLOCK_N), B * heads)](
+        q,
+        state,
+        means,
+        out,
+        N,
+        heads,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(q.dtype),
+        num_warps=_num_warps(bd),
+    )
+    return out, state, means
+
+
+def backward(grad_out, q, k, v, state, means, scale: float):
+    """Returns ``dq, dk, dv`` (contiguous, in the inputs' dtype)."""
+    q, k, v = (_last_contiguous(t) for t in (q, k, v))
+    grad_out = grad_out.contiguous()
+    B, N, heads, dim = q.shape
+    bd = _block_d(dim)
+    g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
+    dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=t.dtype) for t in (q, k, v))
+    _apply_bwd[(triton.cdiv(N, BLOCK_N), B * heads)](
+        grad_out,
+        k,
+        v,
+        state,
+        g,
+        means,
+        bwd_means,
+        dq,
+        dk,
+        dv,
+        N,
+        heads,
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        D=dim,
+        BLOCK_D=bd,
+        BLOCK_N=BLOCK_N,
+        PREC=_prec(q.dtype),
+        num_warps=_num_warps(bd),
+    )
+    return dq, dk, dv
