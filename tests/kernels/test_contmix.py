@@ -208,3 +208,13 @@ def _t(*shape, **kw):
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("shape,k", [((14, 14), 13), ((7, 9), 5), ((13, 20), 7)])
+def test_rpb_index_matches_the_neighborhood_tables(shape, k):
+    from vizoo.kernels.contmix.reference import window_rpb_index
+    from vizoo.kernels.neighborhood.reference import neighborhood_indices
+
+    _, _, rel = neighborhood_indices(shape, (k, k), (1, 1), (1, 1), (False, False))
+    assert torch.equal(window_rpb_index(*shape, k, torch.device("cpu")), rel)
+    assert torch.equal(torch.jit.script(window_rpb_index)(*shape, k, torch.device("cpu")), rel)

@@ -1,3 +1,4 @@
 """vizoo backbones. Importing this package registers every family with timm."""
 
 from vizoo.backbones import nat  # noqa: F401
+from vizoo.backbones import overlock  # noqa: F401

@@ -75,3 +75,21 @@ def na2d_av_unfold(attn: Tensor, v: Tensor, kernel_size: int) -> Tensor:
     cols = cols.index_select(4, rows).index_select(5, colx)  # [B, heads, dim, k*k, H, W]
     out = torch.einsum("bhdkyx,byxhk->byxhd", cols, attn.to(cols.dtype))
     return out
+
+
+def window_rpb_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
+    """Index into a flattened ``[(2k-1)**2]`` relative-position table for every (pixel, tap), ``[H*W, k*k]``.
+
+    For stride-1, dilation-1 windows of odd size k (what ContMix uses) the window of pixel i starts at
+    ``clamp(i - k//2, 0, L - k)`` (the neighborhood rule of ``vizoo.kernels.neighborhood``; the tests check the
+    two agree), and tap r's key-minus-query offset indexes the table at ``start + r - i + k - 1`` per axis.
+    Written with plain tensor ops so that TorchScript compiles it.
+    """
+    span = 2 * kernel_size - 1
+    taps = torch.arange(kernel_size, device=device)
+    ys = torch.arange(height, device=device)
+    xs = torch.arange(width, device=device)
+    rel_y = (ys - kernel_size // 2).clamp(0, height - kernel_size)[:, None] + taps - ys[:, None] + kernel_size - 1
+    rel_x = (xs - kernel_size // 2).clamp(0, width - kernel_size)[:, None] + taps - xs[:, None] + kernel_size - 1
+    index = rel_y[:, None, :, None] * span + rel_x[None, :, None, :]  # [H, W, k, k]
+    return index.reshape(height * width, kernel_size * kernel_size)
