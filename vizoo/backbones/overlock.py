@@ -106,7 +106,7 @@ class ResDWConv(nn.Conv2d):
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + super().forward(x)
+        return x + self._conv_forward(x, self.weight, self.bias)
 
 
 def _fuse_bn(weight: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
@@ -124,10 +124,25 @@ def _dilate_to(weight: Tensor, dilation: int, size: int) -> Tensor:
     return F.pad(dense, [pad] * 4)
 
 
+class DilatedBranch(nn.Module):
+    """One dilated depthwise conv (no bias) + BN branch of a Dilated Reparam Block."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
+                              groups=dim, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+
 class DilatedReparamConv(nn.Module):
     """UniRepLKNet's Dilated Reparam Block (Ding et al., arXiv 2311.15599): a ``K x K`` depthwise conv + BN plus
-    parallel dilated depthwise conv + BN branches (``DILATED_BRANCHES[K]``), summed. ``reparameterize()`` merges
-    everything into one ``K x K`` depthwise conv with bias (``deploy=True`` builds that form directly)."""
+    parallel dilated depthwise conv + BN branches (``DILATED_BRANCHES[K]``, in ``dilated``), summed.
+    ``reparameterize()`` merges everything into one ``K x K`` depthwise conv with bias (``deploy=True`` builds that
+    form directly; ``origin_bn`` is then an Identity and ``dilated`` empty)."""
 
     def __init__(self, dim: int, kernel_size: int, deploy: bool = False):
         super().__init__()
@@ -137,31 +152,22 @@ class DilatedReparamConv(nn.Module):
         self.branches = DILATED_BRANCHES[kernel_size]
         self.deploy = deploy
         self.lk_origin = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=deploy)
-        if not deploy:
-            self.origin_bn = nn.BatchNorm2d(dim)
-            for k, r in self.branches:
-                self.add_module(f"dil_conv_k{k}_{r}", nn.Conv2d(dim, dim, k, padding=r * (k - 1) // 2, dilation=r,
-                                                                groups=dim, bias=False))
-                self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(dim))
+        self.origin_bn = nn.Identity() if deploy else nn.BatchNorm2d(dim)
+        self.dilated = nn.ModuleList([] if deploy else [DilatedBranch(dim, k, r) for k, r in self.branches])
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
-        for name, module in self.named_children():  # branches in registration order: conv then its BN
-            if name.startswith("dil_conv"):
-                branch = module(x)
-            elif name.startswith("dil_bn"):
-                out = out + module(branch)
+        for branch in self.dilated:
+            out = out + branch(x)
         return out
 
     @torch.no_grad()
     def merged_kernel(self) -> Tuple[Tensor, Tensor]:
         """The single ``K x K`` depthwise weight and bias equal to the train-form block (BN in eval mode)."""
         weight, bias = _fuse_bn(self.lk_origin.weight, self.origin_bn)
-        for k, r in self.branches:
-            w, b = _fuse_bn(getattr(self, f"dil_conv_k{k}_{r}").weight, getattr(self, f"dil_bn_k{k}_{r}"))
-            weight = weight + _dilate_to(w, r, self.kernel_size)
+        for branch in self.dilated:
+            w, b = _fuse_bn(branch.conv.weight, branch.bn)
+            weight = weight + _dilate_to(w, branch.dilation, self.kernel_size)
             bias = bias + b
         return weight, bias
 
@@ -175,9 +181,7 @@ class DilatedReparamConv(nn.Module):
         conv = conv.to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
-        for name in [n for n, _ in self.named_children() if n != "lk_origin"]:
-            delattr(self, name)
-        self.lk_origin = conv
+        self.lk_origin, self.origin_bn, self.dilated = conv, nn.Identity(), nn.ModuleList()
         self.deploy = True
 
 
@@ -220,11 +224,11 @@ def _resize(x: Tensor, size: List[int]) -> Tensor:
     return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
 
-def _resize_like(x: Tensor, ref: Tensor) -> Tensor:
+def resize_like(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-register_notrace_function(_resize_like)
+register_notrace_function(resize_like)  # FX autowraps only public names
 
 
 def _contmix_size(height: int, width: int, kernel_size: int) -> List[int]:
@@ -290,7 +294,7 @@ class ContMix(nn.Module):
         key = self.weight_key(context).reshape(B, G, c, -1)  # [B, G, c, 49]
         affinity = torch.einsum("bngc,bgcl->bngl", q, key)
         logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
-        small, large = logits.split([self.small_kernel**2, self.kernel_size**2], dim=-1)
+        small, large = logits.split([self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size], dim=-1)
         attn1 = self._kernels(small, self.rpb1, self.small_kernel, h, w).reshape(B, h, w, G, -1)
         attn2 = self._kernels(large, self.rpb2, self.kernel_size, h, w).reshape(B, h, w, G, -1)
         v = x.permute(0, 2, 3, 1).reshape(B, h, w, 2, G, c)
@@ -319,10 +323,9 @@ class DynamicBlock(nn.Module):
         out_dim = dim + ctx_dim
         hidden = int(dim * mlp_ratio)
         self.dim, self.ctx_dim = dim, ctx_dim
-        self.is_first = is_first
-        if not is_first:
-            self.x_scale = LayerScale2d(ctx_dim, 1.0)
-            self.h_scale = LayerScale2d(ctx_dim, 1.0)
+        # P <- x_scale(P) + h_scale(P0) before every block but Focus-Net's first
+        self.x_scale = None if is_first else LayerScale2d(ctx_dim, 1.0)
+        self.h_scale = None if is_first else LayerScale2d(ctx_dim, 1.0)
         self.dwconv1 = ResDWConv(out_dim)
         self.norm1 = LayerNorm2d(out_dim, eps=1e-6)
         self.fusion = nn.Sequential(
@@ -352,7 +355,7 @@ class DynamicBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, ctx: Tensor, ctx0: Tensor) -> Tensor:
-        if not self.is_first:
+        if self.x_scale is not None and self.h_scale is not None:
             ctx = self.x_scale(ctx) + self.h_scale(ctx0)
         u = self.dwconv1(torch.cat([x, ctx], dim=1))
         normed = self.norm1(u)
@@ -401,13 +404,13 @@ class OverLoCKHead(nn.Module):
         self.proj = nn.Conv2d(in_chs, hidden, 1, bias=False)
         self.norm = nn.BatchNorm2d(hidden)
         self.act = nn.SiLU()
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         if pool_type is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.fc = nn.Linear(self.norm.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -428,14 +431,14 @@ class AuxHead(nn.Module):
         return self.fc(self.norm(x).mean((2, 3)))
 
 
-def _check_image(x: Tensor) -> None:
+def check_image(x: Tensor) -> None:
     if x.dim() != 4 or min(x.shape[-2:]) < MIN_INPUT:
         raise ValueError(f"expected images [B, C, H, W] of at least {MIN_INPUT}x{MIN_INPUT} pixels (the stride-32 "
                          f"map needs one pixel; maps smaller than a ContMix kernel are upsampled), got shape "
                          f"{tuple(x.shape)}")
 
 
-register_notrace_function(_check_image)
+register_notrace_function(check_image)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -585,47 +588,61 @@ class OverLoCK(nn.Module):
                 module.reparameterize()
         self.aux_head = None
 
-    # ---- forward
-    def _dynamic_stage(self, blocks: nn.ModuleList, z: Tensor, ctx: Tensor, ctx0: Tensor) -> Tuple[Tensor, Tensor,
-                                                                                                      Tensor]:
-        """Run Focus-Net blocks; returns the last block's ``[Z, P]`` and its two parts."""
-        u = torch.cat([z, ctx], dim=1)
-        for block in blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                u = checkpoint(block, z, ctx, ctx0, use_reentrant=False)
-            else:
-                u = block(z, ctx, ctx0)
-            z, ctx = u.split([u.shape[1] - self.ctx_dim, self.ctx_dim], dim=1)
-        return u, z, ctx
-
-    def _stage(self, blocks: nn.Sequential, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(blocks, x)
-        return blocks(x)
-
+    # ---- forward (stages written out: TorchScript cannot pass modules to helpers)
     def _features(self, x: Tensor, take: List[int], stop: int) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """Run up to feature ``stop`` (0..3); returns the last map, the Overview output and the maps in take."""
-        _check_image(x)
+        if not torch.jit.is_scripting():
+            check_image(x)
         maps: List[Tensor] = []
-        x = self._stage(self.blocks1, self.stem(x))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks1, x)
+        else:
+            x = self.blocks1(x)
         if 0 in take:
             maps.append(x)
         overview = x
         if stop >= 1:
-            x = self._stage(self.blocks2, self.patch_embed2(x))
+            x = self.patch_embed2(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(self.blocks2, x)
+            else:
+                x = self.blocks2(x)
             if 1 in take:
                 maps.append(x)
         if stop >= 2:
-            z = self._stage(self.blocks3, self.patch_embed3(x))
-            overview = self._stage(self.blocks4, self.patch_embed4(z))
+            z = self.patch_embed3(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                z = checkpoint_seq(self.blocks3, z)
+            else:
+                z = self.blocks3(z)
+            overview = self.patch_embed4(z)  # Overview-Net
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                overview = checkpoint_seq(self.blocks4, overview)
+            else:
+                overview = self.blocks4(overview)
             ctx0 = self.high_level_proj(overview)
-            ctx_up = _resize_like(ctx0, z)
-            x, z, ctx = self._dynamic_stage(self.sub_blocks3, z, ctx_up, ctx_up)
+            ctx_up = resize_like(ctx0, z)
+            ctx = ctx_up
+            u = torch.cat([z, ctx], dim=1)
+            for block in self.sub_blocks3:  # Focus-Net, stride 16
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    u = checkpoint(block, z, ctx, ctx_up, use_reentrant=False)
+                else:
+                    u = block(z, ctx, ctx_up)
+                z, ctx = u.split([u.shape[1] - self.ctx_dim, self.ctx_dim], dim=1)
+            x = u
             if 2 in take:
                 maps.append(x)
             if stop >= 3:
                 z, ctx = self.patch_embedx(z, ctx)
-                x, z, ctx = self._dynamic_stage(self.sub_blocks4, z, ctx, ctx0)
+                for block4 in self.sub_blocks4:  # Focus-Net, stride 32
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        u = checkpoint(block4, z, ctx, ctx0, use_reentrant=False)
+                    else:
+                        u = block4(z, ctx, ctx0)
+                    z, ctx = u.split([u.shape[1] - self.ctx_dim, self.ctx_dim], dim=1)
+                x = u
                 if 3 in take:
                     maps.append(x)
         return x, overview, maps
@@ -758,9 +775,9 @@ def _deploy_to_train(sd: Dict[str, Tensor], prefix: str, kernel_size: int) -> No
         sd[f"{prefix}{name}.num_batches_tracked"] = torch.tensor(0)
 
     identity_bn("origin_bn", bias)
-    for k, r in DILATED_BRANCHES[kernel_size]:
-        sd[f"{prefix}dil_conv_k{k}_{r}.weight"] = weight.new_zeros(dim, 1, k, k)
-        identity_bn(f"dil_bn_k{k}_{r}", torch.zeros_like(bias))
+    for i, (k, r) in enumerate(DILATED_BRANCHES[kernel_size]):
+        sd[f"{prefix}dilated.{i}.conv.weight"] = weight.new_zeros(dim, 1, k, k)
+        identity_bn(f"dilated.{i}.bn", torch.zeros_like(bias))
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: "OverLoCK") -> Dict[str, Tensor]:
@@ -788,6 +805,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: "OverLoCK") -> Dict[
         if not isinstance(module, DilatedReparamConv):
             continue
         prefix = name + "."
+        for i, (k, r) in enumerate(module.branches):  # official dil_{conv,bn}_k{k}_{r} -> dilated.{i}.{conv,bn}
+            for old, new in ((f"dil_conv_k{k}_{r}.", f"dilated.{i}.conv."), (f"dil_bn_k{k}_{r}.", f"dilated.{i}.bn.")):
+                for key in [key for key in sd if key.startswith(prefix + old)]:
+                    sd[prefix + new + key[len(prefix + old):]] = sd.pop(key)
         ckpt_train = prefix + "origin_bn.weight" in sd
         ckpt_deploy = prefix + "lk_origin.bias" in sd
         if ckpt_train and module.deploy:
