@@ -308,3 +308,51 @@ def test_gpu_triton_model_matches_cpu_reference(name):
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------------------ configs
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "overlock"
+OFFICIAL_DROP_PATH = {"xt": 0.1, "t": 0.15, "s": 0.4, "b": 0.5}
+
+
+def _merged(*names):
+    """What LightningCLI builds from several ``-c`` files: later files override keys of earlier ones."""
+    import yaml
+
+    merged: dict = {}
+    for name in names:
+        for section, values in yaml.safe_load((CONFIG_DIR / name).read_text()).items():
+            merged[section] = dict(merged.get(section, {}), **values) if isinstance(values, dict) else values
+    return merged
+
+
+@pytest.mark.parametrize("size", list(OFFICIAL_DROP_PATH))
+def test_configs_are_the_official_recipe(size):
+    import inspect
+
+    from vizoo.data import ImageDataModule
+    from vizoo.train.module import ImageClassifier
+
+    cfg = _merged("base_in1k.yaml", f"overlock_{size}_in1k.yaml")
+    assert set(cfg["model"]) <= set(inspect.signature(ImageClassifier).parameters)
+    assert set(cfg["data"]) <= set(inspect.signature(ImageDataModule).parameters)
+    m, t, d = cfg["model"], cfg["trainer"], cfg["data"]
+    assert m["model_name"] == f"overlock_{size}" and m["drop_path_rate"] == OFFICIAL_DROP_PATH[size]
+    assert d["batch_size"] * t["devices"] * t["num_nodes"] == 2048 and m["lr"] == 2e-3
+    assert (m["weight_decay"], m["warmup_epochs"], m["min_lr"], m["ema_decay"]) == (0.05, 5, 1e-5, 0.9999)
+    assert (m["mixup"], m["cutmix"], m["label_smoothing"], d["re_prob"]) == (0.8, 1.0, 0.1, 0.25)
+    assert m["model_kwargs"]["aux_head"] and m["aux_loss_weight"] == 0.4
+    assert t["max_epochs"] == 300 and t["gradient_clip_val"] == 5.0 and d["auto_augment"] == "rand-m9-mstd0.5-inc1"
+
+
+@pytest.mark.slow
+def test_cpu_demo_config_trains(tmp_path, monkeypatch):
+    """Two training steps and a validation batch of the CPU demo (embedded digits), through the real CLI."""
+    from vizoo.train.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "-c", str(CONFIG_DIR / "overlock_demo_cpu.yaml"), "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--data.batch_size=8"])
+    assert cli.model.model.aux_head is not None
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_epoch"])

@@ -218,3 +218,11 @@ def test_rpb_index_matches_the_neighborhood_tables(shape, k):
     _, _, rel = neighborhood_indices(shape, (k, k), (1, 1), (1, 1), (False, False))
     assert torch.equal(window_rpb_index(*shape, k, torch.device("cpu")), rel)
     assert torch.equal(torch.jit.script(window_rpb_index)(*shape, k, torch.device("cpu")), rel)
+
+
+def test_tables_cached_in_inference_mode_serve_autograd_later():
+    attn, v = _inputs((6, 5), (3, 3), dtype=torch.float32, dim=4)
+    with torch.inference_mode():
+        na2d_av(attn, v, 3, backend="reference")  # first call of this shape: the window table is cached here
+    out = na2d_av(attn, v, 3, backend="reference")
+    assert torch.autograd.grad(out.sum(), v)[0].shape == v.shape

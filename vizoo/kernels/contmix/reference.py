@@ -30,7 +30,8 @@ from vizoo.kernels.neighborhood.reference import axis_windows, neighborhood_indi
 
 @functools.lru_cache(maxsize=128)
 def _cached_keys(spatial: tuple, kernel_size: tuple, dilation: tuple, device) -> Tensor:
-    key, _, _ = neighborhood_indices(spatial, kernel_size, dilation, (1, 1), (False, False), device)
+    with torch.inference_mode(False):  # a table cached under inference mode could not be saved for backward later
+        key, _, _ = neighborhood_indices(spatial, kernel_size, dilation, (1, 1), (False, False), device)
     return key
 
 
