@@ -80,13 +80,20 @@ def load_official(path: Path):
 
 @torch.no_grad()
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Perturb every parameter (zero-initialised GRN and relative position biases included) and BN statistic,
+    keeping activations at a moderate scale so that absolute logit differences are meaningful."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         noise = torch.randn(p.shape, generator=g)
-        p.copy_(p + 0.05 * noise if p.dim() > 1 and "rpb" not in name else 0.5 * noise + (p.mean() if p.numel() else 0))
+        if "rpb" in name:
+            p.copy_(noise)
+        elif p.dim() > 1 and p.numel() > p.shape[0] and not name.endswith(("gamma", "beta")):  # conv, linear
+            p.add_(0.01 * noise)
+        else:  # biases, norm affines, layer scales, GRN
+            p.add_(0.1 * noise)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_mean.copy_(0.2 * torch.rand(m.num_features, generator=g) - 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
