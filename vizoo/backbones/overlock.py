@@ -51,7 +51,6 @@ Differences:
       Overview projection that the official detection/segmentation copies add (those have no ImageNet weights);
     * no iGEMM large-kernel conv extension: cuDNN depthwise convs (the official code falls back to the same).
 """
-from __future__ import annotations
 
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
