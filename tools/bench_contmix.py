@@ -7,7 +7,12 @@ and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch for
 Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
 attn, v and the output gradient and writes d_attn and d_v. Times are medians of ``triton.testing.do_bench``.
 
-Usage (GPU): ``PYTHONPATH=. python3 tools/bench_contmix.py [--markdown docs/contmix_bench.md] [--json F]``
+``--models`` also times whole backbones side by side in the same process (bf16 autocast, batch 256, 224):
+``overlock_t`` vs ``convnext_tiny`` and ``overlock_s`` vs ``convnext_small``, inference (OverLoCK also after
+``reparameterize()``, as timm's ``benchmark.py --reparam`` does) and a training step, eager and with
+``--compile`` under ``torch.compile``, and logs each model's ten most expensive GPU kernels (where the time goes).
+
+Usage (GPU): ``PYTHONPATH=. python3 tools/bench_contmix.py [--models [--compile]] [--markdown F] [--json F]``
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vizoo.bench import HBM_BYTES_PER_S, _timeit, environment, markdown_table
+from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, environment, markdown_table
 from vizoo.kernels import na2d_av
 from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
 
@@ -115,10 +120,58 @@ def bench_case(case: Case, log=print) -> list[dict]:
     return rows
 
 
+MODEL_PAIRS = (("overlock_t", "convnext_tiny"), ("overlock_s", "convnext_small"))
+
+
+def bench_models(compile: bool = False, batch: int = 256, log=print) -> list[dict]:
+    """Images/s of each backbone: inference (eager, GPU-only, reparameterised, compiled) and a training step."""
+    import timm
+
+    import vizoo  # noqa: F401
+
+    rows = []
+    for name in [n for pair in MODEL_PAIRS for n in pair]:
+        torch.manual_seed(0)
+        model = timm.create_model(name).cuda()
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        row = dict(model=name, params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        model.train()
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().logsumexp(-1).mean()
+            loss.backward()
+
+        row["train img/s"] = batch / (_timeit(step, reps=300) * 1e-6)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            row["infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            row["infer img/s GPU-only"] = batch / (_gpu_time(lambda: model(x), iters=5) * 1e-6)
+            if hasattr(model, "reparameterize"):
+                model.reparameterize()
+                row["reparam infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            _log_top_kernels(lambda: model(x), name, log)
+            if compile:
+                compiled = torch.compile(model)
+                compiled(x)
+                row["compiled infer img/s"] = batch / (_timeit(lambda: compiled(x), reps=300) * 1e-6)
+        rows.append(row)
+        log(json.dumps(row))
+        model = compiled = None
+        torch.cuda.empty_cache()
+    by_name = {r["model"]: r for r in rows}
+    for ours, peer in MODEL_PAIRS:
+        for key in [k for k in by_name[ours] if k.endswith("img/s") and k in by_name[peer]]:
+            by_name[ours][f"{key} x {peer}"] = by_name[ours][key] / by_name[peer][key]
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", help="write the table (with the environment) to this file")
     parser.add_argument("--json", help="write the rows as JSON to this file")
+    parser.add_argument("--models", action="store_true", help="also time overlock_t/s against convnext_tiny/small")
+    parser.add_argument("--compile", action="store_true", help="models: also time torch.compile inference")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_contmix needs a CUDA GPU", file=sys.stderr)
@@ -127,14 +180,17 @@ def main(argv=None) -> int:
     for case in CASES:
         print(f"check {case.name}: max |triton - reference| (fp32) = {check(case):.2e}")
     rows = [r for case in CASES for r in bench_case(case)]
-    table = markdown_table(rows)
+    table = f"na2d_av, bf16 ({environment()})\n\n{markdown_table(rows)}\n"
+    models = bench_models(compile=args.compile) if args.models else []
+    if models:
+        table += f"\nbackbones, bf16 autocast, batch 256, 224\n\n{markdown_table(models)}\n"
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"na2d_av, bf16 ({environment()})\n\n{table}\n")
+            f.write(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"kernels": rows, "models": models}, f, indent=1)
     return 0
 
 
