@@ -286,7 +286,26 @@ def test_bad_configuration():
         timm.create_model("overlock_xt", **dict(TINY, sub_num_heads=(3, 2)))
 
 
+def test_compiled_model_matches_eager():
+    """torch.compile traces a whole (tiny) OverLoCK without graph breaks; aot_eager skips inductor's C++ build."""
+    model = tiny()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(x), model(x))
+
+
 # ------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+def test_inductor_compiled_model_matches_eager_gpu():
+    """overlock_t compiles with inductor in one graph (vizoo::na2d_av_fwd is one node), bf16, eager's logits."""
+    model = timm.create_model("overlock_t").cuda().eval()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = model(x).float()
+        out = torch.compile(model, fullgraph=True)(x).float()
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.gpu

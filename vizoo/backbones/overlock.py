@@ -33,13 +33,19 @@ Faithful to the official code:
       the large kernel, ContMix runs on a bilinear upsampling whose short side equals the kernel and its output
       is average-pooled back (any input of at least 32x32 pixels runs);
     * the module tree and most names, so the official checkpoints (train form and ``*_reparam`` form) load
-      through ``checkpoint_filter_fn`` with a few renames.
+      through ``checkpoint_filter_fn`` with a few renames. On the same random weights the logits of all four
+      variants, both forms and training mode (aux included) agree with the official code to 2e-6 in fp32
+      (``tools/check_official_overlock.py``; the table is in docs/models.md).
 
 Differences:
     * timm citizenship: ``create_model`` works on timm 1.x (the official factories raise ``TypeError``);
       the classifier is a Linear (``head.fc``; officially a 1x1 conv ``head.4``); the stem is ``stem``
       (``patch_embed1``); GRN is timm's ``GlobalResponseNorm`` and SE is timm's ``SEModule`` (same math,
-      1-D parameters); layer scales are 1-D ``weight``/``bias`` (officially a grouped 1x1 conv). The 1-D shapes
+      1-D parameters); layer scales are 1-D ``weight``/``bias`` (officially a grouped 1x1 conv); ContMix's
+      parameters sit under ``contmix.`` and its 49 -> k^2 + K^2 map is a Linear (officially a 1x1 conv); the
+      dilated branches are ``dilated.{i}.{conv,bn}`` (officially ``dil_conv_k{k}_{r}``/``dil_bn_k{k}_{r}``,
+      attributes TorchScript cannot loop over); drop path defaults to each variant's ImageNet recipe rate
+      (XT 0.1, T 0.15, S 0.4, B 0.5; officially 0 unless given). The 1-D shapes
       mean timm's optimiser factory exempts GRN and layer-scale parameters from weight decay, which the
       official run (4-D shapes) did not;
     * the auxiliary head is built only with ``aux_head=True`` (training recipes set it); then ``model(x)``
