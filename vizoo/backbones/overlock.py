@@ -255,6 +255,7 @@ class ContMix(nn.Module):
         kernel_size: the large kernel K.
         small_kernel: the small kernel k.
         groups: G; each half of C splits into G groups of ``C / (2G)`` channels.
+        pool_size: region centres per side (7 in every official model).
     """
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int, small_kernel: int, groups: int,
