@@ -112,9 +112,10 @@ def bench_case(case: Case, log=print) -> list[dict]:
                     "fwd+bwd HBM %": 100 * (fwd_bytes + bwd_bytes) / (both * 1e-6) / HBM_BYTES_PER_S})
         rows.append(row)
         log(json.dumps(row))
-    best_plain = {k: min(r[k] for r in rows if r["form"] != "triton") for k in ("fwd us", "fwd+bwd us")}
+    plain = [r for r in rows if r["form"] != "triton" and r["fwd us"] == r["fwd us"]]  # NaN: out of memory
+    best_plain = {k: min(r[k] for r in plain) for k in ("fwd us", "fwd+bwd us")} if plain else None
     for r in rows:
-        if r["form"] == "triton":
+        if r["form"] == "triton" and best_plain and r["fwd us"] == r["fwd us"]:
             r["fwd x best plain"] = best_plain["fwd us"] / r["fwd us"]
             r["fwd+bwd x best plain"] = best_plain["fwd+bwd us"] / r["fwd+bwd us"]
     return rows
