@@ -713,6 +713,7 @@ class OverLoCK(nn.Module):
             self.patch_embed2, self.blocks2 = nn.Identity(), nn.Sequential()
         if prune_head or max_index < 3:
             self.reset_classifier(0, "")
+            self.aux_head = None
         return take
 
 
