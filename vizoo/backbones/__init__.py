@@ -2,3 +2,4 @@
 
 from vizoo.backbones import nat  # noqa: F401
 from vizoo.backbones import inline_deit, inline_pvt, inline_swin, inline_cswin  # noqa: F401
+from vizoo.backbones import overlock  # noqa: F401

@@ -52,6 +52,11 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+def _split_aux(out):
+    """``(logits, aux_logits)`` from a model that returns a pair in training mode, else ``(out, None)``."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
 class ImageClassifier(L.LightningModule):
     """Image classification with a timm backbone built by name.
 
@@ -74,6 +79,8 @@ class ImageClassifier(L.LightningModule):
         grad_checkpointing: trade compute for memory in the backbone.
         channels_last: use the channels_last memory format.
         class_names: names of the classes (linked from the data module; written into predictions).
+        aux_loss_weight: weight of an auxiliary classifier's loss, added when the model returns
+            ``(logits, aux_logits)`` in training mode (OverLoCK with ``aux_head=True``: 0.4, as officially).
     """
 
     def __init__(
@@ -95,6 +102,7 @@ class ImageClassifier(L.LightningModule):
         grad_checkpointing: bool = False,
         channels_last: bool = False,
         class_names: list[str] | None = None,
+        aux_loss_weight: float = 0.4,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -139,11 +147,15 @@ class ImageClassifier(L.LightningModule):
         x, y = batch
         if self.mixup is not None and len(x) % 2 == 0:  # timm's Mixup flips the batch: it needs an even size
             x, soft = self.mixup(x, y)
-            logits = self(x)
+            logits, aux = _split_aux(self(x))
             loss = self.soft_loss(logits, soft)
+            if aux is not None:
+                loss = loss + self.hparams.aux_loss_weight * self.soft_loss(aux, soft)
         else:
-            logits = self(x)
+            logits, aux = _split_aux(self(x))
             loss = self.loss(logits, y)
+            if aux is not None:
+                loss = loss + self.hparams.aux_loss_weight * self.loss(aux, y)
             self.train_metrics.update(logits, y)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))

@@ -1,0 +1,228 @@
+"""``na2d_av`` (OverLoCK's ContMix aggregation): the reference against a brute-force loop (values and gradients),
+the unfold form against the reference, the Triton kernels against the reference (values, d_attn, d_v),
+torch.library integration and argument checks.
+
+On CPU the Triton kernels run under TRITON_INTERPRET=1 (tests/conftest.py) at tiny shapes; tests marked ``gpu``
+repeat the comparison at OverLoCK's real shapes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vizoo.kernels import na2d_av
+from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# brute force: one pixel and one tap at a time, windows written out from the definition
+def _window_start(i: int, L: int, k: int, d: int) -> int:
+    """First key (image coordinate) of pixel i's window: inside i's dilation group, centred, pushed inwards."""
+    group, gi = i % d, i // d
+    group_len = len(range(group, L, d))
+    start = min(max(gi - k // 2, 0), group_len - k)
+    return start * d + group
+
+
+def brute_force(attn, v, kernel_size, dilation):
+    B, H, W, heads, dim = v.shape
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    rows = []
+    for y in range(H):
+        y0 = _window_start(y, H, kh, dh)
+        cols = []
+        for x in range(W):
+            x0 = _window_start(x, W, kw, dw)
+            acc = torch.zeros(B, heads, dim, dtype=v.dtype)
+            for ry in range(kh):
+                for rx in range(kw):
+                    acc = acc + attn[:, y, x, :, ry * kw + rx, None] * v[:, y0 + ry * dh, x0 + rx * dw]
+            cols.append(acc)
+        rows.append(torch.stack(cols, 1))
+    return torch.stack(rows, 1)
+
+
+def _inputs(shape, kernel_size, dtype=torch.float64, device="cpu", batch=2, heads=2, dim=3):
+    taps = kernel_size[0] * kernel_size[1]
+    attn = torch.randn(batch, *shape, heads, taps, dtype=dtype, device=device).softmax(-1).requires_grad_()
+    v = torch.randn(batch, *shape, heads, dim, dtype=dtype, device=device, requires_grad=True)
+    return attn, v
+
+
+REF_CASES = [  # (H, W), (kh, kw), (dh, dw)
+    pytest.param((5, 6), (3, 3), (1, 1), id="5x6-k3"),
+    pytest.param((7, 5), (5, 3), (1, 1), id="7x5-k5x3"),
+    pytest.param((8, 7), (3, 2), (2, 3), id="8x7-k3x2-dil2x3"),
+    pytest.param((6, 6), (4, 5), (1, 1), id="6x6-even-k4x5"),
+    pytest.param((5, 5), (5, 5), (1, 1), id="window-is-the-image"),
+]
+
+
+@pytest.mark.parametrize("shape,ks,dil", REF_CASES)
+def test_reference_matches_brute_force(shape, ks, dil):
+    attn, v = _inputs(shape, ks)
+    ref = na2d_av(attn, v, ks, dil, backend="reference")
+    bf = brute_force(attn, v, ks, dil)
+    torch.testing.assert_close(ref, bf)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(ref, (attn, v), grad)
+    want = torch.autograd.grad(bf, (attn, v), grad)
+    for name, g, w in zip(("d_attn", "d_v"), got, want):
+        torch.testing.assert_close(g, w, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("shape,k", [((9, 7), 5), ((14, 14), 13), ((7, 7), 7)])
+def test_unfold_form_matches_reference(shape, k):
+    attn, v = _inputs(shape, (k, k))
+    torch.testing.assert_close(na2d_av_unfold(attn, v, k), na2d_av_reference(attn, v, (k, k), (1, 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton against the reference
+def _compare(shape, ks, dil, dtype, device=DEVICE, atol=2e-5, rtol=1e-4, **kw):
+    attn, v = _inputs(shape, ks, dtype=dtype, device=device, **kw)
+    grad = None
+    results = {}
+    for backend in ("reference", "triton"):
+        out = na2d_av(attn, v, ks, dil, backend=backend)
+        assert out.shape == v.shape and out.dtype == dtype
+        grad = torch.randn_like(out) if grad is None else grad
+        results[backend] = [out, *torch.autograd.grad(out, (attn, v), grad)]
+    for name, ref, tri in zip(("out", "d_attn", "d_v"), results["reference"], results["triton"]):
+        torch.testing.assert_close(tri.float(), ref.float(), atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+TRITON_CASES = [
+    pytest.param((6, 7), (3, 3), (1, 1), 8, id="6x7-k3-d8"),
+    pytest.param((10, 8), (5, 3), (2, 1), 5, id="10x8-k5x3-dil2x1-d5"),
+    pytest.param((7, 7), (7, 7), (1, 1), 16, id="7x7-k7-global"),
+    pytest.param((5, 9), (2, 4), (1, 2), 3, id="even-k-dil"),
+]
+
+
+@pytest.mark.parametrize("shape,ks,dil,dim", TRITON_CASES)
+def test_triton_matches_reference_fp32(shape, ks, dil, dim):
+    _compare(shape, ks, dil, torch.float32, dim=dim)
+
+
+def test_triton_matches_reference_fp16():
+    _compare((6, 5), (3, 5), (1, 1), torch.float16, dim=8, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,k,heads,dim,batch", [
+    pytest.param((14, 14), 13, 8, 16, 8, id="T-stage3-14x14-k13"),
+    pytest.param((14, 14), 5, 8, 16, 8, id="T-stage3-14x14-k5"),
+    pytest.param((7, 7), 7, 16, 16, 8, id="T-stage4-7x7-k7"),
+    pytest.param((56, 56), 13, 4, 16, 2, id="56x56-k13"),
+    pytest.param((17, 23), 13, 3, 10, 2, id="17x23-k13-d10"),
+])
+def test_triton_matches_reference_gpu(shape, k, heads, dim, batch, dtype):
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    _compare(shape, (k, k), (1, 1), dtype, device="cuda", heads=heads, dim=dim, batch=batch, **tol)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library integration
+def test_default_backend_follows_the_device():
+    attn, v = _inputs((6, 6), (3, 3), dtype=torch.float32, device=DEVICE, dim=16)
+    torch.testing.assert_close(na2d_av(attn, v, 3), na2d_av(attn, v, 3, backend="reference"))
+
+
+def test_custom_op_opcheck():
+    attn, v = _inputs((6, 5), (3, 3), dtype=torch.float32, device=DEVICE, batch=1, dim=8)
+    for use_triton in (False, True):
+        torch.library.opcheck(torch.ops.vizoo.na2d_av_fwd.default, (attn, v, [3, 3], [1, 1], use_triton),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_compile_matches_eager(backend):
+    attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    fn = lambda a, x: na2d_av(a, x * 2, 3, backend=backend).square().sum()  # noqa: E731
+    # aot_eager: dynamo + AOTAutograd with no graph break allowed, without the minutes of a C++ build on CI
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(attn, v), (attn, v))
+    want = torch.autograd.grad(fn(attn, v), (attn, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+class _AV(torch.nn.Module):
+    def forward(self, attn, v):
+        return na2d_av(attn, v, 3, backend="triton")
+
+
+def test_export_keeps_one_node():
+    attn, v = _inputs((6, 6), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    attn, v = attn.detach(), v.detach()
+    program = torch.export.export(_AV(), (attn, v))
+    assert "vizoo.na2d_av_fwd" in str(program.graph)
+    torch.testing.assert_close(program.module()(attn, v), _AV()(attn, v))
+
+
+def test_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attn, v = _inputs((7, 6), (3, 5), dtype=torch.float32, device=DEVICE, dim=8)
+    with FlopCounterMode(display=False) as counter:
+        out = na2d_av(attn, v, (3, 5), backend="triton")
+    assert counter.get_total_flops() == 2 * 2 * 7 * 6 * 2 * 15 * 8
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == 2 * 2 * 2 * 7 * 6 * 2 * 15 * 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks: all raised before any launch
+def _t(*shape, **kw):
+    return torch.randn(*shape, **kw)
+
+
+@pytest.mark.parametrize("call,match", [
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9), _t(1, 8, 8, 2, 4), 5), "kh\\*kw = 25", id="taps"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 25), _t(1, 8, 8, 2, 4), 5, dilation=2), "kernel_size \\* dilation",
+                 id="window-too-big"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 1), _t(1, 8, 8, 2, 4), 0), ">= 1", id="kernel-0"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9), _t(1, 8, 8, 2, 4), 3, dilation=0), ">= 1", id="dilation-0"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9), _t(1, 8, 8, 2, 4), (3, 3, 3)), "tuple of 2", id="3-axes"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 9), _t(1, 8, 8, 4), 3), "heads-last layout", id="4-dims"),
+    pytest.param(lambda: na2d_av(_t(1, 2, 8, 8, 9), _t(1, 8, 8, 2, 4), 3), "agree on \\[B, H, W, heads\\]",
+                 id="heads-first-attn"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9), _t(1, 8, 8, 2, 4, dtype=torch.float64), 3), "share dtype",
+                 id="mixed-dtype"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9).int(), _t(1, 8, 8, 2, 4).int(), 3), "unsupported dtype",
+                 id="int"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 2, 9, dtype=torch.float64), _t(1, 8, 8, 2, 4, dtype=torch.float64), 3,
+                                 backend="triton"), "unsupported dtype", id="fp64-triton"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 1, 9), _t(1, 8, 8, 1, 300), 3, backend="triton"), "at most 256",
+                 id="dim-too-big"),
+    pytest.param(lambda: na2d_av(_t(1, 8, 8, 1, 9), _t(1, 8, 8, 1, 4), 3, backend="tritn"), "Did you mean",
+                 id="backend-name"),
+    pytest.param(lambda: na2d_av([1.0], _t(1, 8, 8, 1, 4), 3), "torch.Tensor", id="not-a-tensor"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("shape,k", [((14, 14), 13), ((7, 9), 5), ((13, 20), 7)])
+def test_rpb_index_matches_the_neighborhood_tables(shape, k):
+    from vizoo.kernels.contmix.reference import window_rpb_index
+    from vizoo.kernels.neighborhood.reference import neighborhood_indices
+
+    _, _, rel = neighborhood_indices(shape, (k, k), (1, 1), (1, 1), (False, False))
+    assert torch.equal(window_rpb_index(*shape, k, torch.device("cpu")), rel)
+    assert torch.equal(torch.jit.script(window_rpb_index)(*shape, k, torch.device("cpu")), rel)
+
+
+def test_tables_cached_in_inference_mode_serve_autograd_later():
+    attn, v = _inputs((6, 5), (3, 3), dtype=torch.float32, dim=4)
+    with torch.inference_mode():
+        na2d_av(attn, v, 3, backend="reference")  # first call of this shape: the window table is cached here
+    out = na2d_av(attn, v, 3, backend="reference")
+    assert torch.autograd.grad(out.sum(), v)[0].shape == v.shape

@@ -1,0 +1,199 @@
+"""Benchmark ``na2d_av`` (OverLoCK's ContMix aggregation) on a CUDA GPU: vizoo's Triton kernels against the plain
+PyTorch forms, bf16, forward and forward+backward, with the HBM bandwidth each achieves.
+
+Contenders: ``triton`` (vizoo's fused kernels), ``gather`` (the reference: index-gather of every window then
+einsum), ``unfold`` (OverLoCK's own fallback formulation: ``F.unfold`` plus border re-indexing, then einsum),
+and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch formulation we have.
+Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
+attn, v and the output gradient and writes d_attn and d_v. Times are medians of ``triton.testing.do_bench``.
+
+``--models`` also times whole backbones side by side in the same process (bf16 autocast, batch 256, 224):
+``overlock_t`` vs ``convnext_tiny`` and ``overlock_s`` vs ``convnext_small``, inference (OverLoCK also after
+``reparameterize()``, as timm's ``benchmark.py --reparam`` does) and a training step, eager and with
+``--compile`` under ``torch.compile``, and logs each model's ten most expensive GPU kernels (where the time goes).
+
+Usage (GPU): ``PYTHONPATH=. python3 tools/bench_contmix.py [--models [--compile]] [--markdown F] [--json F]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, environment, markdown_table
+from vizoo.kernels import na2d_av
+from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
+
+
+@dataclass
+class Case:
+    name: str
+    batch: int
+    size: tuple
+    heads: int
+    dim: int
+    kernel: int
+
+
+CASES = [  # OverLoCK-T's Focus-Net shapes at 224 (G groups of 16 channels), and a high-resolution map
+    Case("T s3 14x14 k13 G8", 128, (14, 14), 8, 16, 13),
+    Case("T s3 14x14 k5 G8", 128, (14, 14), 8, 16, 5),
+    Case("T s4 7x7 k7 G16", 128, (7, 7), 16, 16, 7),
+    Case("56x56 k13 G8", 32, (56, 56), 8, 16, 13),
+]
+
+
+def _inputs(case: Case, batch: int, dtype):
+    shape = (batch, *case.size, case.heads)
+    attn = torch.randn(*shape, case.kernel**2, device="cuda", dtype=dtype).softmax(-1).requires_grad_()
+    v = torch.randn(*shape, case.dim, device="cuda", dtype=dtype, requires_grad=True)
+    return attn, v
+
+
+def _forms(k: int) -> dict:
+    gather = lambda a, v: na2d_av_reference(a, v, (k, k), (1, 1))  # noqa: E731
+    unfold = lambda a, v: na2d_av_unfold(a, v, k)  # noqa: E731
+    return {
+        "triton": lambda a, v: na2d_av(a, v, k, backend="triton"),
+        "gather": gather,
+        "unfold": unfold,
+        "gather compiled": torch.compile(gather, dynamic=False),
+        "unfold compiled": torch.compile(unfold, dynamic=False),
+    }
+
+
+def check(case: Case) -> float:
+    """Max |triton - reference| over out, d_attn, d_v in float32 at batch 2."""
+    attn, v = _inputs(case, 2, torch.float32)
+    err = 0.0
+    outs = {}
+    for backend in ("reference", "triton"):
+        out = na2d_av(attn, v, case.kernel, backend=backend)
+        grad = outs.get("grad", torch.randn_like(out))
+        outs["grad"] = grad
+        outs[backend] = [out, *torch.autograd.grad(out, (attn, v), grad)]
+    for r, t in zip(outs["reference"], outs["triton"]):
+        err = max(err, (r - t).abs().max().item())
+    return err
+
+
+def bench_case(case: Case, log=print) -> list[dict]:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    attn, v = _inputs(case, case.batch, torch.bfloat16)
+    grad = torch.randn_like(v)
+    nbytes = attn.element_size()
+    fwd_bytes = (attn.numel() + 2 * v.numel()) * nbytes
+    bwd_bytes = (2 * attn.numel() + 3 * v.numel()) * nbytes
+    rows = []
+    for name, fn in _forms(case.kernel).items():
+        row = dict(case=case.name, batch=case.batch, form=name)
+        try:
+            with torch.no_grad():
+                fn(attn, v)
+                fwd = _timeit(lambda: fn(attn, v))
+
+            def step():
+                torch.autograd.grad(fn(attn, v), (attn, v), grad)
+
+            step()
+            both = _timeit(step)
+        except torch.cuda.OutOfMemoryError:
+            row.update({"fwd us": float("nan"), "fwd+bwd us": float("nan")})
+            rows.append(row)
+            torch.cuda.empty_cache()
+            continue
+        row.update({"fwd us": fwd, "fwd+bwd us": both,
+                    "fwd HBM %": 100 * fwd_bytes / (fwd * 1e-6) / HBM_BYTES_PER_S,
+                    "fwd+bwd HBM %": 100 * (fwd_bytes + bwd_bytes) / (both * 1e-6) / HBM_BYTES_PER_S})
+        rows.append(row)
+        log(json.dumps(row))
+    plain = [r for r in rows if r["form"] != "triton" and r["fwd us"] == r["fwd us"]]  # NaN: out of memory
+    best_plain = {k: min(r[k] for r in plain) for k in ("fwd us", "fwd+bwd us")} if plain else None
+    for r in rows:
+        if r["form"] == "triton" and best_plain and r["fwd us"] == r["fwd us"]:
+            r["fwd x best plain"] = best_plain["fwd us"] / r["fwd us"]
+            r["fwd+bwd x best plain"] = best_plain["fwd+bwd us"] / r["fwd+bwd us"]
+    return rows
+
+
+MODEL_PAIRS = (("overlock_t", "convnext_tiny"), ("overlock_s", "convnext_small"))
+
+
+def bench_models(compile: bool = False, batch: int = 256, log=print) -> list[dict]:
+    """Images/s of each backbone: inference (eager, GPU-only, reparameterised, compiled) and a training step."""
+    import timm
+
+    import vizoo  # noqa: F401
+
+    rows = []
+    for name in [n for pair in MODEL_PAIRS for n in pair]:
+        torch.manual_seed(0)
+        model = timm.create_model(name).cuda()
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        row = dict(model=name, params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        model.train()
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().logsumexp(-1).mean()
+            loss.backward()
+
+        row["train img/s"] = batch / (_timeit(step, reps=300) * 1e-6)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            row["infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            row["infer img/s GPU-only"] = batch / (_gpu_time(lambda: model(x), iters=5) * 1e-6)
+            if hasattr(model, "reparameterize"):
+                model.reparameterize()
+                row["reparam infer img/s"] = batch / (_timeit(lambda: model(x), reps=300) * 1e-6)
+            _log_top_kernels(lambda: model(x), name, log)
+            if compile:
+                compiled = torch.compile(model)
+                compiled(x)
+                row["compiled infer img/s"] = batch / (_timeit(lambda: compiled(x), reps=300) * 1e-6)
+        rows.append(row)
+        log(json.dumps(row))
+        model = compiled = None
+        torch.cuda.empty_cache()
+    by_name = {r["model"]: r for r in rows}
+    for ours, peer in MODEL_PAIRS:
+        for key in [k for k in by_name[ours] if k.endswith("img/s") and k in by_name[peer]]:
+            by_name[ours][f"{key} x {peer}"] = by_name[ours][key] / by_name[peer][key]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", help="write the table (with the environment) to this file")
+    parser.add_argument("--json", help="write the rows as JSON to this file")
+    parser.add_argument("--models", action="store_true", help="also time overlock_t/s against convnext_tiny/small")
+    parser.add_argument("--compile", action="store_true", help="models: also time torch.compile inference")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_contmix needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(environment())
+    for case in CASES:
+        print(f"check {case.name}: max |triton - reference| (fp32) = {check(case):.2e}")
+    rows = [r for case in CASES for r in bench_case(case)]
+    table = f"na2d_av, bf16 ({environment()})\n\n{markdown_table(rows)}\n"
+    models = bench_models(compile=args.compile) if args.models else []
+    if models:
+        table += f"\nbackbones, bf16 autocast, batch 256, 224\n\n{markdown_table(models)}\n"
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"kernels": rows, "models": models}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

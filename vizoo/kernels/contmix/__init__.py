@@ -1,0 +1,97 @@
+"""``na2d_av``: per-pixel dynamic kernels applied over neighborhood windows (OverLoCK's ContMix aggregation).
+
+``out[b, y, x, h] = sum_t attn[b, y, x, h, t] * v[b, key_t(y, x), h]``, with ``key_t`` the t-th pixel (row-major)
+of the neighborhood-attention window of (y, x): NATTEN 0.17's ``natten.functional.na2d_av`` semantics, which
+NATTEN >= 0.20 no longer provides, in NATTEN's heads-last layout (NATTEN 0.17 and the official OverLoCK code
+use heads-first, ``[B, heads, H, W, ...]``; permute to switch). The public function validates its arguments,
+then runs the plain PyTorch reference (``reference.py``) or the fused Triton kernels (``triton.py``, through
+the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from vizoo.kernels.contmix import ops as _ops  # noqa: F401  (registers vizoo::na2d_av_fwd / _bwd)
+from vizoo.kernels.contmix.reference import na2d_av_reference
+from vizoo.kernels.neighborhood import _pick_backend, _per_axis
+
+IntOrPair = Union[int, Sequence[int]]
+
+BACKENDS = ("reference", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+REFERENCE_DTYPES = TRITON_DTYPES + (torch.float64,)
+MAX_TRITON_DIM = 256
+
+
+def check_arguments(attn: Tensor, v: Tensor, kernel_size, dilation, backend) -> tuple:
+    """Validate every argument before launch; return ``(kernel_size, dilation, backend)`` normalised.
+
+    Raises:
+        ValueError: naming the violated constraint and what is accepted.
+    """
+    for name, t in (("attn", attn), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 5:
+            raise ValueError(f"na2d_av expects {name} in the heads-last layout [B, H, W, heads, "
+                             f"{'kh*kw' if name == 'attn' else 'dim'}] (5 dims), got shape {tuple(t.shape)}")
+    if min(v.shape) < 1 or attn.shape[-1] < 1:
+        raise ValueError(f"attn and v must not have an empty dimension, got {tuple(attn.shape)}, {tuple(v.shape)}")
+    if attn.shape[:4] != v.shape[:4]:
+        raise ValueError(f"attn and v must agree on [B, H, W, heads] (heads-last layout), got {tuple(attn.shape)} "
+                         f"and {tuple(v.shape)}")
+    if attn.dtype != v.dtype or attn.device != v.device:
+        raise ValueError(f"attn and v must share dtype and device, got {attn.dtype} on {attn.device} and "
+                         f"{v.dtype} on {v.device}")
+    backend = _pick_backend(backend, v)
+    dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
+    if v.dtype not in dtypes:
+        raise ValueError(f"unsupported dtype {v.dtype} for the {backend} backend; accepted: "
+                         f"{', '.join(str(d) for d in dtypes)}")
+    if backend == "triton":
+        if v.shape[-1] > MAX_TRITON_DIM:
+            raise ValueError(f"dim must be at most {MAX_TRITON_DIM} for the triton backend, got {v.shape[-1]}")
+        if v.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
+                             f"for CPU tensors), got device {v.device}")
+    kernel_size = _per_axis("kernel_size", kernel_size, 2, int)
+    dilation = _per_axis("dilation", dilation, 2, int)
+    if min(kernel_size) < 1 or min(dilation) < 1:
+        raise ValueError(f"kernel_size and dilation must be >= 1, got kernel_size={kernel_size}, "
+                         f"dilation={dilation}")
+    for axis, (L, k, d) in enumerate(zip(v.shape[1:3], kernel_size, dilation)):
+        if k * d > L:
+            raise ValueError(f"kernel_size * dilation must not exceed the axis length: axis {axis} has length {L} "
+                             f"but kernel_size {k} * dilation {d} = {k * d}")
+    if attn.shape[-1] != kernel_size[0] * kernel_size[1]:
+        raise ValueError(f"attn's last dim must be kh*kw = {kernel_size[0] * kernel_size[1]} for kernel_size "
+                         f"{kernel_size}, got {attn.shape[-1]}")
+    return kernel_size, dilation, backend
+
+
+def na2d_av(
+    attn: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1, backend: Optional[str] = None
+) -> Tensor:
+    """Apply per-pixel weights over 2-D neighborhood windows (NATTEN 0.17 ``na2d_av``, heads-last).
+
+    Args:
+        attn: ``[B, H, W, heads, kh*kw]`` weights (typically softmaxed), row-major over the window.
+        v: ``[B, H, W, heads, dim]`` values, same dtype (float32, float16, bfloat16; float64 on the reference).
+        kernel_size: int or (kh, kw); ``kernel_size * dilation`` must fit each axis.
+        dilation: int or (dh, dw).
+        backend: ``None`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``[B, H, W, heads, dim]``, v's dtype. Differentiable in attn and v on both backends.
+    """
+    kernel_size, dilation, backend = check_arguments(attn, v, kernel_size, dilation, backend)
+    if backend == "reference":
+        return na2d_av_reference(attn, v, kernel_size, dilation)
+    return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
+
+
+__all__ = ["na2d_av", "check_arguments", "BACKENDS"]

@@ -1,0 +1,83 @@
+"""``torch.library`` registration of ``na2d_av``: ``vizoo::na2d_av_fwd`` and ``vizoo::na2d_av_bwd``.
+
+The ops carry fake (meta) implementations, an autograd formula and FLOP formulas, so ``torch.compile`` traces
+models that use them without graph breaks, ``torch.export`` keeps them as single nodes and
+``torch.utils.flop_counter.FlopCounterMode`` counts them (forward ``2 * B * H * W * heads * kh*kw * dim``, a
+multiply and an add per tap and channel; backward twice that: d_attn and d_v).
+
+``use_triton`` picks the fused kernel; ``False`` runs the plain PyTorch reference inside the op, which is what a
+TorchScript-compiled model calls on a CPU. Triton is imported only when a kernel runs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from vizoo.kernels.contmix.reference import na2d_av_reference
+
+
+@torch.library.custom_op("vizoo::na2d_av_fwd", mutates_args=())
+def na2d_av_fwd(attn: Tensor, v: Tensor, kernel_size: list[int], dilation: list[int], use_triton: bool) -> Tensor:
+    """Output of ``na2d_av`` (layout and dtype of v)."""
+    if use_triton:
+        from vizoo.kernels.contmix import triton as _triton
+
+        return _triton.forward(attn, v, kernel_size, dilation)
+    return na2d_av_reference(attn, v, kernel_size, dilation)
+
+
+@na2d_av_fwd.register_fake
+def _(attn, v, kernel_size, dilation, use_triton):
+    return torch.empty_like(v)
+
+
+@torch.library.custom_op("vizoo::na2d_av_bwd", mutates_args=())
+def na2d_av_bwd(grad_out: Tensor, attn: Tensor, v: Tensor, kernel_size: list[int], dilation: list[int],
+                use_triton: bool) -> tuple[Tensor, Tensor]:
+    """``(d_attn, d_v)``."""
+    if use_triton:
+        from vizoo.kernels.contmix import triton as _triton
+
+        return _triton.backward(grad_out, attn, v, kernel_size, dilation)
+    with torch.enable_grad():
+        a, x = attn.detach().requires_grad_(), v.detach().requires_grad_()
+        d_attn, d_v = torch.autograd.grad(na2d_av_reference(a, x, kernel_size, dilation), (a, x), grad_out)
+    return d_attn, d_v
+
+
+@na2d_av_bwd.register_fake
+def _(grad_out, attn, v, kernel_size, dilation, use_triton):
+    return torch.empty_like(attn), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    attn, v, kernel_size, dilation, use_triton = inputs
+    ctx.save_for_backward(attn, v)
+    ctx.options = (kernel_size, dilation, use_triton)
+
+
+def _backward(ctx, grad_out):
+    attn, v = ctx.saved_tensors
+    d_attn, d_v = na2d_av_bwd(grad_out.contiguous(), attn, v, *ctx.options)
+    return d_attn, d_v, None, None, None
+
+
+na2d_av_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def av_flops(v_shape, kernel_size) -> int:
+    """Forward FLOPs of one ``na2d_av`` call."""
+    return 2 * math.prod(v_shape) * math.prod(kernel_size)
+
+
+@register_flop_formula(torch.ops.vizoo.na2d_av_fwd)
+def _fwd_flops(attn_shape, v_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
+    return av_flops(v_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.vizoo.na2d_av_bwd)
+def _bwd_flops(grad_shape, attn_shape, v_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
+    return 2 * av_flops(v_shape, kernel_size)

@@ -1,0 +1,166 @@
+"""Fused ``na2d_av`` in Triton: forward, and a backward that returns d_attn and d_v without atomics.
+
+Same operator as ``reference.py`` (see there for the window rules). The design:
+
+* Host tables per axis (tiny, cached): ``first[p]``, the image coordinate of pixel p's first key (tap r of the
+  window sits at ``first[p] + r * dilation``), and the inverse, ``qfirst[j]`` / ``qcount[j]``: the pixels whose
+  windows hold key j are ``qfirst[j] + i * dilation`` for ``i < qcount[j]`` (windows are monotone, so this is a
+  contiguous run inside j's dilation group).
+* Forward and d_attn: a program owns ``BLOCK_P`` pixels of one (batch, head) and walks the window's taps in
+  chunks of ``BLOCK_O``: it loads the ``[BLOCK_P, BLOCK_O]`` weight tile (contiguous per pixel) and gathers the
+  ``[BLOCK_P, BLOCK_O, dim]`` values, then reduces over taps (forward) or over dim against the output gradient
+  (d_attn). Weights are read once; each value is re-read by up to ``kh * kw`` pixels, from cache.
+* d_v: a program owns ``BLOCK_P`` keys and walks the box of pixels that attend them (the inverse tables),
+  reading each pixel's weight at the tap that points back at the key. Accumulation is float32 throughout.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from vizoo.kernels.neighborhood.reference import axis_windows
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_tables(length: int, kernel: int, dilation: int, device: str) -> tuple:
+    """int32 ``first``, ``qfirst``, ``qcount`` for one axis, and the largest ``qcount`` (a loop bound)."""
+    lo, hi = axis_windows(length, kernel, dilation, 1, False)
+    pos = torch.arange(length)
+    first = lo * dilation + pos % dilation
+    # attends[q, j]: key j lies in q's window (same dilation group, lo <= j // d <= hi)
+    kg = pos // dilation
+    attends = (pos[:, None] % dilation == pos[None, :] % dilation) & (lo[:, None] <= kg) & (kg <= hi[:, None])
+    qcount = attends.sum(0)
+    qfirst = attends.int().argmax(0)
+    tables = tuple(t.to(torch.int32).to(device) for t in (first, qfirst, qcount))
+    return tables + (int(qcount.max()),)
+
+
+def _blocks(dim: int, taps: int) -> tuple:
+    block_d = triton.next_power_of_2(dim)
+    block_p = 32
+    block_o = max(1, min(triton.next_power_of_2(taps), 8192 // (block_p * block_d)))
+    return block_p, block_o, block_d
+
+
+@triton.jit
+def _gather_values(V, fy, fx, o, pmask, omask, v_img, h, W, HEADS, D, offs_d, dmask, KW: tl.constexpr,
+                   DIL_Y, DIL_X):
+    """The ``[P, O, BLOCK_D]`` values at taps ``o`` of each pixel's window (float32), and the tile mask."""
+    ky = fy[:, None] + (o // KW)[None, :] * DIL_Y
+    kx = fx[:, None] + (o % KW)[None, :] * DIL_X
+    vrow = ((v_img + ky * W + kx) * HEADS + h) * D
+    m2 = pmask[:, None] & omask[None, :]
+    vals = tl.load(V + vrow[:, :, None] + offs_d[None, None, :], mask=m2[:, :, None] & dmask[None, None, :],
+                   other=0.0)
+    return vals.to(tl.float32), m2
+
+
+@triton.jit
+def _av_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, DIL_Y, DIL_X, KH: tl.constexpr, KW: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, GRAD_ATTN: tl.constexpr):
+    """``GRAD_ATTN=False``: OUT = sum_t A[., t] * V[key t] (forward). ``True``: OUT[., t] = <G, V[key t]>."""
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < H * W
+    fy = tl.load(FY + p // W, mask=pmask, other=0)
+    fx = tl.load(FX + p % W, mask=pmask, other=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    v_img = b.to(tl.int64) * H * W
+    row = (v_img + p) * HEADS + h  # (pixel, head) row of A, G and OUT
+    a_row = row * (KH * KW)
+    io_mask = pmask[:, None] & dmask[None, :]
+    if GRAD_ATTN:
+        g = tl.load(G + row[:, None] * D + offs_d[None, :], mask=io_mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+    for o0 in range(0, KH * KW, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        omask = o < KH * KW
+        vals, m2 = _gather_values(V, fy, fx, o, pmask, omask, v_img, h, W, HEADS, D, offs_d, dmask, KW, DIL_Y,
+                                  DIL_X)
+        if GRAD_ATTN:
+            da = tl.sum(g[:, None, :] * vals, axis=2)
+            tl.store(OUT + a_row[:, None] + o[None, :], da.to(OUT.dtype.element_ty), mask=m2)
+        else:
+            a = tl.load(A + a_row[:, None] + o[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc += tl.sum(a[:, :, None] * vals, axis=1)
+    if not GRAD_ATTN:
+        tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def _dv_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, QCX, H, W, HEADS, D, DIL_Y, DIL_X, NQY, NQX,
+               KH: tl.constexpr, KW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """DV[key] = sum over the pixels q whose window holds key of A[q, tap(q, key)] * G[q]."""
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    j = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    jmask = j < H * W
+    jy = j // W
+    jx = j % W
+    qfy = tl.load(QFY + jy, mask=jmask, other=0)
+    qcy = tl.load(QCY + jy, mask=jmask, other=0)
+    qfx = tl.load(QFX + jx, mask=jmask, other=0)
+    qcx = tl.load(QCX + jx, mask=jmask, other=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    img = b.to(tl.int64) * H * W
+    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+    for iy in range(0, NQY):
+        qy = qfy + iy * DIL_Y
+        my = jmask & (iy < qcy)
+        ty = (jy - tl.load(FY + qy, mask=my, other=0)) // DIL_Y
+        for ix in range(0, NQX):
+            qx = qfx + ix * DIL_X
+            m = my & (ix < qcx)
+            tx = (jx - tl.load(FX + qx, mask=m, other=0)) // DIL_X
+            row = (img + qy * W + qx) * HEADS + h
+            a = tl.load(A + row * (KH * KW) + ty * KW + tx, mask=m, other=0.0).to(tl.float32)
+            g = tl.load(G + row[:, None] * D + offs_d[None, :], mask=m[:, None] & dmask[None, :], other=0.0)
+            acc += a[:, None] * g.to(tl.float32)
+    out_row = (img + j) * HEADS + h
+    tl.store(DV + out_row[:, None] * D + offs_d[None, :], acc.to(DV.dtype.element_ty),
+             mask=jmask[:, None] & dmask[None, :])
+
+
+def _plan(v, kernel_size, dilation):
+    B, H, W, heads, dim = v.shape
+    ty = _axis_tables(H, kernel_size[0], dilation[0], str(v.device))
+    tx = _axis_tables(W, kernel_size[1], dilation[1], str(v.device))
+    block_p, block_o, block_d = _blocks(dim, kernel_size[0] * kernel_size[1])
+    grid = (triton.cdiv(H * W, block_p), B * heads)
+    return ty, tx, grid, block_p, block_o, block_d
+
+
+def forward(attn, v, kernel_size, dilation):
+    """``[B, H, W, heads, dim]`` output of ``na2d_av`` (contiguous inputs, any float dtype Triton loads)."""
+    attn, v = attn.contiguous(), v.contiguous()
+    B, H, W, heads, dim = v.shape
+    (fy, _, _, _), (fx, _, _, _), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
+    out = torch.empty_like(v)
+    _av_kernel[grid](attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1], KH=kernel_size[0],
+                     KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4)
+    return out
+
+
+def backward(grad_out, attn, v, kernel_size, dilation):
+    """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out``."""
+    grad_out, attn, v = grad_out.contiguous(), attn.contiguous(), v.contiguous()
+    B, H, W, heads, dim = v.shape
+    (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
+    d_attn = torch.empty_like(attn)
+    d_v = torch.empty_like(v)
+    _av_kernel[grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1],
+                     KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True,
+                     num_warps=4)
+    _dv_kernel[grid](attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0], dilation[1],
+                     nqy, nqx, KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_D=bd, num_warps=4)
+    return d_attn, d_v
