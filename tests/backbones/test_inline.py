@@ -256,7 +256,7 @@ def test_cuda_triton_model_matches_cpu_reference_gpu(name, monkeypatch):
     x = torch.randn(4, 3, 224, 224)
     outs, grads = [], []
     for device in ("cpu", "cuda"):
-        xi = x.to(device).requires_grad_(True)
+        xi = x.detach().to(device).requires_grad_(True)  # a leaf on each device
         out = model.to(device)(xi)
         out.square().sum().backward()
         outs.append(out.detach().cpu())
