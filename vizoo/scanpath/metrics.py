@@ -79,7 +79,7 @@ def _check_inside(points: np.ndarray, screen_size: tuple[float, float], name: st
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"{name}: fixation {i} at {tuple(points[i])} lies outside the {width}x{height} screen "
+            f"{name}: fixation {i} at {tuple(points[i].tolist())} lies outside the {width}x{height} screen "
             "(coordinates must be in [0, width] x [0, height] pixels)"
         )
 
