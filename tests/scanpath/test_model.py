@@ -10,7 +10,7 @@ from vizoo.scanpath.data import collate_scenes, scene_tensors
 from vizoo.scanpath.model import OAT, fit_positional_table, next_object_targets
 from vizoo.scanpath.synthetic import make_scenes
 
-TINY = dict(crop_size=(16, 16), appearance_dim=32, position_dim=32, num_heads=2, ffn_dim=64, encoder_layers=1,
+TINY = dict(crop_size=(32, 32), appearance_dim=32, position_dim=32, num_heads=2, ffn_dim=64, encoder_layers=1,
             decoder_layers=2, max_steps=24)
 
 
@@ -19,7 +19,7 @@ def scenes():
     return make_scenes(5, seed=11, fill=0.7)  # different object counts: batches are padded
 
 
-def _batch(scenes, crop=(16, 16)):
+def _batch(scenes, crop=(32, 32)):
     return collate_scenes([dict(scene_tensors(s, crop), scanpath=torch.tensor(s.scanpaths[0])) for s in scenes])
 
 
@@ -112,6 +112,9 @@ def test_timm_appearance_encoder(scenes):
 def test_bad_input():
     with pytest.raises(ValueError, match="unknown appearance backbone 'resnet_nope'"):
         OAT(appearance="resnet_nope", **TINY)
+    with pytest.raises(ValueError, match="at least 29x29 pixels"):
+        OAT(**dict(TINY, crop_size=(24, 24)))
+    assert OAT(**dict(TINY, crop_size=(150, 93))).appearance.fc.in_features == 1440  # OAT's FC(1440 -> 256)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         OAT(**dict(TINY, num_heads=5))
     model = OAT(**TINY)

@@ -16,7 +16,8 @@ Faithful to the paper / official code:
       BOS at the display centre, decoder tokens built the same way plus a sinusoidal time code and a causal
       mask; nn.Transformer encoder-decoder (defaults: d_model 512 = 256 + 256, 4 heads, FFN 512, 4 + 4 layers,
       dropout 0.1, Xavier-uniform initialisation);
-    * the small CNN (conv5x5(16), max-pool 5, conv3x3(32), max-pool 3, linear to 256);
+    * the small CNN (conv5x5(16), max-pool 5, conv3x3(32), max-pool 3, linear to 256; 1440 flattened features
+      for OAT's 150x93 crops);
     * the positional code: a table whose rows' cosine similarity is fitted to a Gaussian of their index
       distance (sigma 2) with a penalty pulling row norms to their mean, fitted by Adam; an object's code is
       ``[E[row] ; E[col] ; E[flag]]`` truncated to the positional width;
@@ -33,7 +34,7 @@ Differs, and why:
     * the target token comes first and the stop class is index 0 (objects are 1..N), so that scenes with
       different object counts batch together with padding masks; there is no PAD class (padding is masked);
     * the blank BOS patch is zeros everywhere (the official code uses ones in training and zeros at test);
-    * crops default to 32x32 for the synthetic displays (OAT: 150x93), the CNN's flattened size follows.
+    * crops default to 32x32 for the synthetic displays (OAT: 150x93); the CNN's flattened size follows.
 """
 from __future__ import annotations
 
@@ -85,12 +86,14 @@ class SmallCNN(nn.Module):
 
     def __init__(self, crop_size: tuple[int, int], out_dim: int):
         super().__init__()
+        if min(crop_size) < 29:
+            raise ValueError(f"the small CNN needs crops of at least 29x29 pixels, got crop_size={tuple(crop_size)}")
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 5), nn.ReLU(), nn.MaxPool2d(5, ceil_mode=True),
-            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(3, ceil_mode=True), nn.Flatten(),
+            nn.Conv2d(3, 16, 5), nn.ReLU(), nn.MaxPool2d(5),
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(3), nn.Flatten(),
         )
         with torch.no_grad():
-            flat = self.features(torch.zeros(1, 3, *crop_size)).shape[1]
+            flat = self.features(torch.zeros(1, 3, *crop_size)).shape[1]  # 1440 for OAT's 150x93 crops
         self.fc = nn.Linear(flat, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
