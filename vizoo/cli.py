@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "convert": ("vizoo.hub.convert", "convert an official checkpoint into a vizoo export folder"),
     "bench": ("vizoo.bench", "benchmark kernels and backbones (on a GPU)"),
     "models": ("vizoo.cli_models", "list the registered vizoo models"),
+    "scanpath": ("vizoo.scanpath.cli", "predict and evaluate OAT gaze scanpaths (vs baselines), benchmark"),
 }
 
 

@@ -33,7 +33,7 @@ def test_fitted_positional_table_follows_a_gaussian_of_distance():
     unit = F.normalize(table, dim=1)
     index = torch.arange(12.0)
     goal = torch.exp(-((index[:, None] - index[None]) ** 2) / 8)
-    assert (unit @ unit.T - goal).abs().max() < 0.05
+    assert (unit @ unit.T - goal).abs().max() < 0.01
     norms = table.norm(dim=1)
     assert (norms.max() - norms.min()) / norms.mean() < 0.05
     assert torch.equal(table, fit_positional_table(12, 30, sigma=2.0))  # seeded
@@ -121,3 +121,26 @@ def test_bad_input():
     batch = _batch(make_scenes(1, seed=0))
     with pytest.raises(ValueError, match="every target must index a valid object"):
         model(dict(batch, target=torch.tensor([99])))
+
+
+@pytest.mark.gpu
+def test_oat_full_size_on_cuda_matches_cpu():
+    """OAT's own widths and crops (150x93) on the GPU: logits match the CPU, batched greedy decoding is the same
+    as one scene at a time, and a bf16 autocast training step is finite."""
+    torch.manual_seed(0)
+    scenes = make_scenes(6, seed=4, fill=0.7)
+    batch = _batch(scenes, (150, 93))
+    model = OAT(crop_size=(150, 93)).eval()
+    cpu = model(batch)
+    model.cuda()
+    gpu_batch = {k: v.cuda() for k, v in batch.items()}
+    torch.testing.assert_close(model(gpu_batch).cpu(), cpu, atol=1e-3, rtol=1e-3)
+    paths = model.generate(gpu_batch, max_length=10)
+    for b, scene in enumerate(scenes):
+        single = {k: v.cuda() for k, v in _batch([scene], (150, 93)).items()}
+        assert paths[b] == model.generate(single, max_length=10)[0]
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model.loss(gpu_batch)
+    loss.backward()
+    assert torch.isfinite(loss)

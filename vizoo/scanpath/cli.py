@@ -37,9 +37,11 @@ def load_module(checkpoint: str | Path, device: str = "cpu"):
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "oat" not in ckpt.get("hyper_parameters", {}):
         raise ValueError(f"{checkpoint} is not a `vizoo fit` checkpoint of a ScanpathModule (configs/scanpath/)")
-    module = ScanpathModule(**ckpt["hyper_parameters"])
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # e.g. the CLI's _class_path
+    module = ScanpathModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
-    return module.to(device).eval(), dict(ckpt.get("datamodule_hyper_parameters") or {})
+    data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    return module.to(device).eval(), data
 
 
 def load_split(data_hparams: dict[str, Any], data: str | None, split: str):

@@ -132,7 +132,7 @@ class ScanpathDataModule(L.LightningDataModule):
         split: train / val / test fractions of the scenes.
         split_seed: seed of the shuffle before the split.
         crop_size: (height, width) of object crops; by default the model's.
-        max_length: human scanpaths are cut to this many fixations for training.
+        max_fixations: human scanpaths are cut to this many fixations for training and the loss.
         batch_size: per-device batch size (training samples are (scene, human scanpath) pairs).
         num_workers: DataLoader workers.
     """
@@ -144,14 +144,14 @@ class ScanpathDataModule(L.LightningDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         split_seed: int = 1234,
         crop_size: tuple[int, int] | None = None,
-        max_length: int = 16,
+        max_fixations: int = 16,
         batch_size: int = 20,
         num_workers: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
-        if max_length < 1 or batch_size < 1:
-            raise ValueError(f"max_length and batch_size must be >= 1, got {max_length}, {batch_size}")
+        if max_fixations < 1 or batch_size < 1:
+            raise ValueError(f"max_fixations and batch_size must be >= 1, got {max_fixations}, {batch_size}")
         self._splits: dict[str, list[Scene]] | None = None
         self._items: dict[str, list[dict]] = {}
 
@@ -183,10 +183,10 @@ class ScanpathDataModule(L.LightningDataModule):
             for name, scenes in self._splits.items():
                 tensors = [scene_tensors(s, crop) for s in scenes]
                 if name == "train":  # one sample per human scanpath
-                    items = [dict(t, scanpath=torch.tensor(p[: self.hparams.max_length]))
+                    items = [dict(t, scanpath=torch.tensor(p[: self.hparams.max_fixations]))
                              for t, s in zip(tensors, scenes) for p in s.scanpaths]
                 else:  # one sample per scene; its first human scanpath gives the loss
-                    items = [dict(t, scanpath=torch.tensor(s.scanpaths[0][: self.hparams.max_length]), index=i)
+                    items = [dict(t, scanpath=torch.tensor(s.scanpaths[0][: self.hparams.max_fixations]), index=i)
                              for i, (t, s) in enumerate(zip(tensors, scenes))]
                 self._items[name] = items
 

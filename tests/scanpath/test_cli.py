@@ -1,0 +1,83 @@
+"""End to end: `vizoo fit -c configs/scanpath/oat_synthetic.yaml` (shortened) then `vizoo scanpath evaluate|predict`;
+a short run on synthetic data must beat every baseline on held-out scenes. Also the CLI's config detection,
+its errors, `synthesize` and the benchmark entry point."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vizoo.scanpath.bench import main as bench_main
+from vizoo.scanpath.cli import main as scanpath_main
+from vizoo.scanpath.data import load_scenes
+from vizoo.train.cli import cli_main, names_model_class
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "scanpath" / "oat_synthetic.yaml")
+
+# A small world in which search is mostly spatial (a strong saccade-length cost) with some target guidance.
+WORLD = {"num_scenes": 240, "seed": 0, "rows": 3, "cols": 4, "searchers": 2,
+         "search": {"guidance": 3.0, "distance_cost": 20.0}}
+SHORT = [
+    '--model.init_args.oat={"crop_size": [32, 32], "appearance_dim": 64, "position_dim": 64, "num_heads": 2, '
+    '"ffn_dim": 128, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}',
+    "--model.init_args.lr=6e-3", "--model.init_args.max_length=12",
+    f"--data.init_args.synthetic={json.dumps(WORLD)}", "--data.init_args.split=[0.6, 0.1, 0.3]",
+    "--data.init_args.batch_size=32", "--trainer.max_epochs=30", "--trainer.enable_model_summary=false",
+    "--run_name=short",
+]
+FLOOR = {"sequence_score": 0.40, "behavioural_error": 0.40}
+
+
+def test_config_detection_keeps_image_configs_on_image_classifier():
+    assert names_model_class(["fit", "-c", CONFIG])
+    assert names_model_class(["fit", "--model.class_path=vizoo.scanpath.ScanpathModule"])
+    assert not names_model_class(["fit", "-c", str(ROOT / "configs" / "demo" / "digits.yaml")])
+    assert not names_model_class(["fit", "--model.model_name=test_vit"])
+
+
+@pytest.mark.slow
+def test_short_training_beats_every_baseline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "-c", CONFIG, *SHORT])
+    ckpt = tmp_path / "logs" / "short" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    scanpath_main(["evaluate", "--checkpoint", str(ckpt), "--out", "ev", "--plots", "2"])
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    methods = report["methods"]
+    assert report["num_scenes"] == 72 and set(methods) == {"OAT", "random", "centre", "similarity"}
+    oat = methods["OAT"]
+    for name in ("random", "centre", "similarity"):
+        assert oat["sequence_score"] > methods[name]["sequence_score"], (name, methods)
+        assert oat["behavioural_error"] < methods[name]["behavioural_error"], (name, methods)
+    assert oat["sequence_score"] >= FLOOR["sequence_score"] and oat["behavioural_error"] <= FLOOR["behavioural_error"]
+    assert "| OAT |" in (tmp_path / "ev" / "metrics.md").read_text()
+    assert len(list((tmp_path / "ev" / "plots").glob("*.png"))) == 2
+
+    scanpath_main(["predict", "--checkpoint", str(ckpt), "--out", "pred", "--samples", "3", "--plots", "1"])
+    predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(predictions) == 72 and all(len(p) == 3 and all(1 <= len(s) <= 12 for s in p) for p in predictions.values())
+
+
+def test_cli_errors_and_synthesize(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
+        scanpath_main(["evaluate", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o")])
+    fake = tmp_path / "image.ckpt"
+    torch.save({"hyper_parameters": {"model_name": "resnet18"}, "state_dict": {}}, fake)
+    with pytest.raises(ValueError, match="not a `vizoo fit` checkpoint of a ScanpathModule"):
+        scanpath_main(["evaluate", "--checkpoint", str(fake), "--out", str(tmp_path / "o")])
+    scanpath_main(["synthesize", "--out", str(tmp_path / "world"), "--num-scenes", "3", "--seed", "2"])
+    assert [s.scene_id for s in load_scenes(tmp_path / "world")] == [f"synthetic-2-{i}" for i in range(3)]
+
+
+def test_bench_entry_point_on_cpu(capsys):
+    bench_main(["--device", "cpu", "--batch-size", "2", "--objects", "4", "--max-length", "2", "--crop-size", "32",
+                "32", "--warmup", "0", "--iters", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["what"] for r in rows] == ["inference (greedy)", "train step"]
+    assert all(r["scanpaths_per_s"] > 0 for r in rows)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            bench_main(["--device", "cuda"])
