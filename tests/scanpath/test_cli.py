@@ -17,15 +17,17 @@ from vizoo.train.cli import cli_main, names_model_class
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "scanpath" / "oat_synthetic.yaml")
 
-# A small world in which search is mostly spatial (a strong saccade-length cost) with some target guidance.
-WORLD = {"num_scenes": 240, "seed": 0, "rows": 3, "cols": 4, "searchers": 2,
-         "search": {"guidance": 3.0, "distance_cost": 20.0}}
+# Searchers guided by shape more than colour, with a strong saccade-length cost (fairly deterministic, so a
+# learned policy can be told apart from the baselines); many scenes with one searcher each, so that the
+# appearance encoder sees many displays in a few epochs.
+WORLD = {"num_scenes": 1500, "seed": 0, "rows": 3, "cols": 5, "searchers": 1,
+         "search": {"guidance": 8.0, "distance_cost": 20.0, "colour_weight": 0.5, "shape_weight": 1.0}}
 SHORT = [
-    '--model.init_args.oat={"crop_size": [32, 32], "appearance_dim": 64, "position_dim": 64, "num_heads": 2, '
-    '"ffn_dim": 128, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}',
-    "--model.init_args.lr=6e-3", "--model.init_args.max_length=12",
-    f"--data.init_args.synthetic={json.dumps(WORLD)}", "--data.init_args.split=[0.6, 0.1, 0.3]",
-    "--data.init_args.batch_size=32", "--trainer.max_epochs=30", "--trainer.enable_model_summary=false",
+    '--model.init_args.oat={"crop_size": [32, 32], "appearance_dim": 48, "position_dim": 48, "num_heads": 2, '
+    '"ffn_dim": 96, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}',
+    "--model.init_args.lr=3e-3", "--model.init_args.max_length=12",
+    f"--data.init_args.synthetic={json.dumps(WORLD)}", "--data.init_args.split=[0.8, 0.05, 0.15]",
+    "--data.init_args.batch_size=32", "--trainer.max_epochs=8", "--trainer.enable_model_summary=false",
     "--run_name=short",
 ]
 FLOOR = {"sequence_score": 0.40, "behavioural_error": 0.40}
@@ -47,7 +49,7 @@ def test_short_training_beats_every_baseline(tmp_path, monkeypatch):
     scanpath_main(["evaluate", "--checkpoint", str(ckpt), "--out", "ev", "--plots", "2"])
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     methods = report["methods"]
-    assert report["num_scenes"] == 72 and set(methods) == {"OAT", "random", "centre", "similarity"}
+    assert report["num_scenes"] == 225 and set(methods) == {"OAT", "random", "centre", "similarity"}
     oat = methods["OAT"]
     for name in ("random", "centre", "similarity"):
         assert oat["sequence_score"] > methods[name]["sequence_score"], (name, methods)
@@ -58,7 +60,7 @@ def test_short_training_beats_every_baseline(tmp_path, monkeypatch):
 
     scanpath_main(["predict", "--checkpoint", str(ckpt), "--out", "pred", "--samples", "3", "--plots", "1"])
     predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    assert len(predictions) == 72 and all(len(p) == 3 and all(1 <= len(s) <= 12 for s in p) for p in predictions.values())
+    assert len(predictions) == 225 and all(len(p) == 3 and all(1 <= len(s) <= 12 for s in p) for p in predictions.values())
 
 
 def test_cli_errors_and_synthesize(tmp_path):

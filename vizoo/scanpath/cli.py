@@ -111,7 +111,8 @@ def print_table(results: dict[str, dict[str, float]], title: str) -> None:
         table.add_column(header, justify="right")
     for name, row in results.items():
         table.add_row(name, *(f"{row[k]:.3f}" for k, _ in TABLE_COLUMNS))
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)  # pipes and logs get the whole table
 
 
 def _write_plots(scenes, methods: dict[str, list[list[list[int]]]], out: Path, count: int) -> None:
