@@ -26,11 +26,12 @@ SHORT = [
     '--model.init_args.oat={"crop_size": [32, 32], "appearance_dim": 48, "position_dim": 48, "num_heads": 2, '
     '"ffn_dim": 96, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}',
     "--model.init_args.lr=3e-3", "--model.init_args.max_length=12",
+    "--model.init_args.monitor=val/sequence_score", "--model.init_args.monitor_mode=max",
     f"--data.init_args.synthetic={json.dumps(WORLD)}", "--data.init_args.split=[0.8, 0.05, 0.15]",
-    "--data.init_args.batch_size=32", "--trainer.max_epochs=8", "--trainer.enable_model_summary=false",
+    "--data.init_args.batch_size=32", "--trainer.max_epochs=7", "--trainer.enable_model_summary=false",
     "--run_name=short",
 ]
-FLOOR = {"sequence_score": 0.40, "behavioural_error": 0.40}
+FLOOR = {"sequence_score": 0.42, "behavioural_error": 0.40}  # measured: 0.444 and 0.326
 
 
 def test_config_detection_keeps_image_configs_on_image_classifier():
@@ -40,8 +41,18 @@ def test_config_detection_keeps_image_configs_on_image_classifier():
     assert not names_model_class(["fit", "--model.model_name=test_vit"])
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the same arithmetic (and so the same trained model) on every machine, and no
+    thread spinning when CI shares its cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_short_training_beats_every_baseline(tmp_path, monkeypatch):
+def test_short_training_beats_every_baseline(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     cli_main(["fit", "-c", CONFIG, *SHORT])
     ckpt = tmp_path / "logs" / "short" / "version_0" / "checkpoints" / "last.ckpt"

@@ -35,7 +35,9 @@ Differs, and why:
     * the target token comes first and the stop class is index 0 (objects are 1..N), so that scenes with
       different object counts batch together with padding masks; there is no PAD class (padding is masked);
     * the blank BOS patch is zeros everywhere (the official code uses ones in training and zeros at test);
-    * crops default to 32x32 for the synthetic displays (OAT: 150x93); the CNN's flattened size follows.
+    * crops default to 32x32 for the synthetic displays (OAT: 150x93); the CNN's flattened size follows;
+      crops in [0, 1] are standardised as ``(x - 0.5) / 0.25`` before the appearance encoder (OAT feeds the
+      [0, 1] values; centred inputs train faster from scratch).
 """
 from __future__ import annotations
 
