@@ -142,7 +142,7 @@ def test_split_by_scene():
     scenes = make_scenes(10, seed=0)
     train, val, test = split_scenes(scenes)
     ids = [[s.scene_id for s in part] for part in (train, val, test)]
-    assert [len(i) for i in ids] == [8, 1, 1] and len(set(sum(ids, []))) == 10
+    assert [len(i) for i in ids] == [8, 1, 1] and len({i for part in ids for i in part}) == 10
     assert ids == [[s.scene_id for s in part] for part in split_scenes(scenes)]
     with pytest.raises(ValueError, match="summing to 1"):
         split_scenes(scenes, (0.5, 0.2, 0.2))

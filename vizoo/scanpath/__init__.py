@@ -6,6 +6,15 @@ from vizoo.scanpath.synthetic import GuidedSearch, make_scenes
 from vizoo.scanpath.train import ScanpathDataModule, ScanpathModule
 
 __all__ = [
-    "OAT", "GuidedSearch", "Scene", "ScanpathDataModule", "ScanpathModule", "load_scenes", "make_scenes",
-    "read_coco_search18", "read_oat", "save_scenes", "split_scenes",
+    "OAT",
+    "GuidedSearch",
+    "ScanpathDataModule",
+    "ScanpathModule",
+    "Scene",
+    "load_scenes",
+    "make_scenes",
+    "read_coco_search18",
+    "read_oat",
+    "save_scenes",
+    "split_scenes",
 ]

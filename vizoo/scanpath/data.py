@@ -30,12 +30,15 @@ import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from vizoo.utils import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "vizoo-scanpath"
 
@@ -143,9 +146,9 @@ def split_scenes(
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     order = np.random.default_rng(seed).permutation(len(scenes))
-    n_train = int(round(fractions[0] * len(scenes)))
-    n_val = int(round(fractions[1] * len(scenes)))
-    pick = lambda idx: [scenes[i] for i in idx]  # noqa: E731
+    n_train = round(fractions[0] * len(scenes))
+    n_val = round(fractions[1] * len(scenes))
+    pick = lambda idx: [scenes[i] for i in idx]
     return pick(order[:n_train]), pick(order[n_train:n_train + n_val]), pick(order[n_train + n_val:])
 
 
@@ -360,7 +363,7 @@ def _load_json(path: Path) -> Any:
 # tensors for the model
 
 
-def scene_tensors(scene: Scene, crop_size: tuple[int, int] = (32, 32)) -> dict[str, "torch.Tensor"]:
+def scene_tensors(scene: Scene, crop_size: tuple[int, int] = (32, 32)) -> dict[str, torch.Tensor]:
     """A scene as model inputs: ``crops`` [N, 3, h, w] (each box resized to ``crop_size``, values in [0, 1]),
     ``centres`` [N, 2] (box centres as fractions of the image width and height) and ``target`` (scalar)."""
     import torch
@@ -369,8 +372,8 @@ def scene_tensors(scene: Scene, crop_size: tuple[int, int] = (32, 32)) -> dict[s
     image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
     crops = []
     for x0, y0, x1, y1 in scene.boxes:
-        x0, y0 = int(math.floor(x0)), int(math.floor(y0))
-        x1, y1 = max(int(math.ceil(x1)), x0 + 1), max(int(math.ceil(y1)), y0 + 1)
+        x0, y0 = math.floor(x0), math.floor(y0)
+        x1, y1 = max(math.ceil(x1), x0 + 1), max(math.ceil(y1), y0 + 1)
         crop = image[None, :, y0:y1, x0:x1]
         crops.append(F.interpolate(crop, size=tuple(crop_size), mode="bilinear", antialias=True, align_corners=False)[0])
     width, height = scene.size
@@ -378,7 +381,7 @@ def scene_tensors(scene: Scene, crop_size: tuple[int, int] = (32, 32)) -> dict[s
     return {"crops": torch.stack(crops), "centres": centres, "target": torch.tensor(scene.target)}
 
 
-def collate_scenes(items: Sequence[dict]) -> dict[str, "torch.Tensor"]:
+def collate_scenes(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Pad a list of :func:`scene_tensors` dicts (optionally with a ``scanpath`` 1-D long tensor and an
     ``index``) into a batch: ``crops`` [B, N, 3, h, w], ``centres`` [B, N, 2], ``valid`` [B, N] (False on
     padding objects), ``target`` [B], ``scanpath`` [B, T] (-1 on padding), ``index`` [B]."""
