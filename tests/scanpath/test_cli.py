@@ -17,21 +17,12 @@ from vizoo.train.cli import cli_main, names_model_class
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "scanpath" / "oat_synthetic.yaml")
 
-# Searchers guided by shape more than colour, with a strong saccade-length cost (fairly deterministic, so a
-# learned policy can be told apart from the baselines); many scenes with one searcher each, so that the
-# appearance encoder sees many displays in a few epochs.
-WORLD = {"num_scenes": 1500, "seed": 0, "rows": 3, "cols": 5, "searchers": 1,
-         "search": {"guidance": 8.0, "distance_cost": 20.0, "colour_weight": 0.5, "shape_weight": 1.0}}
+# The recipe as it is (a world whose searchers are guided more by shape than by colour, with a strong
+# saccade-length cost; many scenes with one searcher each), shortened to 6 epochs, keeping the checkpoint with
+# the best validation sequence score; on the CPU so that the run is the same everywhere.
 SHORT = [
-    (
-        '--model.init_args.oat={"crop_size": [32, 32], "appearance_dim": 48, "position_dim": 48, "num_heads": 2, '
-        '"ffn_dim": 96, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}'
-    ),
-    "--model.init_args.lr=3e-3", "--model.init_args.max_length=12",
     "--model.init_args.monitor=val/sequence_score", "--model.init_args.monitor_mode=max",
-    f"--data.init_args.synthetic={json.dumps(WORLD)}", "--data.init_args.split=[0.8, 0.05, 0.15]",
-    "--data.init_args.batch_size=32", "--trainer.max_epochs=6", "--trainer.enable_model_summary=false",
-    "--run_name=short",
+    "--trainer.max_epochs=6", "--trainer.accelerator=cpu", "--trainer.enable_model_summary=false", "--run_name=short",
 ]
 FLOOR = {"sequence_score": 0.42, "behavioural_error": 0.40}  # measured: 0.444 and 0.326
 
