@@ -74,7 +74,9 @@ def test_cli_errors_and_synthesize(tmp_path):
     torch.save({"hyper_parameters": {"model_name": "resnet18"}, "state_dict": {}}, fake)
     with pytest.raises(ValueError, match="not a `vizoo fit` checkpoint of a ScanpathModule"):
         scanpath_main(["evaluate", "--checkpoint", str(fake), "--out", str(tmp_path / "o")])
-    scanpath_main(["synthesize", "--out", str(tmp_path / "world"), "--num-scenes", "3", "--seed", "2"])
+    from vizoo.cli import main as vizoo_main
+
+    vizoo_main(["scanpath", "synthesize", "--out", str(tmp_path / "world"), "--num-scenes", "3", "--seed", "2"])
     assert [s.scene_id for s in load_scenes(tmp_path / "world")] == [f"synthetic-2-{i}" for i in range(3)]
 
 
