@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "carve": ("vizoo.vlm.cli_carve", "answer questions about images with CARVE (Hugging Face VLMs)"),
     "paint": ("vizoo.vlm.cli_paint", "generate VLM answers or captions with PAINT (less hallucination)"),
     "vlm-eval": ("vizoo.vlm.cli_eval", "score VLM answers with CHAIR or POPE"),
+    "scanpath": ("vizoo.scanpath.cli", "predict and evaluate OAT gaze scanpaths (vs baselines), benchmark"),
 }
 
 

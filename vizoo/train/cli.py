@@ -17,6 +17,10 @@ TensorBoard loggers under ``logs/<run_name>/version_N`` (not for ``predict``, wh
 ``--predictions_file``), and the RNG state in every checkpoint. A run that fails before it wrote a checkpoint or a
 metric leaves no ``version_N`` folder behind.
 
+A config whose ``model`` has a ``class_path`` (configs/scanpath/) names its own LightningModule and data module;
+it gets the progress bar, learning-rate monitor, loggers, ``last.ckpt`` with the RNG state, and its module's
+``configure_callbacks``.
+
 Bad input (unreadable YAML, a missing or corrupt checkpoint, a GPU accelerator without a GPU, an output file that
 exists) is a ``ValueError`` with one line that says what was wrong; ``vizoo`` prints it without a traceback.
 """
@@ -107,8 +111,9 @@ def _plain(value: Any) -> Any:
 
 class VizooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        if not self.subclass_mode_model:  # ImageClassifier/ImageDataModule: class count and names flow from the data
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.add_argument("--run_name", default="run", help="folder name under logs/ for this run")
         parser.add_argument(
             "--allow_hparam_changes", type=bool, default=False,
@@ -251,26 +256,49 @@ def _empty_events(path: Path) -> bool:
     return path.name.startswith("events.out.tfevents.") and path.stat().st_size <= 128
 
 
-def trainer_defaults() -> dict:
+def trainer_defaults(own_model: bool = False) -> dict:
+    """The callbacks every run gets; a module named by ``class_path`` (``own_model``) brings its own
+    ModelCheckpoint through ``configure_callbacks``."""
+    best = [] if own_model else [ModelCheckpoint(monitor="val/acc", mode="max", filename="best-{epoch}-{step}")]
     return {
-        "callbacks": [
-            RichProgressBar(),
-            ModelCheckpoint(monitor="val/acc", mode="max", filename="best-{epoch}-{step}"),
-            LastCheckpoint(),
-            LearningRateMonitor(logging_interval="step"),
-            RngState(),
-        ],
+        "callbacks": [RichProgressBar(), *best, LastCheckpoint(), LearningRateMonitor(logging_interval="step"),
+                      RngState()],
         "log_every_n_steps": 10,
     }
 
 
+def names_model_class(args: list[str] | None) -> bool:
+    """Whether the command line or one of its ``-c``/``--config`` files gives ``model.class_path`` (e.g.
+    configs/scanpath/): then any LightningModule/LightningDataModule pair named by class_path is used; otherwise
+    ImageClassifier/ImageDataModule. A config that cannot be read counts as not naming one (the parser reports it)."""
+    import yaml
+
+    args = list(sys.argv[1:] if args is None else args)
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag.startswith(("--model.class_path", "--model=")) or flag == "--model":
+            return True
+        if flag.startswith("--config="):
+            value = flag.split("=", 1)[1]
+        elif flag not in ("-c", "--config"):
+            continue
+        try:
+            config = yaml.safe_load(Path(value).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(config, dict) and isinstance(config.get("model"), dict) and "class_path" in config["model"]:
+            return True
+    return False
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> VizooCLI:
+    own_model = names_model_class(args)
+    classes = dict(model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True) \
+        if own_model else dict(model_class=ImageClassifier, datamodule_class=ImageDataModule)
     return VizooCLI(
-        ImageClassifier,
-        ImageDataModule,
+        **classes,
         args=args,
         run=run,
-        trainer_defaults=trainer_defaults(),
+        trainer_defaults=trainer_defaults(own_model),
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": True, "exit_on_error": False,
                        **{name: {"exit_on_error": False} for name in ("fit", "validate", "test", "predict")}},
