@@ -15,6 +15,8 @@ Backends: ``reference.py`` (plain PyTorch, any device, the specification) and ``
 backward, through the ``vizoo::inline_fwd`` / ``vizoo::inline_bwd`` custom ops of ``ops.py``). The public
 function
 validates its arguments, then dispatches: Triton on CUDA, the reference elsewhere, or what ``backend`` forces.
+The Triton kernels take head dims up to 64 in float32 and up to 128 in float16/bfloat16 (a float32 head dim of 128
+needs 288 KiB of shared memory, more than an H200 has); outside that, the default dispatch uses the reference.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_DTYPES = TRITON_DTYPES + (torch.float64,)
 TRITON_MAX_DIM = 128
+TRITON_MAX_DIM_FP32 = 64
+
+
+def _triton_max_dim(dtype: torch.dtype) -> int:
+    return TRITON_MAX_DIM_FP32 if dtype == torch.float32 else TRITON_MAX_DIM
 
 
 def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[str]) -> str:
@@ -60,7 +67,7 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[st
     if min(q.shape) < 1:
         raise ValueError(f"q must not have an empty dimension, got shape {tuple(q.shape)}")
     if backend is None:
-        backend = "triton" if q.is_cuda else "reference"
+        backend = "triton" if q.is_cuda and q.shape[-1] <= _triton_max_dim(q.dtype) else "reference"
     if backend not in BACKENDS:
         raise unknown_name_error("backend", backend, BACKENDS)
     dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
@@ -70,9 +77,10 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[st
             f"{', '.join(str(d) for d in dtypes)}"
         )
     if backend == "triton":
-        if q.shape[-1] > TRITON_MAX_DIM:
+        if q.shape[-1] > _triton_max_dim(q.dtype):
             raise ValueError(
-                f"head dim must be at most {TRITON_MAX_DIM} for the triton backend, got {q.shape[-1]}"
+                f"head dim must be at most {TRITON_MAX_DIM_FP32} (float32) or {TRITON_MAX_DIM} (float16, bfloat16) "
+                f"for the triton backend, got {q.shape[-1]} in {q.dtype}"
             )
         if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(

@@ -223,12 +223,6 @@ def _num_warps(block_d: int) -> int:
     return 4 if block_d <= 64 else 8
 
 
-def _num_stages(block_d: int) -> int:
-    """Software-pipelining depth: at head dim 128 the float32 states alone fill most of an H200's 227 KiB of
-    shared memory, so the loads are not multi-buffered there (3 stages asked for 288 KiB and failed to launch)."""
-    return 3 if block_d <= 64 else 1
-
-
 def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
     """Per (batch, head) float32 state ``factor * (A - mean A)^T B`` (``center``) or ``factor * A^T B``,
     ``[B*heads, BD, BD]``, and the column means of A and B, ``[B*heads, 2, BD]`` (zero-padded to
@@ -259,7 +253,6 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
         BLOCK_N=BLOCK_N,
         PREC=_prec(a.dtype),
         num_warps=_num_warps(bd),
-        num_stages=_num_stages(bd),
     )
     state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
     means = torch.empty(bh, 2, bd, device=a.device, dtype=torch.float32)
@@ -306,7 +299,6 @@ def forward(q, k, v, scale: float):
         BLOCK_N=BLOCK_N,
         PREC=_prec(q.dtype),
         num_warps=_num_warps(bd),
-        num_stages=_num_stages(bd),
     )
     return out, state, means
 
@@ -343,6 +335,5 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         BLOCK_N=BLOCK_N,
         PREC=_prec(q.dtype),
         num_warps=_num_warps(bd),
-        num_stages=_num_stages(bd),
     )
     return dq, dk, dv
