@@ -1,5 +1,9 @@
 """The timm model contract (DESIGN.md), checked over every registered vizoo model on CPU at a small input size.
 
+Besides the methods, every model must trace with FX (forward, and backward in training mode; layers that cannot
+be traced register themselves with timm's ``register_notrace_module`` / ``register_notrace_function``), compile
+with TorchScript and export with ``torch.export``, giving the eager output each time.
+
 Families add themselves by registering: this file names no model. Models are built for a 64x64 input
 (``img_size=64`` where the constructor takes it, so that resolution-derived settings such as DiNAT's dilations
 fit the small input instead of padding it) unless the cfg gives a ``test_input_size``.
@@ -9,7 +13,7 @@ import copy
 import pytest
 import timm
 import torch
-from timm.models import group_parameters
+from timm.models import get_notrace_functions, get_notrace_modules, group_parameters
 
 import vizoo
 
@@ -119,3 +123,48 @@ def test_prune_intermediate_layers_keeps_the_taken_features(built):
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
         again = pruned.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
     assert torch.allclose(first, again, atol=1e-6), name
+
+
+class _NotraceTracer(torch.fx.Tracer):
+    """The FX tracer timm's tests use: timm's registered no-trace modules stay leaves, no-trace functions are
+    recorded as calls."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()), param_shapes_constant=True)
+        self.leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _fx(model: torch.nn.Module) -> torch.fx.GraphModule:
+    return torch.fx.GraphModule(model, _NotraceTracer().trace(model))
+
+
+def test_fx_forward_and_backward(built):
+    name, model, x = built
+    with torch.no_grad():
+        assert torch.equal(_fx(model)(x), model(x)), "FX graph output differs from eager"
+    model.train()
+    try:
+        traced = _fx(model)  # traced in training mode (DropPath's branch is taken at trace time)
+        traced(x).square().mean().backward()
+    finally:
+        model.eval()
+    missing = [n for n, p in traced.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    assert not missing, f"parameters without gradient through the FX graph: {missing[:10]}"
+
+
+def test_torchscript(built):
+    name, model, x = built
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_torch_export(built):
+    name, model, x = built
+    program = torch.export.export(model, (x,), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-4)
