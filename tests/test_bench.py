@@ -127,3 +127,21 @@ def test_cpu_memory_table_compares_each_model_with_its_peer():
     assert calls == ["a", "peer"]  # each model measured once
     assert rows[0]["input"] == "384x384" and rows[0]["step GiB"] == pytest.approx(2.0)
     assert rows[0]["peak / peer"] == pytest.approx(1.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size,kernel,dilation", [((56, 56), 7, 1), ((56, 56), 7, 8), ((28, 28), 7, 4)])
+def test_flex_peer_computes_neighborhood_attention_gpu(size, kernel, dilation):
+    """The bench's Flex peer (compiled flex_attention with the arithmetic mask) equals na2d's reference."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from vizoo.bench import na_mask_mod
+    from vizoo.kernels import na2d
+
+    q, k, v = (torch.randn(2, *size, 2, 32, device="cuda") for _ in range(3))
+    n = size[0] * size[1]
+    mask = create_block_mask(na_mask_mod(*size, kernel, dilation), None, None, n, n, device="cuda")
+    flat = [t.flatten(1, 2).transpose(1, 2) for t in (q, k, v)]
+    got = torch.compile(flex_attention, dynamic=False)(*flat, block_mask=mask)
+    expected = na2d(q, k, v, kernel, dilation=dilation, backend="reference")
+    torch.testing.assert_close(got.transpose(1, 2).reshape(q.shape), expected, atol=2e-5, rtol=1e-4)

@@ -181,6 +181,21 @@ def test_chunked_gradcheck():
     assert torch.autograd.gradcheck(fn, (q, k, v, rpb))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dilation,use_rpb", [(1, True), (8, False)])
+def test_chunked_matches_reference_gpu(dilation, use_rpb):
+    """NAT-T stage-1 shapes on CUDA, several chunks: values and every gradient."""
+    q, k, v = (torch.randn(2, 56, 56, 2, 32, device="cuda", requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 13, 13, device="cuda", requires_grad=True) if use_rpb else None
+    params = [q, k, v] + ([rpb] if use_rpb else [])
+    ref = na2d(q, k, v, 7, dilation=dilation, rpb=rpb, backend="reference")
+    got = chunked.neighborhood_attention(q, k, v, [7, 7], [dilation] * 2, [1, 1], [False, False], rpb,
+                                         chunk_elements=1 << 18)
+    grad = torch.randn_like(ref)
+    for a, b in zip([got, *torch.autograd.grad(got, params, grad)], [ref, *torch.autograd.grad(ref, params, grad)]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_chunked_backward_keeps_no_gathered_copies():
     """The activations autograd keeps for the chunked path are O(N * heads * dim), not O(N * K * heads * dim)
     (integer index tables are not counted: they are cached once per shape and shared by all calls)."""
