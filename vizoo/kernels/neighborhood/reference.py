@@ -21,7 +21,8 @@ NATTEN's definitions (its FlexAttention mask is the most explicit statement of t
 
 This file gathers each query's ``prod(kernel_size)`` candidate keys with integer index arithmetic and runs a
 masked softmax over them; it works for any number of spatial axes, any device and any dtype, and is
-differentiable. Memory is O(N * prod(kernel_size) * heads * dim), so it is meant for tests and CPUs.
+differentiable. Memory is O(N * prod(kernel_size) * heads * dim) (autograd keeps both gathers), so it is the
+specification for tests; ``chunked.py`` computes the same thing in bounded memory for the models on CPU.
 """
 from __future__ import annotations
 
