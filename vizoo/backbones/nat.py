@@ -37,6 +37,9 @@ Differences (none changes a pretrained model's output):
       ``dilations=``. Pretrained tags set ``img_size`` (and the 11x11 tag sets ``kernel_size=11``);
     * ``stride=s`` (model kwarg) turns every NA layer into a GNA strided window (stride 1 is NAT);
       strided windows have no relative position bias (``rpb`` defaults to ``stride == 1``).
+    * timm's whole test contract holds: FX traces the models with the NA layer as a leaf module and the input
+      check as a leaf function (timm's ``register_notrace_module`` / ``register_notrace_function``), and
+      TorchScript compiles them with the chunked PyTorch attention (a Triton launch cannot be scripted).
 
 A NAT checkpoint and a DiNAT checkpoint of the same size have identical keys and shapes (dilation is not
 stored), so either loads into either model without error: pick the model name that matches the weights.
