@@ -91,7 +91,8 @@ args = sys.argv[1:]
 assert "vizoo" in sys.modules and timm.is_model("nat_tiny"), "vizoo was not imported first"
 names = open(args[args.index("--model-list") + 1]).read().split()
 rate = 2.0 if "--torchcompile" in args else 1.0
-out = [dict(model=n, infer_samples_per_sec=rate * (i + 1), train_samples_per_sec=rate) for i, n in enumerate(names)]
+out = [dict(model=n, infer_samples_per_sec=rate * (i + 1), train_samples_per_sec=rate)
+       for i, n in enumerate(names)]
 json.dump(out, open(args[args.index("--results-file") + 1], "w"))
 '''
 

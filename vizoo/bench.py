@@ -421,7 +421,8 @@ TIMM_PAIRS = (
 TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"]}
 
 # Imports vizoo (registering its models with timm), then runs timm's benchmark.py as its own __main__.
-_TIMM_RUNNER = "import runpy, sys, vizoo; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+_TIMM_RUNNER = ("import runpy, sys, vizoo; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def timm_benchmark_script(timm_repo: str) -> str:

@@ -192,7 +192,8 @@ def test_chunked_matches_reference_gpu(dilation, use_rpb):
     got = chunked.neighborhood_attention(q, k, v, [7, 7], [dilation] * 2, [1, 1], [False, False], rpb,
                                          chunk_elements=1 << 18)
     grad = torch.randn_like(ref)
-    for a, b in zip([got, *torch.autograd.grad(got, params, grad)], [ref, *torch.autograd.grad(ref, params, grad)]):
+    got_all = [got, *torch.autograd.grad(got, params, grad)]
+    for a, b in zip(got_all, [ref, *torch.autograd.grad(ref, params, grad)]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -203,8 +204,12 @@ def test_chunked_backward_keeps_no_gathered_copies():
     sizes = {}
     for backend in ("reference", "chunked"):
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.is_floating_point()) or t,
-                                                   lambda t: t):
+
+        def pack(t):
+            saved.append(t.numel() * t.is_floating_point())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             na2d(q, k, v, 7, backend=backend)
         sizes[backend] = sum(saved)
     n_qkv = q.numel()

@@ -50,10 +50,11 @@ class LayerNorm(nn.LayerNorm):
 
     PyTorch's CUDA layer norm is slow on the short rows of channels-last maps (see
     ``vizoo.kernels.layernorm.triton``); on CUDA, outside ``torch.compile``/export/FX/TorchScript, this module
-    uses the fused kernel, elsewhere ``F.layer_norm`` (so FX traces it as a plain layer norm). Output dtypes are those of ``nn.LayerNorm`` (float32 under
-    autocast, which lists layer norm as a float32 op), except with ``autocast_output=True``: then, under
-    autocast, the output is already in the autocast dtype, for norms whose output only feeds a Linear that
-    autocast would cast anyway (same values, one cast kernel fewer).
+    uses the fused kernel, elsewhere ``F.layer_norm`` (so FX traces it as a plain layer norm). Output dtypes
+    are those of ``nn.LayerNorm`` (float32 under autocast, which lists layer norm as a float32 op), except
+    with ``autocast_output=True``: then, under autocast, the output is already in the autocast dtype, for
+    norms whose output only feeds a Linear that autocast would cast anyway (same values, one cast kernel
+    fewer).
     """
 
     def __init__(self, *args, autocast_output: bool = False, **kwargs) -> None:

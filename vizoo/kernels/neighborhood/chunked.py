@@ -5,8 +5,8 @@ against in values and gradients), computed differently. The reference gathers ev
 ``prod(kernel_size)`` keys and values at once and autograd keeps both gathers, so a training step holds
 ``2 * N * K * heads * dim`` extra numbers per layer (``K = prod(kernel_size)``): 32x the layer's own
 activations for NAT's 7x7 windows, gigabytes for DiNAT-L at 384. Here the queries are processed in chunks
-whose gathered keys and values stay under ``chunk_elements`` numbers each (4M by default, 16 MiB in fp32), and the backward
-(``ChunkedNA``) keeps only q, k, v, the output and the log-sum-exp, then re-gathers each chunk and
+whose gathered keys and values stay under ``chunk_elements`` numbers each (4M by default, 16 MiB in fp32),
+and the backward (``ChunkedNA``) keeps only q, k, v, the output and the log-sum-exp, then re-gathers each chunk and
 scatters the key/value gradients back with ``index_add_``, in the manner of FlashAttention's recomputation.
 
 Under TorchScript, ``torch.compile``/``torch.export`` and FX the forward runs without the custom autograd
