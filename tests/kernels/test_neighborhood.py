@@ -173,6 +173,19 @@ def test_chunked_is_the_cpu_default_and_scripts():
     torch.testing.assert_close(scripted(q, k, v, [3, 3], [2, 1], [1, 1], [True, False], None, None, 50), expected)
 
 
+def test_chunked_export_first_then_eager():
+    """Exporting before any eager call must not leave the tracer's (fake) index tables in the cache."""
+    class NA(torch.nn.Module):
+        def forward(self, x):
+            return na2d(x, x, x, 3, dilation=(3, 2), backend="chunked")
+
+    x = torch.randn(1, 10, 11, 1, 4, requires_grad=True)
+    program = torch.export.export(NA(), (x.detach(),), strict=False)
+    expected = na2d(x, x, x, 3, dilation=(3, 2), backend="reference")
+    torch.testing.assert_close(NA()(x), expected)
+    torch.testing.assert_close(program.module()(x.detach()), expected.detach())
+
+
 def test_chunked_gradcheck():
     q, k, v = (torch.randn(1, 6, 4, 1, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
     rpb = torch.randn(1, 5, 3, dtype=torch.float64, requires_grad=True)

@@ -119,6 +119,8 @@ def neighborhood_attention(
     compute = q.dtype if q.dtype == torch.float32 or q.dtype == torch.float64 else torch.float32
     if torch.jit.is_scripting():
         key, valid, rel = neighborhood_indices(spatial, kernel_size, dilation, stride, is_causal, q.device)
+    elif tracing():  # never cache tensors made under a tracer (export's fake tensors, for one)
+        key, valid, rel = neighborhood_indices(list(spatial), kernel_size, dilation, stride, is_causal, q.device)
     else:
         key, valid, rel = _cached_indices(tuple(spatial), tuple(kernel_size), tuple(dilation), tuple(stride),
                                           tuple(is_causal), q.device)
