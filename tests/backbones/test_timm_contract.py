@@ -152,6 +152,8 @@ def test_fx_forward_and_backward(built, eager_output):
     name, model, x = built
     with torch.no_grad():
         assert torch.equal(_fx(model)(x), eager_output), "FX graph output differs from eager"
+    if sum(p.numel() for p in model.parameters()) > 100e6:
+        return  # the backward of the largest models costs CI most; timm's own CI skips them the same way
     model.train()
     try:
         traced = _fx(model)  # traced in training mode (DropPath's branch is taken at trace time)
