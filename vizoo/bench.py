@@ -1,14 +1,23 @@
 """``vizoo bench``: GPU benchmarks of vizoo's kernels (and backbones) against their peers, side by side.
 
 Neighborhood attention (bf16, heads-last inputs): vizoo's Triton kernel vs PyTorch FlexAttention (compiled,
-with a block mask built from the same window tables, and a ``score_mod`` for RPB), dense SDPA over all
-tokens (full attention: what NA replaces, not the same operator) and the PyTorch reference. Shapes are the
+with a block mask from an arithmetic NATTEN-semantics ``mask_mod`` and a ``score_mod`` for RPB), dense SDPA
+over all tokens (full attention: what NA replaces, not the same operator) and the PyTorch reference. Shapes are the
 four NAT-Tiny stages at 224 (batch 64), a DiNAT dilation-8 layer at 56x56 and a 128x128 high-resolution
 case (k=13, head dim 64). FlexAttention and SDPA get their native ``[B, heads, N, dim]`` layout (no
 transpose is timed). Times are medians of ``triton.testing.do_bench``.
 
+Backbones as a timm user measures them: ``--timm DIR`` runs timm's own ``benchmark.py`` (from a
+pytorch-image-models checkout, after ``import vizoo``) on vizoo's models and their timm peers in one command:
+default NCHW input, bf16 AMP, batch 256, eager and ``--torchcompile``, inference and training, and tabulates
+images/s and the ratios to the peer.
+
+CPU memory: ``--cpu-memory`` measures the peak resident memory of one batch-1 CPU training step of vizoo's
+largest models beside a comparable timm model, each in a fresh subprocess (no GPU needed).
+
 Usage: ``vizoo bench [--check] [--tune | --host] [--models [--compile] [--profile]] [--cases A,B] [--json F]
-[--markdown F]`` (needs a CUDA GPU).
+[--markdown F]``, ``vizoo bench --timm DIR [--timm-batch N]`` (these need a CUDA GPU), ``vizoo bench
+--cpu-memory``.
 """
 from __future__ import annotations
 
@@ -99,27 +108,41 @@ def _flex_layout(q, k, v, grad):
     return qt.requires_grad_(True), kt.requires_grad_(True), vt.requires_grad_(True), gt
 
 
-def _flex_fns(case: Case):
-    """FlexAttention forward with a block mask (and score_mod for RPB) equivalent to na2d."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def na_mask_mod(height: int, width: int, kernel: int, dilation: int = 1) -> Callable:
+    """FlexAttention ``mask_mod`` of 2-D neighborhood attention (NATTEN's semantics, stride 1, not causal) in
+    pure index arithmetic: no table lookups, so the compiled mask is a few integer ops per pair.
 
-    from vizoo.kernels.neighborhood.reference import axis_windows
+    Per axis: the pair must share the dilation group (``index % dilation``); in group coordinates
+    (``index // dilation``) the window is centred on the query, shifted inwards at the group's borders
+    (``group_len = ceil((L - group) / dilation)``), with ``kernel // 2`` keys on the left and the rest on the
+    right.
+    """
+    left = kernel // 2
+    right = kernel - 1 - left
 
-    H, W = case.size
-    d, ks = case.dilation, case.kernel
-    lo_y, hi_y = (t.cuda() for t in axis_windows(H, ks, d, 1, False))
-    lo_x, hi_x = (t.cuda() for t in axis_windows(W, ks, d, 1, False))
+    def axis(q, kv, length):
+        group = q % dilation
+        qc, kc = q // dilation, kv // dilation
+        group_len = (length - group + dilation - 1) // dilation
+        centre = torch.clamp(torch.minimum(qc, group_len - 1 - right), min=left)
+        return (kv % dilation == group) & (kc >= centre - left) & (kc <= centre + right)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        qy, qx, ky, kx = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
-        gy, gx = ky // d, kx // d
-        return ((qy % d == ky % d) & (qx % d == kx % d) & (lo_y[qy] <= gy) & (gy <= hi_y[qy])
-                & (lo_x[qx] <= gx) & (gx <= hi_x[qx]))
+        return axis(q_idx // width, kv_idx // width, height) & axis(q_idx % width, kv_idx % width, width)
 
+    return mask_mod
+
+
+def _flex_fns(case: Case):
+    """FlexAttention (compiled) and a block mask equivalent to na2d (arithmetic ``na_mask_mod``)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    H, W = case.size
     n = H * W
-    block_mask = create_block_mask(mask_mod, None, None, n, n, device="cuda")
+    block_mask = create_block_mask(na_mask_mod(H, W, case.kernel, case.dilation), None, None, n, n,
+                                   device="cuda")
     compiled = torch.compile(flex_attention, dynamic=False)
-    return compiled, block_mask, (lo_y, lo_x)
+    return compiled, block_mask
 
 
 def _timeit(fn: Callable, reps: int = 100) -> float:
@@ -172,7 +195,7 @@ def _bench_case(case: Case, log, reference: bool) -> dict:
     B, (H, W) = case.batch, case.size
     n = H * W
     qt, kt, vt, gt = _flex_layout(q, k, v, g)
-    flex, block_mask, _ = _flex_fns(case)
+    flex, block_mask = _flex_fns(case)
     score_mod = None
     if rpb is not None:
         ks, kk = case.kernel, 2 * case.kernel - 1
@@ -265,7 +288,7 @@ def host_costs(cases, log=print) -> list[dict]:
         g = torch.randn_like(q)
         opts = ((case.kernel,) * 2, (case.dilation,) * 2, (1, 1), (False, False), case.dim ** -0.5)
         out, lse = tk.forward(q, k, v, rpb, *opts)
-        flex, block_mask, _ = _flex_fns(case)
+        flex, block_mask = _flex_fns(case)
         qt, kt, vt, gt = _flex_layout(q, k, v, g)
 
         def na():
@@ -387,6 +410,150 @@ def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = Fals
     return rows
 
 
+# (vizoo model, timm peer of similar FLOPs) for timm's own benchmark.py
+TIMM_PAIRS = (
+    ("nat_tiny", "swin_tiny_patch4_window7_224"),
+    ("dinat_tiny", "swin_tiny_patch4_window7_224"),
+    ("nat_small", "swin_small_patch4_window7_224"),
+    ("dinat_small", "swin_small_patch4_window7_224"),
+    ("nat_base", "swin_base_patch4_window7_224"),
+)
+TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"]}
+
+# Imports vizoo (registering its models with timm), then runs timm's benchmark.py as its own __main__.
+_TIMM_RUNNER = ("import runpy, sys, vizoo; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def timm_benchmark_script(timm_repo: str) -> str:
+    """Path of ``benchmark.py`` in a pytorch-image-models checkout (or the file itself).
+
+    Raises:
+        FileNotFoundError: when there is no benchmark.py there.
+    """
+    import os
+
+    path = timm_repo if timm_repo.endswith(".py") else os.path.join(timm_repo, "benchmark.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no timm benchmark script at {path}: pass --timm a pytorch-image-models "
+                                "checkout (github.com/huggingface/pytorch-image-models) or its benchmark.py")
+    return path
+
+
+def timm_benchmark_command(script: str, model_list: str, results_file: str, mode: str, batch: int = 256,
+                           extra: tuple = ()) -> list[str]:
+    """The command line that runs timm's ``benchmark.py`` on the models listed in ``model_list`` (one name per
+    line) after ``import vizoo``: inference and training, bf16 AMP, default NCHW input, JSON results."""
+    if mode not in TIMM_MODES:
+        raise ValueError(f"unknown mode {mode!r}; accepted: {', '.join(TIMM_MODES)}")
+    return [sys.executable, "-c", _TIMM_RUNNER, script, "--model-list", model_list, "--bench", "both",
+            "--amp", "--amp-dtype", "bfloat16", "-b", str(batch), "--results-file", results_file,
+            "--results-format", "json", *TIMM_MODES[mode], *extra]
+
+
+def timm_table(results: dict, pairs=TIMM_PAIRS) -> list[dict]:
+    """One row per (pair, mode) from benchmark.py's results (``{mode: [result dicts]}``): images/s of the
+    vizoo model and its peer, inference and training, and their ratios (vizoo / peer)."""
+    rows = []
+    for mode, entries in results.items():
+        by_name = {r["model"]: r for r in entries}
+        for ours, peer in pairs:
+            a, b = by_name.get(ours, {}), by_name.get(peer, {})
+            row = {"mode": mode, "model": ours, "peer": peer}
+            for kind in ("infer", "train"):
+                x = float(a.get(f"{kind}_samples_per_sec", "nan"))
+                y = float(b.get(f"{kind}_samples_per_sec", "nan"))
+                row[f"{kind} img/s"], row[f"peer {kind} img/s"] = x, y
+                row[f"{kind} ratio"] = x / y if y == y and y else float("nan")
+            errors = [f"{n}: {r['error'][:80]}" for n, r in ((ours, a), (peer, b)) if "error" in r]
+            if errors or not a or not b:
+                row["note"] = "; ".join(errors) or "missing from benchmark.py's results"
+            rows.append(row)
+    return rows
+
+
+def run_timm_benchmark(timm_repo: str, pairs=TIMM_PAIRS, modes=tuple(TIMM_MODES), batch: int = 256,
+                       extra: tuple = (), log=print) -> list[dict]:
+    """Run timm's benchmark.py (one process per mode, every model of ``pairs`` in it) and tabulate."""
+    import subprocess
+    import tempfile
+
+    script = timm_benchmark_script(timm_repo)
+    names = list(dict.fromkeys(n for pair in pairs for n in pair))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_list = f"{tmp}/models.txt"
+        with open(model_list, "w") as f:
+            f.write("\n".join(names) + "\n")
+        for mode in modes:
+            out = f"{tmp}/{mode}.json"
+            cmd = timm_benchmark_command(script, model_list, out, mode, batch, extra)
+            log(f"[{mode}] " + " ".join(cmd[3:]))
+            subprocess.run(cmd, check=False)
+            try:
+                with open(out) as f:
+                    results[mode] = json.load(f)
+            except (OSError, ValueError):
+                log(f"[{mode}] benchmark.py wrote no results")
+                results[mode] = []
+    return timm_table(results, pairs)
+
+
+# vizoo's largest models (largest tag) and the timm model each is held against for CPU training memory
+MEMORY_PAIRS = (
+    ("dinat_large.in22k_ft_in1k_384", "swin_large_patch4_window12_384"),
+    ("dinat_large.in22k_ft_in1k_384_11x11", "swin_large_patch4_window12_384"),
+    ("nat_base.in1k", "swin_base_patch4_window7_224"),
+    ("dinat_iso_base.in1k", "vit_base_patch16_224"),
+)
+
+# Runs in a fresh interpreter, so that its peak resident memory (VmHWM) is this one training step's alone.
+_RSS_CHILD = r"""
+import json, sys, torch, timm, vizoo
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+name = sys.argv[1]
+torch.manual_seed(0)
+model = timm.create_model(name, pretrained=False).train()
+size = model.pretrained_cfg["input_size"]
+x = torch.randn(1, *size)
+built = status("VmRSS")
+model(x).float().logsumexp(-1).mean().backward()
+print(json.dumps(dict(input=list(size), built=built, peak=status("VmHWM"))))
+"""
+
+
+def peak_train_rss(name: str) -> dict:
+    """Resident memory (bytes) of a fresh process after building ``name`` (``arch.tag``: the tag's input size)
+    and its peak over one CPU training step at batch 1 (forward, backward), measured in a subprocess."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _RSS_CHILD, name], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory run of {name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_memory(pairs=MEMORY_PAIRS, log=print, measure: Callable[[str], dict] = peak_train_rss) -> list[dict]:
+    """Peak resident memory of one batch-1 CPU training step, each vizoo model beside its timm peer."""
+    gib = 2.0**30
+    cache: dict = {}
+    rows = []
+    for ours, peer in pairs:
+        for name in (ours, peer):
+            if name not in cache:
+                cache[name] = measure(name)
+        a, b = cache[ours], cache[peer]
+        row = {"model": ours, "input": "x".join(map(str, a["input"][1:])), "peak GiB": a["peak"] / gib,
+               "step GiB": (a["peak"] - a["built"]) / gib, "peer": peer, "peer peak GiB": b["peak"] / gib,
+               "peer step GiB": (b["peak"] - b["built"]) / gib, "peak / peer": a["peak"] / b["peak"]}
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
 def _log_top_kernels(fn: Callable, name: str, log, iters: int = 5, top: int = 10) -> None:
     events = sorted(_kernel_events(fn, iters), key=lambda e: -e.device_time_total)
     log(f"  {name}: GPU ms per batch {sum(e.device_time_total for e in events) / iters / 1e3:.2f}; top kernels:")
@@ -434,15 +601,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
+    parser.add_argument("--cpu-memory", action="store_true",
+                        help="only measure the peak CPU memory of a batch-1 training step, vizoo vs timm (no GPU)")
+    parser.add_argument("--timm", default=None, metavar="DIR",
+                        help="only run timm's benchmark.py from this pytorch-image-models checkout on vizoo's "
+                             "models and their timm peers (eager and --torchcompile, inference and training)")
+    parser.add_argument("--timm-batch", type=int, default=256, help="--timm: batch size (default 256)")
     args = parser.parse_args(argv)
+    if args.timm:
+        timm_benchmark_script(args.timm)  # a bad path fails before anything else
+    if args.cpu_memory:
+        return _write(dict(cpu_memory=cpu_memory()), args, argv)
     if not torch.cuda.is_available():
         print("vizoo bench needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.timm:
+        return _write(dict(timm=run_timm_benchmark(args.timm, batch=args.timm_batch)), args, argv)
     wanted = [w for w in args.cases.split(",") if w]
     cases = ([c for c in CASES if c.name in wanted] or [c for c in CASES if any(w in c.name for w in wanted)]
              if wanted else CASES)
-    out: dict = {"environment": environment(), "command": "vizoo bench " + " ".join(argv or sys.argv[1:])}
-    print(out["environment"], flush=True)
+    out: dict = {}
+    print(environment(), flush=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.check:
         out["check"] = check(cases, log)
@@ -454,8 +633,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         out["kernels"] = bench_kernels(cases, log, reference=not args.no_reference)
     if args.models or args.only_models:
         out["models"] = bench_models(log=log, compile=args.compile, profile=args.profile)
+    return _write(out, args, argv)
+
+
+def _write(out: dict, args, argv) -> int:
+    """Print the tables of ``out`` as markdown (machine and command first); write --json / --markdown."""
+    out = {"environment": environment(), "command": "vizoo bench " + " ".join(argv or sys.argv[1:]), **out}
     md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
-    for key in ("check", "kernels", "models", "tune", "host"):
+    for key in ("check", "kernels", "models", "timm", "tune", "host", "cpu_memory"):
         if key in out:
             md += [f"### {key}", "", markdown_table(out[key]), ""]
     text = "\n".join(md)

@@ -1,5 +1,5 @@
 """Small helpers shared across vizoo: name look-ups with helpful errors, atomic file writes, whether a
-compiler or dispatch mode is tracing (the fused kernels' eager fast paths step aside then)."""
+compiler, FX or a dispatch mode is tracing (the fused kernels' eager fast paths step aside then)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+try:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+except ImportError:  # torch < 2.5
+    from torch.fx._symbolic_trace import is_fx_tracing as is_fx_symbolic_tracing
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,8 +73,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def tracing() -> bool:
-    """Whether a compiler, exporter or dispatch mode is watching (then only custom ops / plain torch will do)."""
-    import torch
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+    """Whether a compiler, exporter, FX tracer or dispatch mode is watching (then only custom ops / plain torch
+    will do)."""
+    return torch.compiler.is_compiling() or is_fx_symbolic_tracing() or _get_current_dispatch_mode() is not None

@@ -1,5 +1,9 @@
 """The timm model contract (DESIGN.md), checked over every registered vizoo model on CPU at a small input size.
 
+Besides the methods, every model must trace with FX (forward, and backward in training mode; layers that cannot
+be traced register themselves with timm's ``register_notrace_module`` / ``register_notrace_function``), compile
+with TorchScript and export with ``torch.export``, giving the eager output each time.
+
 Families add themselves by registering: this file names no model. Models are built for a 64x64 input
 (``img_size=64`` where the constructor takes it, so that resolution-derived settings such as DiNAT's dilations
 fit the small input instead of padding it) unless the cfg gives a ``test_input_size``.
@@ -9,7 +13,7 @@ import copy
 import pytest
 import timm
 import torch
-from timm.models import group_parameters
+from timm.models import get_notrace_functions, get_notrace_modules, group_parameters
 
 import vizoo
 
@@ -119,3 +123,59 @@ def test_prune_intermediate_layers_keeps_the_taken_features(built):
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
         again = pruned.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
     assert torch.allclose(first, again, atol=1e-6), name
+
+
+class _NotraceTracer(torch.fx.Tracer):
+    """The FX tracer timm's tests use: timm's registered no-trace modules stay leaves, no-trace functions are
+    recorded as calls."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()), param_shapes_constant=True)
+        self.leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _fx(model: torch.nn.Module) -> torch.fx.GraphModule:
+    return torch.fx.GraphModule(model, _NotraceTracer().trace(model))
+
+
+@pytest.fixture(scope="module")
+def eager_output(built):
+    """The eager logits, computed once per model for the FX / TorchScript / export comparisons."""
+    with torch.no_grad():
+        return built[1](built[2])
+
+
+def test_fx_forward_and_backward(built, eager_output):
+    name, model, x = built
+    with torch.no_grad():
+        assert torch.equal(_fx(model)(x), eager_output), "FX graph output differs from eager"
+    if sum(p.numel() for p in model.parameters()) > 100e6:
+        return  # the backward of the largest models costs CI most; timm's own CI skips them the same way
+    model.train()
+    try:
+        traced = _fx(model)  # traced in training mode (DropPath's branch is taken at trace time)
+        traced(x[:1]).square().mean().backward()
+    finally:
+        model.eval()
+    missing = [n for n, p in traced.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    assert not missing, f"parameters without gradient through the FX graph: {missing[:10]}"
+
+
+@pytest.mark.slow
+def test_torchscript(built, eager_output):
+    name, model, x = built
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager_output, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_export(built, eager_output):
+    name, model, x = built
+    program = torch.export.export(model, (x,), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), eager_output, atol=1e-5, rtol=1e-4)

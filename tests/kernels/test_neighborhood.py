@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vizoo.kernels import na1d, na2d
+from vizoo.kernels.neighborhood import chunked
 from vizoo.kernels.neighborhood.reference import neighborhood_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -120,6 +121,113 @@ def test_reference_gradcheck():
     fn = lambda q, k, v, rpb: na2d(q, k, v, (3, 2), dilation=(2, 1), is_causal=(False, True), rpb=rpb,  # noqa
                                    backend="reference")
     assert torch.autograd.gradcheck(fn, (q, k, v, rpb))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked (memory-lean, the CPU default) vs reference
+def _chunked_vs_reference(spatial, ks, dil, stride, causal, use_rpb, dtype, chunk_elements, atol=None, rtol=None):
+    """Output and every gradient (q, k, v, rpb) of the chunked path against the reference's."""
+    n = len(spatial)
+    ks, dil, stride, causal = _tup(ks, n), _tup(dil, n), _tup(stride, n), _tup(causal, n)
+    q, k, v = (torch.randn(2, *spatial, 2, 4, dtype=dtype, requires_grad=True) for _ in range(3))
+    params = [q, k, v]
+    rpb = None
+    if use_rpb:
+        rpb = torch.randn(2, *[2 * x - 1 for x in ks], dtype=dtype, requires_grad=True)
+        params.append(rpb)
+    ref = neighborhood_attention(q, k, v, ks, dil, stride, causal, rpb=rpb)
+    got = chunked.neighborhood_attention(q, k, v, list(ks), list(dil), list(stride), list(causal), rpb,
+                                         chunk_elements=chunk_elements)
+    assert got.dtype == dtype
+    grad = torch.randn_like(ref)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "drpb"], [got, *torch.autograd.grad(got, params, grad)],
+                          [ref, *torch.autograd.grad(ref, params, grad)]):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("chunk_elements", [pytest.param(1, id="one-query-chunks"),
+                                            pytest.param(200, id="ragged-chunks"),
+                                            pytest.param(1 << 22, id="one-chunk")])
+@pytest.mark.parametrize("spatial,ks,dil,stride,causal,use_rpb", REF_CASES)
+def test_chunked_matches_reference(spatial, ks, dil, stride, causal, use_rpb, chunk_elements):
+    _chunked_vs_reference(spatial, ks, dil, stride, causal, use_rpb, torch.float64, chunk_elements)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_chunked_property(data):
+    """Random valid option combinations and chunk sizes: chunked == reference in values and gradients."""
+    options = _draw_options(data, data.draw(st.sampled_from([1, 2])), 2, 1)
+    _chunked_vs_reference(*options, torch.float64, data.draw(st.integers(1, 400)))
+
+
+def test_chunked_half_precision_matches_reference():
+    _chunked_vs_reference((7, 9), 3, (2, 1), 1, (False, True), True, torch.bfloat16, 100, atol=2e-2, rtol=2e-2)
+
+
+def test_chunked_is_the_cpu_default_and_scripts():
+    q, k, v = (torch.randn(1, 9, 8, 2, 8) for _ in range(3))
+    expected = na2d(q, k, v, 3, dilation=(2, 1), is_causal=(True, False), backend="reference")
+    torch.testing.assert_close(na2d(q, k, v, 3, dilation=(2, 1), is_causal=(True, False)), expected)
+    scripted = torch.jit.script(chunked.neighborhood_attention)
+    torch.testing.assert_close(scripted(q, k, v, [3, 3], [2, 1], [1, 1], [True, False], None, None, 50), expected)
+
+
+def test_chunked_export_first_then_eager():
+    """Exporting before any eager call must not leave the tracer's (fake) index tables in the cache."""
+    class NA(torch.nn.Module):
+        def forward(self, x):
+            return na2d(x, x, x, 3, dilation=(3, 2), backend="chunked")
+
+    x = torch.randn(1, 10, 11, 1, 4, requires_grad=True)
+    program = torch.export.export(NA(), (x.detach(),), strict=False)
+    expected = na2d(x, x, x, 3, dilation=(3, 2), backend="reference")
+    torch.testing.assert_close(NA()(x), expected)
+    torch.testing.assert_close(program.module()(x.detach()), expected.detach())
+
+
+def test_chunked_gradcheck():
+    q, k, v = (torch.randn(1, 6, 4, 1, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(1, 5, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda q, k, v, rpb: na2d(q, k, v, (3, 2), dilation=(2, 1), is_causal=(False, True), rpb=rpb,  # noqa
+                                   backend="chunked")
+    assert torch.autograd.gradcheck(fn, (q, k, v, rpb))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dilation,use_rpb", [(1, True), (8, False)])
+def test_chunked_matches_reference_gpu(dilation, use_rpb):
+    """NAT-T stage-1 shapes on CUDA, several chunks: values and every gradient."""
+    q, k, v = (torch.randn(2, 56, 56, 2, 32, device="cuda", requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 13, 13, device="cuda", requires_grad=True) if use_rpb else None
+    params = [q, k, v] + ([rpb] if use_rpb else [])
+    ref = na2d(q, k, v, 7, dilation=dilation, rpb=rpb, backend="reference")
+    got = chunked.neighborhood_attention(q, k, v, [7, 7], [dilation] * 2, [1, 1], [False, False], rpb,
+                                         chunk_elements=1 << 18)
+    grad = torch.randn_like(ref)
+    got_all = [got, *torch.autograd.grad(got, params, grad)]
+    for a, b in zip(got_all, [ref, *torch.autograd.grad(ref, params, grad)]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_backward_keeps_no_gathered_copies():
+    """The activations autograd keeps for the chunked path are O(N * heads * dim), not O(N * K * heads * dim)
+    (integer index tables are not counted: they are cached once per shape and shared by all calls)."""
+    q, k, v = (torch.randn(1, 16, 16, 2, 8, requires_grad=True) for _ in range(3))
+    sizes = {}
+    for backend in ("reference", "chunked"):
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.is_floating_point())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            na2d(q, k, v, 7, backend=backend)
+        sizes[backend] = sum(saved)
+    n_qkv = q.numel()
+    assert sizes["reference"] > 49 * n_qkv  # the gathered keys and values
+    assert sizes["chunked"] < 5 * n_qkv, sizes  # q, k, v, out and the log-sum-exp
 
 
 # ----------------------------------------------------------------------------------------------------------

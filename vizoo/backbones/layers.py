@@ -34,10 +34,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import register_notrace_module
 from torch import Tensor, nn
 
 from vizoo.kernels import na2d
 from vizoo.kernels.layernorm import layer_norm
+from vizoo.kernels.neighborhood.chunked import neighborhood_attention as chunked_na
 from vizoo.utils import tracing
 
 __all__ = ["LayerNorm", "NeighborhoodAttention2d"]
@@ -47,11 +49,12 @@ class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last axis that runs vizoo's fused kernel on CUDA (same parameters and keys).
 
     PyTorch's CUDA layer norm is slow on the short rows of channels-last maps (see
-    ``vizoo.kernels.layernorm.triton``); on CUDA, outside ``torch.compile``/export, this module uses the fused
-    kernel, elsewhere ``nn.LayerNorm`` itself. Output dtypes are those of ``nn.LayerNorm`` (float32 under
-    autocast, which lists layer norm as a float32 op), except with ``autocast_output=True``: then, under
-    autocast, the output is already in the autocast dtype, for norms whose output only feeds a Linear that
-    autocast would cast anyway (same values, one cast kernel fewer).
+    ``vizoo.kernels.layernorm.triton``); on CUDA, outside ``torch.compile``/export/FX/TorchScript, this module
+    uses the fused kernel, elsewhere ``F.layer_norm`` (so FX traces it as a plain layer norm). Output dtypes
+    are those of ``nn.LayerNorm`` (float32 under autocast, which lists layer norm as a float32 op), except
+    with ``autocast_output=True``: then, under autocast, the output is already in the autocast dtype, for
+    norms whose output only feeds a Linear that autocast would cast anyway (same values, one cast kernel
+    fewer).
     """
 
     def __init__(self, *args, autocast_output: bool = False, **kwargs) -> None:
@@ -59,16 +62,22 @@ class LayerNorm(nn.LayerNorm):
         self.autocast_output = autocast_output
 
     def forward(self, x: Tensor) -> Tensor:
-        if not x.is_cuda or len(self.normalized_shape) != 1 or tracing():
-            return super().forward(x)
+        if torch.jit.is_scripting():
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if tracing() or not x.is_cuda or len(self.normalized_shape) != 1:  # tracing first: FX has no is_cuda
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         out_dtype = x.dtype
         if torch.is_autocast_enabled("cuda"):
             out_dtype = torch.get_autocast_dtype("cuda") if self.autocast_output else torch.float32
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype, backend="triton")
 
 
+@register_notrace_module  # FX keeps it a leaf: its padding depends on the input's size
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head 2-D neighborhood attention on ``[B, H, W, C]`` (NAT / DiNAT / GNA).
+
+    TorchScript compiles it with the chunked PyTorch path of ``vizoo.kernels.neighborhood`` (a Triton launch
+    cannot be scripted); FX treats it as a leaf module (timm's ``register_notrace_module``).
 
     Args:
         dim: channels ``C`` of the input and output.
@@ -83,7 +92,7 @@ class NeighborhoodAttention2d(nn.Module):
         proj_drop: dropout after the output projection.
         pad_small: zero-pad inputs smaller than ``kernel_size * dilation`` like the official module (see
             the module docstring); with False such inputs raise a ``ValueError``.
-        backend: operator backend passed to ``vizoo.kernels.na2d`` (None: Triton on CUDA, else reference).
+        backend: operator backend passed to ``vizoo.kernels.na2d`` (None: Triton on CUDA, else chunked).
     """
 
     def __init__(
@@ -147,8 +156,7 @@ class NeighborhoodAttention2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(
-                f"NeighborhoodAttention2d expects channels-last input [B, H, W, {self.dim}], "
-                f"got shape {tuple(x.shape)}"
+                f"NeighborhoodAttention2d expects channels-last input [B, H, W, {self.dim}], got shape {x.shape}"
             )
         B, H, W, C = x.shape
         extent = self.window_extent
@@ -171,19 +179,16 @@ class NeighborhoodAttention2d(nn.Module):
                 padded[:H, :W] = 0
                 qkv = qkv + padded * self.qkv.bias
         q, k, v = qkv.reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
-        x = na2d(
-            q,
-            k,
-            v,
-            self.kernel_size,
-            dilation=self.dilation,
-            stride=self.stride,
-            rpb=self.rpb,
-            scale=self.scale,
-            backend=self.backend,
-        )
+        x = self._attend(q, k, v)
         x = x[:, :H, :W].reshape(B, H, W, C)
         return self.proj_drop(self.proj(x))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            ks, dil, st = [self.kernel_size] * 2, [self.dilation] * 2, [self.stride] * 2
+            return chunked_na(q, k, v, ks, dil, st, [False, False], self.rpb, self.scale)
+        return na2d(q, k, v, self.kernel_size, dilation=self.dilation, stride=self.stride, rpb=self.rpb,
+                    scale=self.scale, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (

@@ -37,12 +37,14 @@ Differences (none changes a pretrained model's output):
       ``dilations=``. Pretrained tags set ``img_size`` (and the 11x11 tag sets ``kernel_size=11``);
     * ``stride=s`` (model kwarg) turns every NA layer into a GNA strided window (stride 1 is NAT);
       strided windows have no relative position bias (``rpb`` defaults to ``stride == 1``).
+    * timm's whole test contract holds: FX traces the models with the NA layer as a leaf module and the input
+      check as a leaf function (timm's ``register_notrace_module`` / ``register_notrace_function``), and
+      TorchScript compiles them with the chunked PyTorch attention (a Triton launch cannot be scripted).
 
 A NAT checkpoint and a DiNAT checkpoint of the same size have identical keys and shapes (dilation is not
 stored), so either loads into either model without error: pick the model name that matches the weights.
 """
 
-from __future__ import annotations
 
 import contextlib
 import math
@@ -52,7 +54,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, LayerScale, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_function,
+)
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -143,9 +151,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch_size
-        H, W = x.shape[-2:]
-        if H % p or W % p:
-            x = F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p))
+        H, W = x.shape[-2], x.shape[-1]
+        x = F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p))  # no branch on the size: FX traces it
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -261,8 +268,6 @@ def _check_dilations(dilations: Sequence[Sequence[int]], depths: Sequence[int]) 
 class _ContractMixin:
     """timm's classifier / grad-checkpointing methods shared by both model classes."""
 
-    head: ClassifierHead
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         """Relative position bias tables are excluded from weight decay, as in the official recipe."""
@@ -323,7 +328,7 @@ class NAT(_ContractMixin, nn.Module):
         drop_path_rate: stochastic depth, linearly increasing over all layers.
         norm_layer: normalisation layer (LayerNorm in the official models).
         pad_small: zero-pad maps smaller than ``kernel_size * dilation`` (official behaviour).
-        attn_backend: ``vizoo.kernels.na2d`` backend (None: Triton on CUDA, reference elsewhere).
+        attn_backend: ``vizoo.kernels.na2d`` backend (None: Triton on CUDA, chunked elsewhere).
     """
 
     def __init__(
@@ -431,7 +436,7 @@ class NAT(_ContractMixin, nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final-normed NHWC feature map ``[B, H/32, W/32, num_features]``."""
-        _check_image(x)
+        check_image(x)
         x = self.pos_drop(self.stem(x))
         x = self.stages(x)
         return self.norm(x)
@@ -456,7 +461,7 @@ class NAT(_ContractMixin, nn.Module):
             intermediates_only: return only the intermediates.
         """
         _check_fmt(output_fmt)
-        _check_image(x)
+        check_image(x)
         take, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
@@ -600,7 +605,7 @@ class NATIsotropic(_ContractMixin, nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final-normed NHWC token map ``[B, ceil(H/16), ceil(W/16), num_features]``."""
-        _check_image(x)
+        check_image(x)
         x = self.pos_drop(self.patch_embed(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -628,7 +633,7 @@ class NATIsotropic(_ContractMixin, nn.Module):
             intermediates_only: return only the intermediates.
         """
         _check_fmt(output_fmt)
-        _check_image(x)
+        check_image(x)
         take, max_index = feature_take_indices(len(self.blocks), indices)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
         x = self.pos_drop(self.patch_embed(x))
@@ -654,9 +659,10 @@ class NATIsotropic(_ContractMixin, nn.Module):
         return take
 
 
-def _check_image(x: Tensor) -> None:
+@register_notrace_function  # FX records a call instead of tracing the rank check (FX wraps public names only)
+def check_image(x: Tensor) -> None:
     if x.dim() != 4:
-        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"expected images [B, C, H, W], got shape {x.shape}")
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -1,9 +1,10 @@
 """Neighborhood attention ``na1d`` / ``na2d``: NAT, DiNAT, GNA strides, causal axes, relative position bias.
 
 Public functions validate their arguments, then dispatch to the fused Triton kernel (``triton.py``, through
-the ``vizoo::na_fwd`` / ``vizoo::na_bwd`` custom ops of ``ops.py``) or to the plain PyTorch reference
-(``reference.py``, the specification). The semantics and the heads-last layout follow NATTEN
-(github.com/SHI-Labs/NATTEN, ``natten.na1d``/``na2d``), so NATTEN users can switch; unlike NATTEN >= 0.20,
+the ``vizoo::na_fwd`` / ``vizoo::na_bwd`` custom ops of ``ops.py``), to the memory-lean PyTorch path
+(``chunked.py``: queries in chunks, a backward that recomputes instead of keeping per-query key copies; the
+default off CUDA) or to the plain PyTorch reference (``reference.py``, the specification). The semantics
+and the heads-last layout follow NATTEN (github.com/SHI-Labs/NATTEN, ``natten.na1d``/``na2d``), so NATTEN users can switch; unlike NATTEN >= 0.20,
 vizoo keeps NAT's relative position bias (RPB), which the published NAT/DiNAT checkpoints need.
 
 Differences from NATTEN, on purpose:
@@ -22,13 +23,14 @@ import torch
 from torch import Tensor
 
 from vizoo.kernels.neighborhood import ops as _ops  # noqa: F401  (registers vizoo::na_fwd / na_bwd)
+from vizoo.kernels.neighborhood.chunked import neighborhood_attention as _chunked
 from vizoo.kernels.neighborhood.reference import neighborhood_attention as _reference
 from vizoo.utils import tracing, unknown_name_error
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
 
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "chunked", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_DTYPES = TRITON_DTYPES + (torch.float64,)
 TRITON_HEAD_DIMS = (16, 128)
@@ -53,7 +55,7 @@ def _per_axis(name: str, value, ndim: int, kind: type) -> tuple:
 
 def _pick_backend(backend: Optional[str], q: Tensor) -> str:
     if backend is None:
-        return "triton" if q.is_cuda else "reference"
+        return "triton" if q.is_cuda else "chunked"
     if backend not in BACKENDS:
         raise unknown_name_error("backend", backend, BACKENDS)
     return backend
@@ -158,6 +160,8 @@ def _na(q, k, v, ndim, kernel_size, dilation, stride, is_causal, rpb, scale, bac
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if backend == "reference":
         return _reference(q, k, v, kernel_size, dilation, stride, is_causal, rpb=rpb, scale=scale)
+    if backend == "chunked":
+        return _chunked(q, k, v, list(kernel_size), list(dilation), list(stride), list(is_causal), rpb, scale)
     rpb = None if rpb is None else rpb.contiguous()
     if not tracing():
         return _ops.TritonNA.apply(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale)
@@ -188,7 +192,7 @@ def na1d(
         is_causal: window of the ``kernel_size`` keys ending at the query.
         rpb: optional relative position bias ``[heads, 2*kernel_size-1]`` (stride 1 only).
         scale: softmax scale, default ``dim ** -0.5``.
-        backend: ``None`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+        backend: ``None`` (Triton on CUDA, chunked elsewhere), ``"triton"``, ``"chunked"`` or ``"reference"``.
 
     Returns:
         The attention output, same shape and dtype as ``q``.
@@ -218,7 +222,7 @@ def na2d(
         is_causal: bool or (bool, bool), per-axis causal windows.
         rpb: optional NAT relative position bias ``[heads, 2kh-1, 2kw-1]`` (stride 1 only).
         scale: softmax scale, default ``dim ** -0.5``.
-        backend: ``None`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+        backend: ``None`` (Triton on CUDA, chunked elsewhere), ``"triton"``, ``"chunked"`` or ``"reference"``.
 
     Returns:
         The attention output, same shape and dtype as ``q``.

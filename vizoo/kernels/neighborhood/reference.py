@@ -21,21 +21,21 @@ NATTEN's definitions (its FlexAttention mask is the most explicit statement of t
 
 This file gathers each query's ``prod(kernel_size)`` candidate keys with integer index arithmetic and runs a
 masked softmax over them; it works for any number of spatial axes, any device and any dtype, and is
-differentiable. Memory is O(N * prod(kernel_size) * heads * dim), so it is meant for tests and CPUs.
+differentiable. Memory is O(N * prod(kernel_size) * heads * dim) (autograd keeps both gathers), so it is the
+specification for tests; ``chunked.py`` computes the same thing in bounded memory for the models on CPU.
 """
 from __future__ import annotations
 
 import functools
-import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 
 def axis_windows(
-    length: int, kernel_size: int, dilation: int, stride: int, causal: bool, device=None
-) -> tuple[Tensor, Tensor]:
+    length: int, kernel_size: int, dilation: int, stride: int, causal: bool, device: Optional[torch.device] = None
+) -> Tuple[Tensor, Tensor]:
     """First and last key (inclusive, in group coordinates) that each position of one axis attends.
 
     Args:
@@ -66,7 +66,7 @@ def axis_windows(
 
 def _axis_view(t: Tensor, axis: int, ndim: int) -> Tensor:
     """View an ``[L, k]`` tensor as ``[1.., L, 1.., 1.., k, 1..]`` (L at ``axis``, k at ``ndim + axis``)."""
-    shape = [1] * (2 * ndim)
+    shape: List[int] = [1] * (2 * ndim)
     shape[axis] = t.shape[0]
     shape[ndim + axis] = t.shape[1]
     return t.reshape(shape)
@@ -78,14 +78,14 @@ def _cached_indices(spatial, kernel_size, dilation, stride, is_causal, device):
 
 
 def neighborhood_indices(
-    spatial: Sequence[int],
-    kernel_size: Sequence[int],
-    dilation: Sequence[int],
-    stride: Sequence[int],
-    is_causal: Sequence[bool],
-    device=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Candidate keys of every query as flat indices.
+    spatial: List[int],
+    kernel_size: List[int],
+    dilation: List[int],
+    stride: List[int],
+    is_causal: List[bool],
+    device: Optional[torch.device] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Candidate keys of every query as flat indices (TorchScript-compatible; any sequences work in Python).
 
     Returns:
         ``(key, valid, rel)``, each ``[N, K]`` with ``N = prod(spatial)`` and ``K = prod(kernel_size)``:
@@ -106,10 +106,12 @@ def neighborhood_indices(
         key = key * L + _axis_view(cand * d + pos % d, axis, ndim)
         rel = rel * (2 * k - 1) + _axis_view(cand - pos // d + k - 1, axis, ndim)
         valid = valid & _axis_view(ok, axis, ndim)
-    n, kk = math.prod(spatial), math.prod(kernel_size)
-    full = tuple(spatial) + tuple(kernel_size)
-    return (key.expand(full).reshape(n, kk), valid.expand(full).reshape(n, kk),
-            rel.expand(full).reshape(n, kk))
+    full = [int(x) for x in spatial] + [int(x) for x in kernel_size]
+    kk = 1
+    for x in kernel_size:
+        kk *= x
+    return (key.expand(full).reshape(-1, kk), valid.expand(full).reshape(-1, kk),
+            rel.expand(full).reshape(-1, kk))
 
 
 def neighborhood_attention(
