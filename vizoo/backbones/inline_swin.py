@@ -141,10 +141,10 @@ def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
         "fixed_input_size": True,
         "first_conv": "patch_embed.proj",
         "classifier": "head.fc",
-        "test_input_size": (3, 64, 64),
         "paper_ids": "arXiv:2412.06590",
         "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
         "origin_url": "https://github.com/LeapLabTHU/InLine",
+        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
         **kwargs,
     }
 
