@@ -226,3 +226,15 @@ def test_tables_cached_in_inference_mode_serve_autograd_later():
         na2d_av(attn, v, 3, backend="reference")  # first call of this shape: the window table is cached here
     out = na2d_av(attn, v, 3, backend="reference")
     assert torch.autograd.grad(out.sum(), v)[0].shape == v.shape
+
+
+def test_default_backend_off_cuda_is_the_reference(monkeypatch):
+    """NA's default CPU backend ("chunked") is not one of na2d_av's: off CUDA it must pick its own reference,
+    never the Triton interpreter, and an NA-only backend name is refused."""
+    import vizoo.kernels.contmix as contmix
+
+    attn = torch.randn(1, 5, 5, 1, 9).softmax(-1)
+    v = torch.randn(1, 5, 5, 1, 4)
+    assert contmix.check_arguments(attn, v, 3, 1, None)[2] == "reference"
+    with pytest.raises(ValueError, match="unknown backend 'chunked'"):
+        contmix.na2d_av(attn, v, 3, backend="chunked")

@@ -1,6 +1,6 @@
 """The augmented probing protocol: frozen backbone re-run on freshly augmented images every step (Lightning).
 
-This is the recipe of the MAE linear probe and of the efficient-probing code (probing.md 4.1, 7.1):
+This is the recipe of the MAE linear probe and of the efficient-probing code:
 RandomResizedCrop (+ flip) on every step, the frozen backbone in eval mode producing tokens, and only the
 heads trained. As in the cached trainer, many heads (head types x learning rates, and layers in layer-wise
 mode) share one backbone pass per step; each (layer, head, lr) instance is its own param group of one

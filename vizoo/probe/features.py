@@ -15,7 +15,7 @@ it (``norm=True``, DINOv2's ``get_intermediate_layers(norm=True)``). The choice 
 manifest and results file.
 
 This replaces the per-family wrappers of the efficient-probing code (``models_more.py``) with the one uniform
-timm hook the research note recommends (probing.md section 9.4).
+timm hook, ``forward_intermediates``, which every timm and vizoo backbone implements.
 """
 
 from __future__ import annotations

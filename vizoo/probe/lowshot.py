@@ -1,6 +1,6 @@
 """Low-shot sampling: k training images per class, drawn with a seed.
 
-The EP paper reports low-shot probing (arXiv 2506.10178; its public code has no sampler, see probing.md 5.2).
+The EP paper reports low-shot probing (arXiv 2506.10178; its public code has no sampler, so this one is vizoo's own).
 vizoo's protocol: for each seed, draw exactly k images of every class from the training split without
 replacement (seeded ``torch.randperm`` per class), train on those only, select on the full validation split
 and report test accuracy; results are given per seed and as mean/std over seeds.

@@ -1,7 +1,7 @@
 """DINOv2-style multi-block linear inputs on cached features, and the plain Linear head they are probed with.
 
 DINOv2's linear evaluation (Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision",
-TMLR 2024; ``dinov2/eval/linear.py``, probing.md section 7.2) trains linear classifiers on four inputs built
+TMLR 2024; ``dinov2/eval/linear.py``) trains linear classifiers on four inputs built
 from ``get_intermediate_layers(n=4, return_class_token=True, norm=True)``:
 
 * ``cls1``: the [CLS] token of the last block (width D);

@@ -10,7 +10,7 @@ Protocols (recorded in the results):
 
 * ``cached``: the evaluation transform (resize + centre crop), tokens extracted once into the feature cache,
   heads trained on them (``vizoo.probe.trainer``). Fast; differs from the papers' recipe by having no
-  augmentation (probing.md 9.5).
+  augmentation.
 * ``augmented``: the papers' recipe (MAE / efficient-probing): RandomResizedCrop + flip on every step and the
   frozen backbone re-run every step, through Lightning (``vizoo.probe.augmented``).
 """

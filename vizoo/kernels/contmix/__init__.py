@@ -17,7 +17,8 @@ from torch import Tensor
 
 from vizoo.kernels.contmix import ops as _ops  # noqa: F401  (registers vizoo::na2d_av_fwd / _bwd)
 from vizoo.kernels.contmix.reference import na2d_av_reference
-from vizoo.kernels.neighborhood import _pick_backend, _per_axis
+from vizoo.kernels.neighborhood import _per_axis
+from vizoo.utils import unknown_name_error
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -47,7 +48,10 @@ def check_arguments(attn: Tensor, v: Tensor, kernel_size, dilation, backend) -> 
     if attn.dtype != v.dtype or attn.device != v.device:
         raise ValueError(f"attn and v must share dtype and device, got {attn.dtype} on {attn.device} and "
                          f"{v.dtype} on {v.device}")
-    backend = _pick_backend(backend, v)
+    if backend is None:
+        backend = "triton" if v.is_cuda else "reference"
+    if backend not in BACKENDS:
+        raise unknown_name_error("backend", backend, BACKENDS)
     dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
     if v.dtype not in dtypes:
         raise ValueError(f"unsupported dtype {v.dtype} for the {backend} backend; accepted: "
