@@ -45,7 +45,6 @@ A NAT checkpoint and a DiNAT checkpoint of the same size have identical keys and
 stored), so either loads into either model without error: pick the model name that matches the weights.
 """
 
-
 import contextlib
 import math
 import re
