@@ -8,10 +8,9 @@ Families add themselves by registering: this file names no model. Models are bui
 (``img_size=64`` where the constructor takes it, so that resolution-derived settings such as DiNAT's dilations
 fit the small input instead of padding it) unless the cfg gives a ``test_input_size``.
 
-CI has 2 CPU cores: the costly checks (gradient checkpointing, forward_intermediates, FX backward, TorchScript,
-torch.export) run on every model of at most 30M parameters, which covers each family's classes through its small
-variants; larger variants get them with ``VIZOO_FULL_CONTRACT=1`` (timm's own CI filters its large models the same
-way). timm's ``tests/test_models.py`` runs on every model with ``timm_suite.py``.
+CI has 2 CPU cores: the contract runs on every model of at most 30M parameters, which covers each family's classes
+through its small variants; larger variants run with ``VIZOO_FULL_CONTRACT=1`` (timm's own CI filters its large
+models the same way). timm's ``tests/test_models.py`` runs on every model with ``timm_suite.py``.
 """
 import copy
 import os
@@ -29,12 +28,6 @@ FULL = os.environ.get("VIZOO_FULL_CONTRACT") == "1"
 COSTLY_ABOVE = 30e6  # parameters
 
 
-def skip_if_costly(model: torch.nn.Module) -> None:
-    count = sum(p.numel() for p in model.parameters())
-    if count > COSTLY_ABOVE and not FULL:
-        pytest.skip(f"{count / 1e6:.0f}M parameters: costly contract checks run with VIZOO_FULL_CONTRACT=1")
-
-
 def create(name: str, **kwargs):
     size = timm.models.get_pretrained_cfg(name).to_dict().get("test_input_size") or (3, 64, 64)
     try:
@@ -44,9 +37,16 @@ def create(name: str, **kwargs):
     return model.eval(), size
 
 
+def _param_count(name: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in create(name, num_classes=NUM_CLASSES)[0].parameters())
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def built(request):
     """One build per model, shared by the tests below (pytest groups the tests by this fixture's parameter)."""
+    if not FULL and _param_count(request.param) > COSTLY_ABOVE:
+        pytest.skip(f"{request.param}: over {COSTLY_ABOVE / 1e6:.0f}M parameters, run with VIZOO_FULL_CONTRACT=1")
     torch.manual_seed(0)
     model, size = create(request.param, num_classes=NUM_CLASSES)
     return request.param, model, torch.randn(2, *size[-3:])
@@ -88,7 +88,6 @@ def test_reset_classifier(built):
 
 
 def test_forward_intermediates_and_features_only(built):
-    skip_if_costly(built[1])
     name, model, x = built
     with torch.no_grad():
         final, intermediates = model.forward_intermediates(x)
@@ -106,7 +105,6 @@ def test_forward_intermediates_and_features_only(built):
 
 
 def test_grad_checkpointing_backward_and_param_groups(built):
-    skip_if_costly(built[1])
     name, model, x = built
     with torch.no_grad():
         expected = model(x)
@@ -130,7 +128,6 @@ def test_grad_checkpointing_backward_and_param_groups(built):
 
 
 def test_prune_intermediate_layers_keeps_the_taken_features(built):
-    skip_if_costly(built[1])
     name, model, x = built
     with torch.no_grad():
         first = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
@@ -166,7 +163,6 @@ def eager_output(built):
 
 
 def test_fx_forward_and_backward(built, eager_output):
-    skip_if_costly(built[1])
     name, model, x = built
     with torch.no_grad():
         assert torch.equal(_fx(model)(x), eager_output), "FX graph output differs from eager"
@@ -185,7 +181,6 @@ def test_fx_forward_and_backward(built, eager_output):
 
 @pytest.mark.slow
 def test_torchscript(built, eager_output):
-    skip_if_costly(built[1])
     name, model, x = built
     scripted = torch.jit.script(model)
     with torch.no_grad():
@@ -194,7 +189,6 @@ def test_torchscript(built, eager_output):
 
 @pytest.mark.slow
 def test_torch_export(built, eager_output):
-    skip_if_costly(built[1])
     name, model, x = built
     program = torch.export.export(model, (x,), strict=False)
     with torch.no_grad():
