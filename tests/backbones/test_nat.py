@@ -1,7 +1,7 @@
 """NAT / DiNAT / isotropic NAT: official parameter counts and MACs, dilation schedules, the NA layer's
 padding and relative-position-bias semantics, GNA strides, the checkpoint converter, and input errors.
 
-Reference numbers come from building the official SHI-Labs code (research/official_checkpoints.md); MACs
+Reference numbers come from building the official SHI-Labs code (counted from its released modules); MACs
 are counted fvcore-style (what the papers report): matmuls/convs (FlopCounterMode FLOPs / 2), plus
 5 * numel per affine LayerNorm and one add per (query, key) for the relative position bias, as natten
 0.14's fvcore handle counts it. Big models are built on the meta device, so nothing large is allocated.

@@ -1,4 +1,4 @@
-"""Parameter counts against the official efficient-probing code (research/probe_heads_official.md §1).
+"""Parameter counts against the official efficient-probing code (counted by building its heads).
 
 vizoo leaves out parameters whose gradient is zero for every input and every weight value in the official
 heads (pool -> BatchNorm1d(affine=False), in training mode -> Linear): unused parameters, biases that shift

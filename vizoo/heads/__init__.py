@@ -12,7 +12,7 @@ official efficient-probing code (Psomas et al., ICLR 2026, github.com/billpsomas
 ``vizoo/heads/base.py`` for the call convention and the counting rules of ``num_params`` and ``macs``.
 
 Parameters at D=768, C=1000, default options (tests/heads/test_counts.py checks every row, and the D=384
-and D=1024 columns of ``research/probe_heads_official.md``). vizoo leaves out the parameters of the official
+and D=1024 counts of the official efficient-probing code). vizoo leaves out the parameters of the official
 heads whose gradient is zero for every input and every weight value when the head trains (pool ->
 BatchNorm1d(affine=False) in train mode -> Linear). There are three kinds: (a) parameters that are never
 used; (b) key biases, and LayerNorm biases that only reach the keys, which add the same amount to every
