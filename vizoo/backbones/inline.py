@@ -354,6 +354,31 @@ class HierarchicalMixin:
         return take
 
 
+CHECKPOINT_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"  # the official README's download links
+
+
+def inline_cfg(url: str, first_conv: str, **kwargs) -> Dict[str, Any]:
+    """The pretrained cfg every InLine family shares; families give their first conv and what differs."""
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "fixed_input_size": True,
+        "first_conv": first_conv,
+        "classifier": "head.fc",
+        "paper_ids": "arXiv:2412.06590",
+        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
+        "origin_url": "https://github.com/LeapLabTHU/InLine",
+        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
+        **kwargs,
+    }
+
+
 def unwrap_checkpoint(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
     """The state dict inside an official InLine ``.pth`` (``model``; not ``state_dict_ema``), or a bare one;
     drops ``module.`` prefixes."""

@@ -34,11 +34,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from vizoo.backbones.inline import (
+    CHECKPOINT_URL,
     ConvEmbed,
     HierarchicalMixin,
     TokenStage,
     block_types,
     check_keys,
+    inline_cfg,
     inline_mix,
     residual_mlp,
     unwrap_checkpoint,
@@ -298,32 +300,14 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineCSwin:
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True,
-        "first_conv": "stages.0.downsample.proj",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2412.06590",
-        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine",
-        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
-        **kwargs,
-    }
+    return inline_cfg(url, "stages.0.downsample.proj", **{"crop_pct": 0.9, **kwargs})
 
 
-_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 default_cfgs = generate_default_cfgs(
     {
-        "inline_cswin_tiny.in1k": _cfg(_URL.format("49fa2ecc543647c4b970")),
-        "inline_cswin_small.in1k": _cfg(_URL.format("59f4e65f776f4052b93c")),
-        "inline_cswin_base.in1k": _cfg(_URL.format("91e17121df284ae38521")),
+        "inline_cswin_tiny.in1k": _cfg(CHECKPOINT_URL.format("49fa2ecc543647c4b970")),
+        "inline_cswin_small.in1k": _cfg(CHECKPOINT_URL.format("59f4e65f776f4052b93c")),
+        "inline_cswin_base.in1k": _cfg(CHECKPOINT_URL.format("91e17121df284ae38521")),
         # the paper's 384 fine-tune (85.7 top-1); no released checkpoint
         "inline_cswin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
     }

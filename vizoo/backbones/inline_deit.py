@@ -28,7 +28,13 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_filter
 from torch import Tensor
 
-from vizoo.backbones.inline import InLineAttention, check_keys, unwrap_checkpoint
+from vizoo.backbones.inline import (
+    CHECKPOINT_URL,
+    InLineAttention,
+    check_keys,
+    inline_cfg,
+    unwrap_checkpoint,
+)
 
 __all__ = ["InLineDeiT", "checkpoint_filter_fn"]
 
@@ -96,32 +102,14 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineDeiT:
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "paper_ids": "arXiv:2412.06590",
-        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine",
-        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
-        **kwargs,
-    }
+    return inline_cfg(url, "patch_embed.proj", **{"pool_size": None, "classifier": "head", **kwargs})
 
 
-_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 default_cfgs = generate_default_cfgs(
     {
-        "inline_deit_tiny.in1k": _cfg(_URL.format("1d6b8191ad6d4114b291")),
-        "inline_deit_small.in1k": _cfg(_URL.format("2f3898b07e9247f3beb3"), input_size=(3, 288, 288)),
-        "inline_deit_base.in1k": _cfg(_URL.format("10bdd726d4b0435eb34e"), input_size=(3, 448, 448)),
+        "inline_deit_tiny.in1k": _cfg(CHECKPOINT_URL.format("1d6b8191ad6d4114b291")),
+        "inline_deit_small.in1k": _cfg(CHECKPOINT_URL.format("2f3898b07e9247f3beb3"), input_size=(3, 288, 288)),
+        "inline_deit_base.in1k": _cfg(CHECKPOINT_URL.format("10bdd726d4b0435eb34e"), input_size=(3, 448, 448)),
     }
 )
 

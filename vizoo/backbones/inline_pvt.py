@@ -26,11 +26,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from vizoo.backbones.inline import (
+    CHECKPOINT_URL,
     ConvEmbed,
     HierarchicalMixin,
     InLineQKVAttention,
     TokenStage,
     check_keys,
+    inline_cfg,
     unwrap_checkpoint,
 )
 
@@ -184,33 +186,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLinePVT:
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True,
-        "first_conv": "stages.0.downsample.proj",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2412.06590",
-        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine",
-        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
-        **kwargs,
-    }
+    return inline_cfg(url, "stages.0.downsample.proj", **kwargs)
 
 
-_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 default_cfgs = generate_default_cfgs(
     {
-        "inline_pvt_tiny.in1k": _cfg(_URL.format("90ac52b1555b401eb5e6")),
-        "inline_pvt_small.in1k": _cfg(_URL.format("1ab953b2479d433080a3")),
-        "inline_pvt_medium.in1k": _cfg(_URL.format("a72aec31e6084bc0a280")),
-        "inline_pvt_large.in1k": _cfg(_URL.format("efd91318ba964f01b288")),
+        "inline_pvt_tiny.in1k": _cfg(CHECKPOINT_URL.format("90ac52b1555b401eb5e6")),
+        "inline_pvt_small.in1k": _cfg(CHECKPOINT_URL.format("1ab953b2479d433080a3")),
+        "inline_pvt_medium.in1k": _cfg(CHECKPOINT_URL.format("a72aec31e6084bc0a280")),
+        "inline_pvt_large.in1k": _cfg(CHECKPOINT_URL.format("efd91318ba964f01b288")),
     }
 )
 

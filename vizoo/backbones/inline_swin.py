@@ -31,7 +31,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.swin_transformer import SwinTransformer
 from torch import Tensor
 
-from vizoo.backbones.inline import InLineAttention, block_types, check_keys, unwrap_checkpoint
+from vizoo.backbones.inline import (
+    CHECKPOINT_URL,
+    InLineAttention,
+    block_types,
+    check_keys,
+    inline_cfg,
+    unwrap_checkpoint,
+)
 
 __all__ = ["InLineSwin", "checkpoint_filter_fn"]
 
@@ -129,32 +136,14 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> InLineSwin:
 
 
 def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "fixed_input_size": True,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2412.06590",
-        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
-        "origin_url": "https://github.com/LeapLabTHU/InLine",
-        "license": "unknown",  # the official repository has no licence file (the Hub's value for that case)
-        **kwargs,
-    }
+    return inline_cfg(url, "patch_embed.proj", **kwargs)
 
 
-_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 default_cfgs = generate_default_cfgs(
     {
-        "inline_swin_tiny.in1k": _cfg(_URL.format("32810869fcc34410966b")),
-        "inline_swin_small.in1k": _cfg(_URL.format("e9657fd247c04c7cb1a1")),
-        "inline_swin_base.in1k": _cfg(_URL.format("bf23564bb64c420aafe1")),
+        "inline_swin_tiny.in1k": _cfg(CHECKPOINT_URL.format("32810869fcc34410966b")),
+        "inline_swin_small.in1k": _cfg(CHECKPOINT_URL.format("e9657fd247c04c7cb1a1")),
+        "inline_swin_base.in1k": _cfg(CHECKPOINT_URL.format("bf23564bb64c420aafe1")),
         # the paper's 384 fine-tune config; no released checkpoint
         "inline_swin_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
     }
