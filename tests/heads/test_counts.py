@@ -16,6 +16,8 @@ C = 1000
 # name -> ({D: official total}, dead parameters left out by vizoo as a function of D)
 OFFICIAL = {
     "linear": ({768: 769_000, 384: 385_000, 1024: 1_025_000}, lambda d: 0),
+    # DINOv2's eval/linear.py: nn.Linear(D, C) alone
+    "plain_linear": ({768: 769_000, 384: 385_000, 1024: 1_025_000}, lambda d: 0),
     "ep": ({768: 1_383_400, 384: 544_744, 1024: 2_106_344}, lambda d: 0),
     "mhca": ({768: 1_949_416, 384: 680_296, 1024: 3_123_176}, lambda d: 0),
     # the predictor's last bias (a constant added to every token's score)

@@ -7,7 +7,8 @@ Usage::
     logits = head(patch_tokens, prefix=prefix_tokens, grid=(14, 14))
     head.num_params(), head.macs(num_tokens=196)
 
-Every head is ``pool -> BatchNorm1d(width, affine=False, eps=1e-6) -> Linear(width, C)``, as in the
+Every head is ``pool -> BatchNorm1d(width, affine=False, eps=1e-6) -> Linear(width, C)`` (``plain_linear``, DINOv2's
+linear evaluation head, drops the BatchNorm), as in the
 official efficient-probing code (Psomas et al., ICLR 2026, github.com/billpsomas/efficient-probing); see
 ``vizoo/heads/base.py`` for the call convention and the counting rules of ``num_params`` and ``macs``.
 
@@ -25,6 +26,7 @@ random weights against the official code, not part of the test suite since that 
 | vizoo          | official flag | official total | vizoo total | left out: (kind) parameter, count               |
 |----------------|---------------|---------------:|------------:|-------------------------------------------------|
 | linear         | cls / pos     |        769,000 |     769,000 |                                                 |
+| plain_linear   | (DINOv2)      |        769,000 |     769,000 | no BatchNorm (DINOv2's bare Linear)             |
 | ep (M=32)      | ep            |      1,383,400 |   1,383,400 |                                                 |
 | mhca (h=16)    | aim           |      1,949,416 |   1,949,416 |                                                 |
 | abmilp         | abmilp        |      3,720,425 |   3,720,424 | (b) predictor's last bias, 1                    |

@@ -51,3 +51,20 @@ class LinearProbe(ProbeHead):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pool={self.pool_mode!r}"
+
+
+@register_head("plain_linear")
+class PlainLinear(LinearProbe):
+    """DINOv2's linear classifier (Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision",
+    TMLR 2024, ``dinov2/eval/linear.py``): a bare ``Linear(D, C)`` with weight N(0, 0.01) and bias 0, no
+    BatchNorm.
+
+    Pools like ``linear`` (``pool``: ``auto``/``cls``/``avg``). On DINOv2's concatenated multi-block inputs
+    (one token per image, no prefix tokens; see ``vizoo.probe.multiblock``) the pooling is the identity.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, pool: str = "auto") -> None:
+        super().__init__(in_dim, num_classes, pool)
+        self.head_bn = torch.nn.Identity()
+        torch.nn.init.normal_(self.classifier.weight, mean=0.0, std=0.01)
+        torch.nn.init.zeros_(self.classifier.bias)

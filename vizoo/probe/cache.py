@@ -24,10 +24,13 @@ that differ.
 An interrupted extraction resumes: completed shards whose metadata match are kept, only the missing shards are
 computed (the split is read in a fixed order with the evaluation transform, so shards are deterministic).
 
+Order: rows are stored in a seeded random order of the split (:func:`storage_order`), so that every shard is a
+random sample of it. A cache too large for memory is then streamed shard by shard with the rows shuffled within
+each shard (``vizoo.probe.sources.ShardStream``) and still gives well-mixed batches, also for class-sorted image
+folders. :func:`load_split` holds a whole cache in memory instead.
+
 Not in the efficient-probing code (it never caches; every step re-runs the backbone on augmented images).
 Caching changes the protocol (centre crop, no augmentation); the results file records which protocol ran.
-Loaded caches are held in memory (fine for the embedded data and mid-sized sets, not for ImageNet-scale
-token caches).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vizoo.probe.features import extract_tokens, stable_json
 from vizoo.utils import atomic_path, atomic_write_text
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows in storage_order
+ORDER_SEED = 0
 KEY_FILE = "key.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -94,6 +98,12 @@ class CachedSplit:
             self.labels[index],
             self.manifest,
         )
+
+
+def storage_order(n: int) -> torch.Tensor:
+    """The dataset index stored at each row of a cache of ``n`` samples: a permutation seeded with
+    ``ORDER_SEED`` (the same for every cache of that size)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(ORDER_SEED))
 
 
 def dataset_identity(name: str, split: str, dataset: Dataset, **options: Any) -> dict[str, Any]:
@@ -251,23 +261,30 @@ def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     Raises:
         DamagedCacheFile: the shard is missing its checksum, differs from it, does not parse, or holds NaN/inf.
     """
-    from safetensors import safe_open
+    from safetensors.torch import load
 
     recorded = _checksum_path(path)
     if not recorded.exists():
         raise DamagedCacheFile(path, f"its checksum file {recorded.name} is missing")
-    if _file_sha256(path) != recorded.read_text().strip():
+    data = path.read_bytes()  # one read: hashed, then parsed
+    if hashlib.sha256(data).hexdigest() != recorded.read_text().strip():
         raise DamagedCacheFile(path, "its SHA-256 differs from the one recorded when it was written")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        meta = _safetensors_metadata(data)
+        tensors = load(data)
     except Exception as err:  # noqa: BLE001  (SafetensorError has no public class)
         raise DamagedCacheFile(path, f"not a readable safetensors file ({err})") from None
+    del data
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise DamagedCacheFile(path, f"{name} holds NaN or infinite values")
     return tensors, meta
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory (an 8-byte length, then a JSON header)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def _discard(path: Path, reason: Exception) -> None:
@@ -303,7 +320,8 @@ def extract_split(
     amp: bool = False,
     progress: bool = True,
     on_shard: Callable[[int, Path], None] | None = None,
-) -> CachedSplit:
+    load: bool = True,
+) -> CachedSplit | Path:
     """Extract (or load, or finish) the cached features of one split.
 
     Args:
@@ -321,9 +339,10 @@ def extract_split(
         progress: show a progress bar.
         on_shard: called as ``on_shard(index, path)`` after each shard is written (tests use it to simulate
             a crash).
+        load: return the split loaded in memory; False: return the complete cache's directory (for streaming).
 
     Returns:
-        The :class:`CachedSplit`.
+        The :class:`CachedSplit` (rows in :func:`storage_order`), or the cache directory.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset split is empty; nothing to extract")
@@ -333,7 +352,8 @@ def extract_split(
     directory = cache_dir_for(cache_root, payload)
     if (directory / MANIFEST_FILE).exists():
         try:
-            return load_split(directory, key=key)
+            split = load_split(directory, key=key, check=load)
+            return split if load else directory
         except DamagedCacheFile as err:  # rebuilt below: the manifest goes, the damaged file too
             _discard(err.path, err)
             if (directory / MANIFEST_FILE).exists():
@@ -342,6 +362,7 @@ def extract_split(
     if not (directory / KEY_FILE).exists():
         atomic_write_text(directory / KEY_FILE, stable_json(dict(key=key, payload=payload)))
     n = len(dataset)
+    stored = Subset(dataset, storage_order(n).tolist())
     starts = list(range(0, n, shard_size))
     todo = [
         i
@@ -349,16 +370,21 @@ def extract_split(
         if not _shard_ok(directory / _shard_name(i), key, s, min(shard_size, n - s))
     ]
     shapes: dict[str, Any] = {}
-    bar = _progress_bar(
+    from tqdm.auto import tqdm
+
+    bar = tqdm(  # disable=None also hides it when stderr is not a terminal (logs, CI)
         total=sum(min(shard_size, n - starts[i]) for i in todo),
-        enabled=progress,
         desc=f"features {payload['dataset']['name']}/{payload['dataset']['split']}",
+        unit="img",
+        dynamic_ncols=True,
+        leave=False,
+        disable=None if progress and todo else True,
     )
     try:
         for i in todo:
             start, count = starts[i], min(shard_size, n - starts[i])
             loader = DataLoader(
-                Subset(dataset, range(start, start + count)),
+                Subset(stored, range(start, start + count)),
                 batch_size=batch_size,
                 shuffle=False,
                 num_workers=num_workers,
@@ -408,9 +434,10 @@ def extract_split(
         norm=norm,
         dtype="float16",
         shapes=shapes,
+        order=f"torch.randperm({n}) seeded with {ORDER_SEED}",
     )
     atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
-    return load_split(directory, key=key)
+    return load_split(directory, key=key) if load else directory
 
 
 def _shard_shapes(path: Path) -> dict[str, Any]:
@@ -420,8 +447,9 @@ def _shard_shapes(path: Path) -> dict[str, Any]:
         return json.loads((f.metadata() or {})["shapes"])
 
 
-def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
-    """Load a complete cache directory; ``key`` (when given) must match the manifest's.
+def load_split(directory: str | Path, key: str | None = None, check: bool = True) -> CachedSplit | None:
+    """Load a complete cache directory; ``key`` (when given) must match the manifest's. ``check=False`` only
+    checks the manifest and returns None (a streamed cache checks each shard as it reads it).
 
     Raises:
         DamagedCacheFile: the manifest or a shard is damaged (see the module docstring).
@@ -440,6 +468,8 @@ def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
         raise ValueError(
             f"{directory}: cache key {manifest.get('key', '')[:16]} does not match the wanted key {key[:16]}"
         )
+    if not check:
+        return None
     shards = [read_shard(directory / name)[0] for name in manifest["shards"]]
     layers = [int(v) for v in manifest["layers"]]
     tokens = {layer: torch.cat([s[f"tokens.{layer}"] for s in shards]) for layer in layers}
@@ -452,20 +482,3 @@ def load_split(directory: str | Path, key: str | None = None) -> CachedSplit:
             directory / MANIFEST_FILE, f"the shards hold {len(labels)} samples, it says {manifest['num_samples']}"
         )
     return CachedSplit(layers, tokens, prefix, grids, labels, manifest)
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool, desc: str):
-    if not enabled or total == 0:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False, disable=None)

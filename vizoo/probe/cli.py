@@ -2,225 +2,96 @@
 
 Examples::
 
-    vizoo probe                                   # the main job: the shipped demo backbone, see demo.py
-    vizoo probe -c configs/probe/ep.yaml --model vit_base_patch16_224.mae --dataset folder --root /data/x
+    vizoo probe                                   # the main job: the shipped demo backbone (configs/probe/demo.yaml)
+    vizoo probe -c configs/probe/ep.yaml --model vit_base_patch16_224.mae --root /data/x
     vizoo probe --model resnet50.a1_in1k --dataset folder --root /data/pets \\
-        --heads linear ep:num_queries=16 \\
-        --lrs 1e-3 3e-3 1e-2 --epochs 30 --layers -1 -2 --norm
-    vizoo probe --list-heads
+        --heads '[linear, "ep:num_queries=16"]' --train.lrs '[1e-3, 3e-3, 1e-2]' --train.epochs 30 \\
+        --layers '[-1, -2]' --norm true
+    vizoo probe --print_config                    # the demo's settings as YAML, a starting point for a config
+    vizoo probe --list_heads
 
-Settings come from, in increasing priority: built-in defaults, the YAML file given with ``-c`` (keys are the
-long option names with underscores), and explicit command-line options. Without ``--model`` and ``-c`` the
-main job's settings (``vizoo.probe.demo.DEMO_CONFIG``, mirrored in ``configs/probe/demo.yaml``) take the place
-of the defaults, so ``vizoo probe`` runs the main job and ``vizoo probe --device cuda --amp`` runs it on a GPU.
+Settings are the fields of :class:`~vizoo.probe.pipeline.ProbeJob` (optimisation under ``train:``, the fields of
+:class:`~vizoo.probe.engine.TrainConfig`), parsed by jsonargparse as LightningCLI parses training configs:
+``-c/--config`` YAML files (several stack, later ones win), then dotted command-line overrides
+(``--train.epochs 5``), ``--print_config`` to see the result. Without ``--model`` and ``-c`` the main job's
+config (``vizoo/assets/probe_demo.yaml``, linked as ``configs/probe/demo.yaml``) is loaded first, so
+``vizoo probe`` runs the main job and ``vizoo probe --train.device cuda --amp true`` runs it on a GPU.
 
 Outputs: a rich table on the terminal, ``<output_dir>/results.json`` and ``<output_dir>/results.png``. The output
 folder is checked before any work: it must be writable, and results that another run (other settings) wrote there
-are never replaced unless ``--overwrite`` is given. When the folder comes from a config or the defaults rather than
-``--output-dir``, a run with other settings goes to ``<folder>-<hash of its settings>`` instead, so a variant of the
-demo never replaces the demo's results.
+are never replaced unless ``--overwrite true`` is given. When the folder comes from a config or the defaults
+rather than ``--output_dir``, a run with other settings goes to ``<folder>-<hash of its settings>`` instead, so a
+variant of the demo never replaces the demo's results.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import yaml
+from vizoo.probe.demo import DEMO_YAML
 
-from vizoo.utils import ArgumentParser
-
-DEFAULTS: dict[str, Any] = dict(
-    model=None,
-    model_kwargs={},
-    pretrained=True,
-    checkpoint=None,
-    dataset="digits",
-    root=None,
-    dataset_kwargs={},
-    image_size=None,
-    heads=["linear", "ep"],
-    head_kwargs={},
-    lrs=[1e-3],
-    epochs=30,
-    batch_size=128,
-    optimizer="adamw",
-    weight_decay=0.0,
-    warmup_epochs=0.0,
-    scale_lr=False,
-    seed=0,
-    protocol="cached",
-    layers=None,
-    inputs=None,
-    norm=False,
-    k_shot=None,
-    seeds=[0],
-    output_dir=None,
-    cache_dir=None,
-    device=None,
-    amp=False,
-    extract_batch_size=256,
-    num_workers=0,
-    scale=[0.08, 1.0],
-    hflip=0.5,
-    devices=1,
-    progress=True,
-    overwrite=False,
-)
 # settings that do not change the results: two runs that differ only in these are the same run
 RUN_ONLY = ("output_dir", "overwrite", "progress", "cache_dir", "num_workers", "extract_batch_size")
+_NOT_SETTINGS = ("config", "list_heads", "print_config", "__path__")
 
 
-def _json_arg(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise argparse.ArgumentTypeError(f"not valid JSON/YAML ({problem}): {text!r}") from None
+def build_parser():
+    """The jsonargparse parser of ``vizoo probe``: the fields of ProbeJob plus the run options."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from vizoo.probe.pipeline import ProbeJob
 
-def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="vizoo probe",
-        argument_default=argparse.SUPPRESS,
         description="Probe a frozen timm/vizoo backbone with linear and attentive heads (many at once). "
         "Without --model or -c, runs the main job on the shipped demo backbone (other options apply to it).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_on_error=False,
     )
-    p.add_argument("-c", "--config", help="YAML file of settings (see configs/probe/)")
-    p.add_argument("--list-heads", action="store_true", help="list the probing heads and their options")
-    g = p.add_argument_group("backbone")
-    g.add_argument("--model", help="timm model name (vizoo's, timm's, hf-hub:..., local-dir:...)")
-    g.add_argument(
-        "--model-kwargs", type=_json_arg, help="JSON dict for timm.create_model, e.g. '{\"img_size\": 32}'"
-    )
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random weights")
-    g.add_argument("--checkpoint", help="state-dict file to load into the backbone")
-    g.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        help="blocks to probe, negative from the end (several: layer-wise mode); default: the last",
-    )
-    g.add_argument(
-        "--inputs",
-        nargs="+",
-        help="DINOv2 multi-block inputs instead of --layers (cached protocol, linear heads): cls1 cls1+avg "
-        "cls4 cls4+avg = class tokens of the last n blocks concatenated [+ last block's patch mean]",
-    )
-    g.add_argument(
-        "--norm",
-        action=argparse.BooleanOptionalAction,
-        help="apply the final norm to the tokens (DINOv2 style) or not (MAE style, default)",
-    )
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 backbone on CUDA")
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", help="digits | mnist5k | shapes | folder (with --root)")
-    d.add_argument("--root", help="image folder with train/ and val/ (and optionally test/) sub-folders")
-    d.add_argument("--dataset-kwargs", type=_json_arg, help="JSON dict of dataset options")
-    d.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    d.add_argument("--k-shot", type=int, help="low-shot mode: k training images per class")
-    d.add_argument("--seeds", type=int, nargs="+", help="low-shot seeds (default 0)")
-    h = p.add_argument_group("heads and training")
-    h.add_argument(
-        "--heads",
-        nargs="+",
-        help="head names, optionally with options: ep:num_queries=8,d_out=2; 'all' = every registered head",
-    )
-    h.add_argument(
-        "--head-kwargs", type=_json_arg, help='JSON dict name -> options, e.g. \'{"ep": {"num_queries": 8}}\''
-    )
-    h.add_argument("--lrs", type=float, nargs="+", help="learning rates to sweep (each head trained at each)")
-    h.add_argument("--epochs", type=int)
-    h.add_argument("--batch-size", type=int)
-    h.add_argument("--optimizer", choices=["adamw", "lars", "sgd"])
-    h.add_argument("--weight-decay", type=float)
-    h.add_argument("--warmup-epochs", type=float)
-    h.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, help="lr = base lr * batch / 256")
-    h.add_argument("--seed", type=int)
-    h.add_argument(
-        "--protocol",
-        choices=["cached", "augmented"],
-        help="cached: features extracted once (fast); augmented: RandomResizedCrop + backbone every step",
-    )
-    h.add_argument("--scale", type=float, nargs=2, help="RandomResizedCrop scale (augmented protocol)")
-    h.add_argument("--hflip", type=float, help="flip probability (augmented protocol)")
-    o = p.add_argument_group("run")
-    o.add_argument("--output-dir", help="where results.json and results.png go")
-    o.add_argument("--cache-dir", help="feature cache root (default ~/.cache/vizoo/features or $VIZOO_CACHE)")
-    o.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    o.add_argument(
-        "--devices",
-        type=int,
-        help="processes for the augmented protocol (several: DDP through Lightning; GPUs, or CPU processes "
-        "with --device cpu)",
-    )
-    o.add_argument("--extract-batch-size", type=int)
-    o.add_argument("--num-workers", type=int)
-    o.add_argument("--no-progress", dest="progress", action="store_false")
-    o.add_argument("--overwrite", action="store_true",
-                   help="replace results another run wrote in --output-dir (default: refuse)")
+    p.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file of settings (see configs/probe/)")
+    p.add_argument("--list_heads", action="store_true", help="list the probing heads and their options")
+    p.add_class_arguments(ProbeJob, fail_untyped=True)
+    p.add_argument("--output_dir", type=Optional[str], default=None, help="where results.json and results.png go")
+    p.add_argument("--overwrite", type=bool, default=False,
+                   help="replace results another run wrote in --output_dir (default: refuse)")
     return p
 
 
+def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], bool]:
+    """The settings (a plain dict, ``train`` nested) and whether ``--output_dir`` was given on the command line.
+
+    Without ``--model`` and ``-c`` the main job's config is loaded first.
+    """
+    argv = list(argv)
+    named = {a.split("=")[0] for a in argv}
+    if not named & {"-c", "--config", "--model"}:
+        argv = ["--config", str(DEMO_YAML), *argv]
+    cfg = build_parser().parse_args(argv)
+    settings = cfg.as_dict()
+    for key in _NOT_SETTINGS:
+        settings.pop(key, None)
+    return settings, "--output_dir" in named
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML settings file; unknown keys are a ValueError listing the accepted ones."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a probe config must be a mapping of settings")
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; accepted: {', '.join(sorted(DEFAULTS))}")
-    return data
+    """The settings a YAML config gives (unknown keys, wrong types: ValueError naming them)."""
+    settings, _ = resolve_settings(["--config", str(path)])
+    return settings
 
 
-def parse_heads(items: list[Any], head_kwargs: dict[str, dict[str, Any]]):
-    """Head specs from strings (``ep`` or ``ep:num_queries=8,d_out=2``), dicts or ``all``."""
-    from vizoo.heads import list_heads
-    from vizoo.probe.multiblock import head_class
-    from vizoo.probe.trainer import HeadSpec
+def job_from_settings(settings: dict[str, Any]):
+    """A :class:`ProbeJob` from resolved settings."""
+    from vizoo.probe.demo import expand_model_name
+    from vizoo.probe.engine import TrainConfig
+    from vizoo.probe.pipeline import ProbeJob
 
-    specs = []
-    for item in items:
-        if isinstance(item, dict):
-            name, kwargs, label = item.get("name"), dict(item.get("kwargs") or {}), item.get("label", "")
-        elif isinstance(item, str) and item == "all":
-            specs += [HeadSpec(n, dict(head_kwargs.get(n, {}))) for n in list_heads()]
-            continue
-        elif isinstance(item, str):
-            name, _, opts = item.partition(":")
-            kwargs, label = {}, ""
-            for pair in filter(None, opts.split(",")):
-                key, eq, value = pair.partition("=")
-                if not eq:
-                    raise ValueError(f"head option {pair!r} in {item!r} must look like key=value")
-                kwargs[key.strip()] = yaml.safe_load(value)
-        else:
-            raise ValueError(f"a head must be a name, 'name:key=value,...' or a mapping; got {item!r}")
-        head_class(name)  # unknown names: ValueError listing the valid ones
-        merged = {**head_kwargs.get(name, {}), **kwargs}
-        specs.append(HeadSpec(name, merged, label))
-    return specs
-
-
-def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
-    """Defaults, then the config file, then explicit options (the main job's settings replace the defaults
-    when neither ``--model`` nor ``-c`` is given)."""
-    from vizoo.probe.demo import DEMO_CONFIG
-
-    args = build_parser().parse_args(argv)
-    settings = dict(DEFAULTS)
-    if not hasattr(args, "model") and not getattr(args, "config", None):
-        settings.update(DEMO_CONFIG)
-    if getattr(args, "config", None):
-        settings.update(load_config(args.config))
-    settings.update({k: v for k, v in vars(args).items() if k not in ("config", "list_heads")})
-    return settings, args
+    names = {f.name for f in fields(ProbeJob)}
+    values = {k: v for k, v in settings.items() if k in names}
+    values["model"] = expand_model_name(values["model"])
+    values["train"] = TrainConfig(**values["train"])
+    return ProbeJob(**values)
 
 
 def _result_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -284,64 +155,6 @@ def _check_writable(folder: Path) -> None:
                 path.rmdir()
 
 
-def job_from_settings(settings: dict[str, Any]):
-    """A :class:`ProbeJob` from resolved settings."""
-    import torch
-
-    from vizoo.probe.demo import expand_model_name
-    from vizoo.probe.pipeline import ProbeJob
-    from vizoo.probe.trainer import TrainConfig
-
-    s = settings
-    if not s["model"]:
-        raise ValueError(
-            "no model given: pass --model NAME (any timm/vizoo name, hf-hub:..., local-dir:...) "
-            "or leave out both --model and -c for the demo"
-        )
-    device = s["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    heads = parse_heads(list(s["heads"]), dict(s["head_kwargs"] or {}))
-    train = TrainConfig(
-        epochs=int(s["epochs"]),
-        batch_size=int(s["batch_size"]),
-        lrs=[float(v) for v in s["lrs"]],
-        optimizer=s["optimizer"],
-        weight_decay=float(s["weight_decay"]),
-        warmup_epochs=float(s["warmup_epochs"]),
-        scale_lr=bool(s["scale_lr"]),
-        seed=int(s["seed"]),
-        device=device,
-    )
-    layers = s["layers"]
-    if isinstance(layers, int):
-        layers = [layers]
-    return ProbeJob(
-        model=expand_model_name(s["model"]),
-        model_kwargs=dict(s["model_kwargs"] or {}),
-        pretrained=bool(s["pretrained"]),
-        checkpoint=s["checkpoint"],
-        dataset=s["dataset"],
-        root=s["root"],
-        dataset_kwargs=dict(s["dataset_kwargs"] or {}),
-        image_size=s["image_size"],
-        heads=heads,
-        train=train,
-        protocol=s["protocol"],
-        layers=layers,
-        inputs=[s["inputs"]] if isinstance(s["inputs"], str) else s["inputs"],
-        norm=bool(s["norm"]),
-        k_shot=s["k_shot"],
-        seeds=[int(v) for v in s["seeds"]],
-        cache_dir=s["cache_dir"],
-        extract_batch_size=int(s["extract_batch_size"]),
-        num_workers=int(s["num_workers"]),
-        amp=bool(s["amp"]),
-        scale=tuple(s["scale"]),
-        hflip=float(s["hflip"]),
-        devices=int(s["devices"]),
-        progress=bool(s["progress"]),
-    )
-
-
 def _list_heads() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -355,33 +168,35 @@ def _list_heads() -> None:
     for name in list_heads():
         opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
         table.add_row(name, str(get_head_class(name).uses_prefix), opts)
-    table.add_row("plain_linear", "optional", "pool='auto'  (DINOv2: Linear only, no BatchNorm; vizoo.probe)")
     Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Entry point of ``vizoo probe`` (``argv`` without the subcommand name). Returns the results dict."""
+    from jsonargparse import ArgumentError
+
     from vizoo.probe.report import print_table, write_json, write_plot
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--list_heads" in argv:
+        _list_heads()
+        return None
     try:
-        settings, args = resolve_settings(argv)
-        if getattr(args, "list_heads", False):
-            _list_heads()
-            return None
+        settings, explicit = resolve_settings(argv)
         job = job_from_settings(settings)
-        out = choose_output_dir(settings, explicit=hasattr(args, "output_dir"))
+        out = choose_output_dir(settings, explicit=explicit)
         from vizoo.probe.pipeline import run_probe
 
         report = run_probe(job)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vizoo probe: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ArgumentError) as err:
+        message = " ".join(str(err).split())
+        print(f"vizoo probe: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     import os
 
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
-        return report  # DDP workers of the augmented protocol: rank 0 reports
-    report["meta"]["settings"] = {k: v for k, v in settings.items()}
+        return report  # DDP workers: rank 0 reports
+    report["meta"]["settings"] = settings
     print_table(report)
     json_path = write_json(report, out / "results.json")
     png_path = write_plot(report, out / "results.png")

@@ -1,4 +1,4 @@
-"""One probing job from start to end: backbone, data, features (cached) or augmented training, results.
+"""One probing job from start to end: backbone, data, token source, the probing engine, results.
 
 ``run_probe(ProbeJob(...))`` is what ``vizoo probe`` calls; it is also the Python entry point::
 
@@ -6,17 +6,19 @@
     report = run_probe(ProbeJob(model="vit_small_patch16_224.augreg_in21k", dataset="folder",
                                 root="/data/pets", heads=[HeadSpec("linear"), HeadSpec("ep")]))
 
-Protocols (recorded in the results):
+Both protocols train every head in one pass of the engine (``vizoo.probe.engine``); they differ in the token
+source (``vizoo.probe.sources``), and the protocol is recorded in the results:
 
-* ``cached``: the evaluation transform (resize + centre crop), tokens extracted once into the feature cache,
-  heads trained on them (``vizoo.probe.trainer``). Fast; differs from the papers' recipe by having no
-  augmentation.
+* ``cached``: the evaluation transform (resize + centre crop), tokens extracted once into the feature cache
+  (``vizoo.probe.cache``), held in memory or, when the cache is larger than half the available memory (or
+  ``stream=True``), streamed from disk. Fast; differs from the papers' recipe by having no augmentation.
 * ``augmented``: the papers' recipe (MAE / efficient-probing): RandomResizedCrop + flip on every step and the
-  frozen backbone re-run every step, through Lightning (``vizoo.probe.augmented``).
+  frozen backbone re-run every step.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,17 +27,19 @@ from typing import Any, Sequence
 
 import torch
 
-from vizoo.probe.cache import CachedSplit, dataset_identity, extract_split, make_payload
+from vizoo.probe.cache import CachedSplit, dataset_identity, extract_split, load_split, make_payload, storage_order
+from vizoo.probe.engine import HeadBank, HeadSpec, ProbeData, Stream, TrainConfig, fit_heads
 from vizoo.probe.features import (
     BackboneSpec,
     create_backbone,
     data_config_for,
+    extract_tokens,
     resolve_layers,
     weights_digest,
 )
 from vizoo.probe.lowshot import sample_k_shot
-from vizoo.probe.multiblock import LINEAR_HEADS, InputSpec, blocks_needed, concat_split
-from vizoo.probe.trainer import HeadSpec, TrainConfig, train_probes
+from vizoo.probe.multiblock import LINEAR_HEADS, InputSpec, blocks_needed, concat_features
+from vizoo.probe.sources import EpochBatches, ImageBatches, MemoryTokens, ShardStream, loader
 
 PROTOCOLS = ("cached", "augmented")
 
@@ -77,8 +81,11 @@ class ProbeJob:
         amp: bfloat16 autocast for the backbone on CUDA.
         scale: RandomResizedCrop scale (augmented protocol).
         hflip: horizontal flip probability (augmented protocol).
-        devices: devices of the augmented protocol's Lightning Trainer (several: DDP).
+        devices: processes of the Lightning Trainer (several: DDP).
         progress: progress bars.
+        stream: read the cached tokens from disk shard by shard instead of holding them in memory (None: when
+            the cache is larger than half the available memory). k-shot mode and multi-block inputs hold
+            their (smaller) training data in memory.
     """
 
     model: str
@@ -89,7 +96,7 @@ class ProbeJob:
     root: str | None = None
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
-    heads: Sequence[HeadSpec] = (HeadSpec("linear"), HeadSpec("ep"))
+    heads: Sequence[HeadSpec | str] = ("linear", "ep")
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: str = "cached"
     layers: Sequence[int] | None = None
@@ -105,6 +112,10 @@ class ProbeJob:
     hflip: float = 0.5
     devices: int = 1
     progress: bool = True
+    stream: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.heads = HeadSpec.parse_all(self.heads)
 
 
 def _datamodule(job: ProbeJob, data_config: dict[str, Any], image_size: int):
@@ -194,10 +205,6 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
         raise ValueError("low-shot mode (k_shot) runs on cached features; use protocol='cached' with k_shot")
     check_job_numbers(job)
     check_device(job.train.device)
-    from vizoo.probe.multiblock import head_class
-
-    for spec in job.heads:  # unknown names fail before any work
-        head_class(spec.name)
     inputs = _check_inputs(job)
     started = time.perf_counter()
     spec = BackboneSpec(job.model, dict(job.model_kwargs), job.pretrained, job.checkpoint)
@@ -243,12 +250,9 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     )
     if job.protocol == "cached":
         results, splits = _run_cached(job, model, dm, digest, data_config, layers, classes, inputs)
-        meta["split_sizes"] = splits
     else:
-        from vizoo.probe.augmented import run_augmented
-
-        results, splits = run_augmented(job, model, dm, layers, classes)
-        meta["split_sizes"] = splits
+        results, splits = _run_augmented(job, model, dm, layers, classes)
+    meta["split_sizes"] = splits
     meta["wall_time_s"] = time.perf_counter() - started
     return dict(meta=meta, results=results)
 
@@ -263,8 +267,8 @@ def extract_features(
     split: str,
     on_shard=None,
     shard_size: int = 4096,
-) -> CachedSplit:
-    """Cached features of one split for the job's backbone and data (extracting what is missing)."""
+) -> Path:
+    """The cache directory of one split for the job's backbone and data (extracting what is missing)."""
     dataset = dm.split(split, training=False)
     identity = dataset_identity(
         job.dataset,
@@ -301,6 +305,7 @@ def extract_features(
         amp=job.amp,
         progress=job.progress,
         on_shard=on_shard,
+        load=False,
     )
 
 
@@ -329,45 +334,190 @@ def _check_inputs(job: ProbeJob) -> list[InputSpec]:
     return specs
 
 
+def _fits_in_memory(directory: Path) -> bool:
+    """Whether a cache takes at most half of the memory available now."""
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    per_sample = sum((v["num_tokens"] + v["num_prefix"]) * v["dim"] * 2 for v in manifest["shapes"].values())
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return manifest["num_samples"] * per_sample <= available / 2
+
+
+def _layer_stream(split: CachedSplit, layer: int) -> Stream:
+    tokens, prefix = split.tokens[layer], split.prefix[layer]
+    return Stream(str(layer), layer, tokens.shape[1], tokens.shape[2], prefix.shape[1], split.grids[layer])
+
+
 def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes, inputs=()):
-    splits = {
+    dirs = {
         s: extract_features(job, model, dm, digest, data_config, layers, s)
         for s in ("train", "val", "test")
         if s != "test" or _has_split(dm, "test")
     }
+    config = job.train
+    if job.stream or (job.stream is None and not all(_fits_in_memory(d) for d in dirs.values())):
+        if inputs or job.k_shot is not None:
+            raise ValueError(
+                "k-shot mode and multi-block inputs hold the cached tokens in memory; this cache is larger than "
+                "half the available memory (or stream=True was given)"
+            )
+        return _train_streamed(job, dirs, classes)
+    splits = {s: load_split(d) for s, d in dirs.items()}
     sizes = {s: len(v) for s, v in splits.items()}
-    # layer-wise mode: (layer, None) per layer; multi-block mode: (last layer, input) per input
-    targets = [(max(layers), spec) for spec in inputs] or [(layer, None) for layer in layers]
     results = []
     seeds = list(job.seeds) if job.k_shot is not None else [None]
-    for layer, spec in targets:
-        views = splits if spec is None else {name: concat_split(v, spec) for name, v in splits.items()}
-        for seed in seeds:
-            train = views["train"]
-            if seed is not None:
-                train = train.subset(sample_k_shot(train.labels, job.k_shot, seed, len(classes)))
-            config = job.train if seed is None else _with_seed(job.train, seed)
-            for r in train_probes(
-                train,
-                views["val"],
-                views.get("test"),
-                layer,
-                job.heads,
-                len(classes),
-                config,
-                progress=job.progress,
-            ):
-                entry = r.to_dict()
-                entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
-                if spec is not None:
-                    entry.update(
-                        label=f"{r.label} [{spec.label}]",
-                        head_label=r.label,
-                        input=spec.label,
-                        in_dim=int(train.tokens[layer].shape[2]),
-                    )
-                results.append(entry)
+    for seed in seeds:
+        train = splits["train"]
+        if seed is not None:
+            train = train.subset(sample_k_shot(train.labels, job.k_shot, seed, len(classes)))
+        run_config = config if seed is None else _with_seed(config, seed)
+        parts = dict(splits, train=train)
+        for r in train_probes(parts, layers, job.heads, len(classes), run_config, inputs, job.devices,
+                              job.amp, job.progress):
+            entry = r.to_dict()
+            entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
+            if r.input is not None:
+                entry.update(label=f"{r.label} [{r.input}]", head_label=r.label)
+            results.append(entry)
     return results, sizes
+
+
+def train_probes(
+    splits: dict[str, CachedSplit],
+    layers: Sequence[int],
+    heads: Sequence[HeadSpec],
+    num_classes: int,
+    config: TrainConfig,
+    inputs: Sequence[InputSpec] = (),
+    devices: int = 1,
+    amp: bool = False,
+    progress: bool = True,
+):
+    """Train every head type at every lr on cached splits held in memory, in one pass of the engine.
+
+    Args:
+        splits: ``train`` and ``val`` (and optionally ``test``) features.
+        layers: the cached layers to probe, one stream each (ignored with ``inputs``).
+        heads: head types.
+        num_classes: C.
+        config: optimisation settings.
+        inputs: DINOv2 multi-block inputs: one stream per input instead of one per layer.
+        devices, amp, progress: see :class:`ProbeJob`.
+
+    Returns:
+        The :class:`~vizoo.probe.engine.HeadResult` list, per stream then per head type.
+    """
+    config.check()
+    if not heads:
+        raise ValueError("no heads to train; give at least one head name")
+    _check_splits(splits, layers, num_classes)
+    streams, sources = [], {name: {} for name in splits}
+    if inputs:
+        last = max(splits["train"].layers)
+        for spec in inputs:
+            for name, split in splits.items():
+                vectors = concat_features(split, spec)[:, None, :]
+                sources[name][spec.label] = (vectors, vectors.new_zeros(len(vectors), 0, vectors.shape[2]))
+            streams.append(Stream(spec.label, last, 1, vectors.shape[2], 0, (1, 1), input=spec.label))
+    else:
+        for layer in layers:
+            streams.append(_layer_stream(splits["train"], layer))
+            for name, split in splits.items():
+                sources[name][str(layer)] = (split.tokens[layer], split.prefix[layer])
+    memory = {name: MemoryTokens(sources[name], split.labels) for name, split in splits.items()}
+    pin = str(config.device).startswith("cuda")
+
+    def make_loader(split: str, training: bool, world: int, rank: int):
+        source = memory[split]
+        size = config.batch_size if training else config.eval_batch_size
+        return loader(source, EpochBatches(len(source), size, training, config.seed, world, rank), pin_memory=pin)
+
+    bank = HeadBank(heads, streams, num_classes, config)
+    return fit_heads(bank, ProbeData(make_loader, "test" in splits and len(splits["test"]) > 0), devices, amp,
+                     progress)
+
+
+def _check_splits(splits: dict[str, CachedSplit], layers: Sequence[int], num_classes: int) -> None:
+    if num_classes < 2:
+        raise ValueError(f"probing needs at least 2 classes, the dataset has {num_classes}")
+    for name in ("train", "val"):
+        split = splits.get(name)
+        if split is None or len(split) == 0:
+            raise ValueError(f"the {name} split is empty")
+        missing = [layer for layer in layers if layer not in split.tokens]
+        if missing:
+            raise ValueError(f"layers {missing} are not in the {name} features (cached layers: {split.layers})")
+        if int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes:
+            raise ValueError(f"{name} labels must lie in [0, {num_classes - 1}]")
+    present = torch.unique(splits["train"].labels).numel()
+    if present < 2:
+        raise ValueError(f"the training split holds only {present} class; probing needs at least 2")
+
+
+def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
+    """The cached protocol on caches streamed from disk (see :class:`~vizoo.probe.sources.ShardStream`)."""
+    import json
+
+    config = job.train
+    config.check()
+    manifest = json.loads((dirs["train"] / "manifest.json").read_text())
+    layers = [int(v) for v in manifest["layers"]]
+    streams = []
+    for layer in layers:
+        shape = manifest["shapes"][str(layer)]
+        grid = tuple(shape["grid"]) if shape["grid"] else None
+        streams.append(Stream(str(layer), layer, shape["num_tokens"], shape["dim"], shape["num_prefix"], grid))
+    pin = str(config.device).startswith("cuda")
+
+    def make_loader(split: str, training: bool, world: int, rank: int):
+        size = config.batch_size if training else config.eval_batch_size
+        return ShardStream(dirs[split], {s.key: s.layer for s in streams}, size, training, config.seed, world,
+                           rank, workers=max(1, job.num_workers), pin_memory=pin)
+
+    bank = HeadBank(job.heads, streams, len(classes), config)
+    results = fit_heads(bank, ProbeData(make_loader, "test" in dirs), job.devices, job.amp, job.progress)
+    sizes = {s: json.loads((d / "manifest.json").read_text())["num_samples"] for s, d in dirs.items()}
+    entries = []
+    for r in results:
+        entry = r.to_dict()
+        entry.update(seed=None, k_shot=None, protocol="cached", num_train=sizes["train"], streamed=True)
+        entries.append(entry)
+    return entries, sizes
+
+
+def _run_augmented(job: ProbeJob, model, dm, layers: list[int], classes: list[str]):
+    """The augmented protocol: the frozen backbone runs every step on freshly augmented images."""
+    config = job.train
+    sets = {"train": dm.split("train", training=True), "val": dm.split("val")}
+    if _has_split(dm, "test"):
+        sets["test"] = dm.split("test")
+    images, _ = ImageBatches(sets["val"])[[0, 1] if len(sets["val"]) > 1 else [0]]
+    outs = extract_tokens(model, images, layers, job.norm)
+    streams = [
+        Stream(str(layer), layer, o.tokens.shape[1], o.tokens.shape[2], o.prefix.shape[1], o.grid)
+        for layer, o in zip(layers, outs)
+    ]
+    # positions map to dataset indices as the rows of a cache of the split do (same samples in the same batches)
+    sources = {name: ImageBatches(data, storage_order(len(data))) for name, data in sets.items()}
+    pin = str(config.device).startswith("cuda")
+
+    def make_loader(split: str, training: bool, world: int, rank: int):
+        size = config.batch_size if training else config.eval_batch_size
+        batches = EpochBatches(len(sources[split]), size, training, config.seed, world, rank)
+        return loader(sources[split], batches, num_workers=job.num_workers, pin_memory=pin)
+
+    bank = HeadBank(job.heads, streams, len(classes), config, backbone=model, norm=job.norm)
+    results = fit_heads(bank, ProbeData(make_loader, "test" in sets), job.devices, job.amp, job.progress)
+    entries = []
+    for r in results:
+        entry = r.to_dict()
+        entry.update(seed=None, k_shot=None, protocol="augmented", num_train=len(sets["train"]))
+        entries.append(entry)
+    return entries, {name: len(data) for name, data in sets.items()}
 
 
 def _with_seed(config: TrainConfig, seed: int) -> TrainConfig:
