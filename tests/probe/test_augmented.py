@@ -1,9 +1,11 @@
-"""The augmented protocol (Lightning): frozen backbone every step, many heads, selection on validation."""
+"""The augmented protocol: frozen backbone every step, many heads, selection on validation; with augmentation off
+it gives what the cached protocol gives (one engine, two token sources)."""
 
+import pytest
 import torch
 
 from vizoo.probe.pipeline import ProbeJob, run_probe
-from vizoo.probe.trainer import HeadSpec, TrainConfig
+from vizoo.probe.engine import HeadSpec, TrainConfig
 
 TINY_VIT = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
 
@@ -57,3 +59,31 @@ def test_augmented_protocol_trains_heads_only(tmp_path):
     after = model.state_dict()
     assert all(torch.equal(after[k].cpu(), v) for k, v in seen["before"].items())  # and unchanged
     assert report["meta"]["split_sizes"] == {"train": 24, "val": 24, "test": 24}
+
+
+def test_both_token_sources_give_the_same_results_without_augmentation(tmp_path):
+    """The cache (tokens extracted once) and the backbone run every step on the same images in the same batches
+    select the same head, lr and epoch and report the same metrics."""
+    reports = {}
+    for protocol in ("cached", "augmented"):
+        job = ProbeJob(
+            model="vit_tiny_patch16_224",
+            model_kwargs=dict(TINY_VIT),
+            pretrained=False,
+            dataset="shapes",
+            dataset_kwargs={"num_samples": 30},
+            image_size=16,
+            protocol=protocol,
+            augment=False,
+            heads=["linear", "ep:num_queries=2"],
+            train=TrainConfig(epochs=3, batch_size=8, lrs=[1e-3, 3e-2], device="cpu"),
+            progress=False,
+            cache_dir=str(tmp_path),
+        )
+        torch.manual_seed(0)  # the same random backbone for both
+        reports[protocol] = run_probe(job)["results"]
+    keys = ("label", "lr", "best_epoch", "val_top1", "test_top1", "test_top5")
+    for cached, augmented in zip(reports["cached"], reports["augmented"]):
+        assert [cached[k] for k in keys] == [augmented[k] for k in keys]
+        assert cached["val_loss"] == pytest.approx(augmented["val_loss"], rel=1e-4)
+        assert [s["val_top1_per_epoch"] for s in cached["sweep"]] == [s["val_top1_per_epoch"] for s in augmented["sweep"]]

@@ -12,6 +12,7 @@ from vizoo.probe.cache import (
     extract_split,
     load_split,
     make_payload,
+    storage_order,
 )
 from vizoo.probe.features import extract_tokens, resolve_layers, weights_digest
 
@@ -44,8 +45,11 @@ def test_round_trip_matches_direct_extraction(tiny_vit, tiny_images, tmp_path):
 
     split = extract()
     direct = _direct(tiny_vit, tiny_images, layers)
-    assert len(split) == 22 and split.labels.tolist() == (torch.arange(22) % 3).tolist()
+    order = storage_order(22)  # rows are stored in a seeded random order of the split
+    assert sorted(order.tolist()) == list(range(22)) and order.tolist() != list(range(22))
+    assert len(split) == 22 and split.labels.tolist() == (order % 3).tolist()
     for layer, ref in zip(layers, direct):
+        ref.tokens, ref.prefix = ref.tokens[order], ref.prefix[order]
         assert split.tokens[layer].dtype == torch.float16
         assert split.tokens[layer].shape == (22, 16, 32) and split.prefix[layer].shape == (22, 1, 32)
         torch.testing.assert_close(split.tokens[layer].float(), ref.tokens, atol=2e-3, rtol=2e-3)

@@ -7,37 +7,39 @@ import pytest
 import yaml
 
 from vizoo.probe import cli
-from vizoo.probe.demo import DEMO_CONFIG
+from vizoo.probe.demo import DEMO_YAML
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--model",
     "vit_tiny_patch16_224",
-    "--no-pretrained",
-    "--model-kwargs",
+    "--pretrained",
+    "false",
+    "--model_kwargs",
     '{"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}',
     "--dataset",
     "shapes",
-    "--dataset-kwargs",
+    "--dataset_kwargs",
     '{"num_samples": 36}',
-    "--image-size",
+    "--image_size",
     "16",
-    "--epochs",
+    "--train.epochs",
     "2",
-    "--lrs",
-    "1e-2",
-    "--no-progress",
+    "--train.lrs",
+    "[1e-2]",
+    "--progress",
+    "false",
 ]
 
 
 def run(tmp_path, *extra):
     return cli.main(
-        TINY + ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), *extra]
+        TINY + ["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), *extra]
     )
 
 
 def test_layerwise_run_writes_table_json_and_png(tmp_path, capsys):
-    report = run(tmp_path, "--heads", "linear", "ep:num_queries=4", "--layers", "-1", "0")
+    report = run(tmp_path, "--heads", '[linear, "ep:num_queries=4"]', "--layers", "[-1, 0]")
     rows = [(r["layer"], r["label"]) for r in report["results"]]
     assert rows == [(0, "linear"), (0, "ep(num_queries=4)"), (1, "linear"), (1, "ep(num_queries=4)")]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -49,24 +51,37 @@ def test_layerwise_run_writes_table_json_and_png(tmp_path, capsys):
 
 
 def test_low_shot_gives_one_result_per_seed(tmp_path):
-    report = run(tmp_path, "--heads", "linear", "--k-shot", "2", "--seeds", "0", "1")
+    report = run(tmp_path, "--heads", "[linear]", "--k_shot", "2", "--seeds", "[0, 1]")
     assert [(r["seed"], r["num_train"]) for r in report["results"]] == [(0, 12), (1, 12)]  # 6 classes x 2
 
 
-def test_config_file_and_demo_config_agree():
-    from_yaml = cli.load_config(REPO / "configs" / "probe" / "demo.yaml")
-    assert from_yaml == DEMO_CONFIG
-    for name in ("mae_linear", "ep", "dinov2_linear", "demo"):
-        settings = cli.load_config(REPO / "configs" / "probe" / f"{name}.yaml")
-        cli.parse_heads(settings.get("heads", ["linear"]), settings.get("head_kwargs", {}))
+def test_every_shipped_config_parses_and_the_demo_is_the_default():
+    demo = cli.load_config(REPO / "configs" / "probe" / "demo.yaml")
+    assert demo == cli.load_config(DEMO_YAML) == cli.resolve_settings([])[0]
+    assert demo["train"]["lrs"] == [3e-3, 3e-2] and len(demo["heads"]) == 8
+    for name in ("mae_linear", "ep", "dinov2_linear"):
+        job = cli.job_from_settings(cli.load_config(REPO / "configs" / "probe" / f"{name}.yaml"))
+        assert job.train.epochs in (10, 90) and job.heads
 
 
 def test_options_without_model_apply_to_the_main_job():
-    settings, _ = cli.resolve_settings(["--device", "cpu", "--epochs", "2"])
-    assert settings["model"] == DEMO_CONFIG["model"] and settings["heads"] == DEMO_CONFIG["heads"]
-    assert settings["device"] == "cpu" and settings["epochs"] == 2
+    demo = cli.load_config(DEMO_YAML)
+    settings, explicit = cli.resolve_settings(["--train.device", "cpu", "--train.epochs", "2"])
+    assert settings["model"] == demo["model"] and settings["heads"] == demo["heads"] and not explicit
+    assert settings["train"]["device"] == "cpu" and settings["train"]["epochs"] == 2
+    assert settings["train"]["lrs"] == demo["train"]["lrs"]  # dotted overrides keep the rest of the section
     settings, _ = cli.resolve_settings(["--model", "resnet18"])
-    assert settings["model"] == "resnet18" and settings["heads"] != DEMO_CONFIG["heads"]
+    assert settings["model"] == "resnet18" and settings["heads"] != demo["heads"]
+
+
+def test_print_config_is_a_config_that_runs_the_same_job(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--train.epochs", "3", "--print_config"])
+    assert info.value.code == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    settings, _ = cli.resolve_settings(["-c", str(printed)])
+    assert settings == cli.resolve_settings(["--train.epochs", "3"])[0]
 
 
 def _error(tmp_path, capsys, *extra):
@@ -77,12 +92,12 @@ def _error(tmp_path, capsys, *extra):
 
 
 def test_unknown_head_lists_the_valid_ones(tmp_path, capsys):
-    err = _error(tmp_path, capsys, "--heads", "linear", "epp")
+    err = _error(tmp_path, capsys, "--heads", "[linear, epp]")
     assert "unknown probe head 'epp'" in err and "Did you mean 'ep'" in err and "simpool" in err
 
 
 def test_k_shot_larger_than_a_class(tmp_path, capsys):
-    err = _error(tmp_path, capsys, "--k-shot", "7")
+    err = _error(tmp_path, capsys, "--k_shot", "7")
     assert "k=7 images per class is larger than the smallest class" in err
 
 
@@ -92,23 +107,25 @@ def test_prefix_head_on_a_model_without_prefix_tokens(tmp_path, capsys):
             [
                 "--model",
                 "nat_mini",
-                "--no-pretrained",
-                "--model-kwargs",
+                "--pretrained",
+                "false",
+                "--model_kwargs",
                 '{"embed_dim": 8, "depths": [1], "num_heads": [1], "kernel_size": 3}',
                 "--dataset",
                 "shapes",
-                "--dataset-kwargs",
+                "--dataset_kwargs",
                 '{"num_samples": 12}',
-                "--image-size",
+                "--image_size",
                 "16",
                 "--heads",
-                "linear:pool=cls",
-                "--epochs",
+                "[linear:pool=cls]",
+                "--train.epochs",
                 "1",
-                "--no-progress",
-                "--cache-dir",
+                "--progress",
+                "false",
+                "--cache_dir",
                 str(tmp_path),
-                "--output-dir",
+                "--output_dir",
                 str(tmp_path),
             ]
         )
@@ -137,10 +154,10 @@ def test_one_class_and_empty_datasets(tmp_path, capsys):
 
 
 def test_incompatible_cache_given_explicitly(tmp_path, capsys):
-    run(tmp_path, "--heads", "linear")
+    run(tmp_path, "--heads", "[linear]")
     train_cache = next(p for p in (tmp_path / "cache").iterdir() if "-train-" in p.name)
     with pytest.raises(SystemExit):
-        cli.main(TINY + ["--norm", "--cache-dir", str(train_cache), "--output-dir", str(tmp_path / "o2")])
+        cli.main(TINY + ["--norm", "true", "--cache_dir", str(train_cache), "--output_dir", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert "written for different inputs" in err and "norm" in err
 
@@ -150,10 +167,11 @@ def test_unknown_config_key(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"modle": "x"}))
     with pytest.raises(SystemExit):
         cli.main(["-c", str(bad)])
-    assert "unknown setting(s) ['modle']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "modle" in err and err.count("\n") == 1
 
 
 def test_unknown_model_suggests_close_names(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--model", "nat_minni", "--no-progress", "--output-dir", str(tmp_path)])
+        cli.main(["--model", "nat_minni", "--progress", "false", "--output_dir", str(tmp_path)])
     assert "unknown model 'nat_minni'. Did you mean 'nat_mini'?" in capsys.readouterr().err

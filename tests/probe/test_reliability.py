@@ -91,15 +91,16 @@ def _fail(capsys, *argv) -> str:
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--image-size", "0", "image_size must be an integer >= 1, got 0"),
-        ("--epochs", "0", "epochs, batch_size and eval_batch_size must be >= 1"),
-        ("--lrs", "nan", "lrs must be a non-empty list of finite numbers"),
-        ("--weight-decay", "inf", "weight_decay must be a finite number >= 0, got inf"),
-        ("--extract-batch-size", "0", "extract_batch_size must be an integer >= 1, got 0"),
+        ("--image_size", "0", "image_size must be an integer >= 1, got 0"),
+        ("--train.epochs", "0", "epochs must be an integer >= 1, got 0"),
+        ("--train.lrs", "[.nan]", "lrs must be a non-empty list of finite numbers"),
+        ("--train.weight_decay", ".inf", "weight_decay must be a finite number >= 0, got inf"),
+        ("--extract_batch_size", "0", "extract_batch_size must be an integer >= 1, got 0"),
         ("--hflip", "1.5", "hflip must be a probability in [0, 1], got 1.5"),
-        ("--device", "cuda:7", "cuda:7"),
-        ("--device", "tpu", "device must be cpu, cuda or cuda:N"),
-        ("--model-kwargs", "{bad", "argument --model-kwargs: not valid JSON/YAML"),
+        ("--train.device", "cuda:7", "cuda:7"),
+        ("--train.device", "tpu", "device must be cpu, cuda or cuda:N"),
+        ("--model_kwargs", "{bad", "model_kwargs"),
+        ("--train.epochs", "two", "train.epochs"),
     ],
 )
 def test_bad_numbers_and_devices_fail_before_work(tmp_path, capsys, monkeypatch, option, value, message):
@@ -107,7 +108,7 @@ def test_bad_numbers_and_devices_fail_before_work(tmp_path, capsys, monkeypatch,
 
     monkeypatch.setattr(features, "create_model", lambda *a, **k: pytest.fail("built a model"), raising=False)
     monkeypatch.setattr("vizoo.hub.loading.create_model", lambda *a, **k: pytest.fail("built a model"))
-    line = _fail(capsys, *TINY, "--output-dir", str(tmp_path / "out"), option, value)
+    line = _fail(capsys, *TINY, "--output_dir", str(tmp_path / "out"), option, value)
     assert message in line
     assert not (tmp_path / "out").exists()
 
@@ -115,24 +116,24 @@ def test_bad_numbers_and_devices_fail_before_work(tmp_path, capsys, monkeypatch,
 def test_unwritable_output_fails_before_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("vizoo.hub.loading.create_model", lambda *a, **k: pytest.fail("built a model"))
     (tmp_path / "file").write_text("x")
-    line = _fail(capsys, *TINY, "--output-dir", str(tmp_path / "file"))
+    line = _fail(capsys, *TINY, "--output_dir", str(tmp_path / "file"))
     assert "is a file" in line
-    line = _fail(capsys, *TINY, "--output-dir", str(tmp_path / "file" / "sub"))
+    line = _fail(capsys, *TINY, "--output_dir", str(tmp_path / "file" / "sub"))
     assert line.startswith("vizoo probe: error: cannot write results to")
     assert (tmp_path / "file").read_text() == "x"
 
 
 def test_results_of_another_run_are_kept(tmp_path, capsys):
-    run(tmp_path, "--heads", "linear")
+    run(tmp_path, "--heads", "[linear]")
     results = tmp_path / "out" / "results.json"
     first = results.read_text()
-    run(tmp_path, "--heads", "linear")  # the same run again may replace its own results
-    line = _fail(capsys, *TINY, "--heads", "linear", "--epochs", "1", "--output-dir", str(tmp_path / "out"),
-                 "--cache-dir", str(tmp_path / "cache"))
-    assert "holds the results of another run (settings that differ: epochs)" in line and "--overwrite" in line
+    run(tmp_path, "--heads", "[linear]")  # the same run again may replace its own results
+    line = _fail(capsys, *TINY, "--heads", "[linear]", "--train.epochs", "1", "--output_dir", str(tmp_path / "out"),
+                 "--cache_dir", str(tmp_path / "cache"))
+    assert "holds the results of another run (settings that differ: train)" in line and "--overwrite" in line
     assert json.loads(results.read_text())["meta"]["settings"] == json.loads(first)["meta"]["settings"]
-    run(tmp_path, "--heads", "linear", "--epochs", "1", "--overwrite")
-    assert json.loads(results.read_text())["meta"]["settings"]["epochs"] == 1
+    run(tmp_path, "--heads", "[linear]", "--train.epochs", "1", "--overwrite", "true")
+    assert json.loads(results.read_text())["meta"]["settings"]["train"]["epochs"] == 1
 
 
 def test_a_variant_of_a_config_goes_to_its_own_folder(tmp_path, monkeypatch):
@@ -143,12 +144,12 @@ def test_a_variant_of_a_config_goes_to_its_own_folder(tmp_path, monkeypatch):
     config.write_text(yaml.safe_dump(dict(
         model="vit_tiny_patch16_224", pretrained=False,
         model_kwargs=dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2),
-        dataset="shapes", dataset_kwargs=dict(num_samples=36), image_size=16, epochs=2, lrs=[1e-2],
+        dataset="shapes", dataset_kwargs=dict(num_samples=36), image_size=16, train=dict(epochs=2, lrs=[1e-2]),
         heads=["linear"], output_dir="res", cache_dir=str(tmp_path / "cache"), progress=False,
     )))
     cli.main(["-c", str(config)])
-    cli.main(["-c", str(config), "--epochs", "1"])  # a variant: its own folder, the first results stay
+    cli.main(["-c", str(config), "--train.epochs", "1"])  # a variant: its own folder, the first results stay
     folders = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("res"))
     assert len(folders) == 2 and folders[0] == "res" and folders[1].startswith("res-")
-    assert json.loads((tmp_path / "res" / "results.json").read_text())["meta"]["settings"]["epochs"] == 2
-    assert json.loads((tmp_path / folders[1] / "results.json").read_text())["meta"]["settings"]["epochs"] == 1
+    assert json.loads((tmp_path / "res" / "results.json").read_text())["meta"]["settings"]["train"]["epochs"] == 2
+    assert json.loads((tmp_path / folders[1] / "results.json").read_text())["meta"]["settings"]["train"]["epochs"] == 1

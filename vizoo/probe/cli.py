@@ -26,6 +26,7 @@ variant of the demo never replaces the demo's results.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -69,10 +70,8 @@ def resolve_settings(argv: list[str]) -> tuple[dict[str, Any], bool]:
     if not named & {"-c", "--config", "--model"}:
         argv = ["--config", str(DEMO_YAML), *argv]
     cfg = build_parser().parse_args(argv)
-    settings = cfg.as_dict()
-    for key in _NOT_SETTINGS:
-        settings.pop(key, None)
-    return settings, "--output_dir" in named
+    settings = {k: v for k, v in cfg.as_dict().items() if k not in _NOT_SETTINGS}
+    return json.loads(json.dumps(settings)), "--output_dir" in named  # plain JSON types (tuples as lists)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -155,6 +154,14 @@ def _check_writable(folder: Path) -> None:
                 path.rmdir()
 
 
+def _accepted() -> list[str]:
+    from vizoo.probe.engine import TrainConfig
+    from vizoo.probe.pipeline import ProbeJob
+
+    names = [f.name for f in fields(ProbeJob) if f.name != "train"]
+    return sorted(names + ["output_dir", "overwrite"]) + [f"train.{f.name}" for f in fields(TrainConfig)]
+
+
 def _list_heads() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -190,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         report = run_probe(job)
     except (ValueError, FileNotFoundError, ArgumentError) as err:
         message = " ".join(str(err).split())
+        if "is not accepted" in message:
+            message += f"; accepted settings: {', '.join(_accepted())}"
         print(f"vizoo probe: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     import os

@@ -179,6 +179,7 @@ class HeadResult:
     kwargs: dict[str, Any]
     layer: int
     input: str | None
+    in_dim: int
     lr: float
     best_epoch: int
     val_top1: float
@@ -500,6 +501,7 @@ def fit_heads(
                 kwargs=dict(spec.kwargs),
                 layer=stream.layer,
                 input=stream.input,
+                in_dim=stream.dim,
                 lr=lr,
                 best_epoch=bank.best[i][2],
                 val_top1=bank.best[i][0],

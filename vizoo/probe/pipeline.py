@@ -81,6 +81,8 @@ class ProbeJob:
         amp: bfloat16 autocast for the backbone on CUDA.
         scale: RandomResizedCrop scale (augmented protocol).
         hflip: horizontal flip probability (augmented protocol).
+        augment: augmented protocol: RandomResizedCrop + flip on the training images (False: the evaluation
+            transform, with which the protocol gives what the cached one gives; for checks).
         devices: processes of the Lightning Trainer (several: DDP).
         progress: progress bars.
         stream: read the cached tokens from disk shard by shard instead of holding them in memory (None: when
@@ -110,6 +112,7 @@ class ProbeJob:
     amp: bool = False
     scale: tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
+    augment: bool = True
     devices: int = 1
     progress: bool = True
     stream: bool | None = None
@@ -492,7 +495,7 @@ def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
 def _run_augmented(job: ProbeJob, model, dm, layers: list[int], classes: list[str]):
     """The augmented protocol: the frozen backbone runs every step on freshly augmented images."""
     config = job.train
-    sets = {"train": dm.split("train", training=True), "val": dm.split("val")}
+    sets = {"train": dm.split("train", training=job.augment), "val": dm.split("val")}
     if _has_split(dm, "test"):
         sets["test"] = dm.split("test")
     images, _ = ImageBatches(sets["val"])[[0, 1] if len(sets["val"]) > 1 else [0]]
