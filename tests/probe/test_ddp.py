@@ -1,4 +1,4 @@
-"""The augmented protocol under DDP on the CPU: 2 gloo processes through Lightning (``devices=2``).
+"""The probing engine under DDP (augmented protocol) on the CPU: 2 gloo processes through Lightning (``devices=2``).
 
 On the embedded ``shapes`` set at an odd split size (see ``N``). A script in the test's tmp folder runs ``run_probe`` with ``devices=2`` (Lightning's ``strategy='ddp'``
 re-launches it as rank 1); rank 0 saves the selected heads' weights and the results. The test then checks that
@@ -15,7 +15,7 @@ import textwrap
 import torch
 
 from vizoo.probe.features import BackboneSpec, create_backbone, data_config_for, extract_tokens
-from vizoo.probe.multiblock import make_head
+from vizoo.heads import create_head
 from vizoo.probe.pipeline import ProbeJob, _datamodule
 
 VIT = dict(img_size=16, patch_size=4, depth=2, embed_dim=16, num_heads=2)
@@ -28,16 +28,15 @@ N = 75
 SCRIPT = """
 import sys
 import torch
-from vizoo.probe import augmented
+from vizoo.probe.engine import HeadBank, HeadSpec, TrainConfig
 from vizoo.probe.pipeline import ProbeJob, run_probe
-from vizoo.probe.trainer import HeadSpec, TrainConfig
 
 seen = {}
-choose = augmented.AugmentedProbe.choose
+choose = HeadBank.choose
 def spy(self):
     seen["module"] = self
     return choose(self)
-augmented.AugmentedProbe.choose = spy
+HeadBank.choose = spy
 
 job = ProbeJob(
     model="vit_tiny_patch16_224", model_kwargs=%(vit)r, pretrained=False, checkpoint=%(ckpt)r,
@@ -50,7 +49,7 @@ report = run_probe(job)
 world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
 if rank == 0:
     module = seen["module"]
-    heads = [{k: v.cpu() for k, v in module.heads[i].state_dict().items()} for i in module.test_ids]
+    heads = [{k: v.cpu() for k, v in module.heads[i].state_dict().items()} for i in module.chosen]
     torch.save(dict(heads=heads, report=report, world=world), %(out)r)
 print(f"rank {rank} of {world} done")
 """
@@ -101,7 +100,7 @@ def test_ddp_two_cpu_ranks_sync_metrics(tmp_path):
     for result, state, (name, kwargs) in zip(report["results"], saved["heads"], HEADS):
         assert result["world_size"] == 2 and result["name"] == name
         assert (result["val_count"], result["test_count"]) == (sizes["val"], sizes["test"])
-        head = make_head(name, VIT["embed_dim"], len(report["meta"]["classes"]), **kwargs)
+        head = create_head(name, VIT["embed_dim"], len(report["meta"]["classes"]), **kwargs)
         head.load_state_dict(state)
         for split, key in (("val", "val_top1"), ("test", "test_top1")):
             top1, total = _reference(backbone, head, dm.split(split))

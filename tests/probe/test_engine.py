@@ -147,3 +147,24 @@ def test_instances_train_independently_in_one_pass():
                             config)[0]
     assert alone.sweep[0]["val_top1_per_epoch"] == together.sweep[0]["val_top1_per_epoch"]
     assert alone.val_loss == pytest.approx(together.val_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("n,batch", [(75, 8), (64, 16), (17, 4)])
+def test_epoch_batches_split_ranks_like_ddp_needs(n, batch):
+    """Training: every rank takes the same number of steps, together they cover every sample (padding repeats a
+    few; a last batch of one sample per rank is dropped), the order changes with the epoch; evaluation: every
+    sample exactly once over the ranks."""
+    from vizoo.probe.sources import EpochBatches
+
+    world = 3
+    train = [EpochBatches(n, batch, True, seed=1, world=world, rank=r) for r in range(world)]
+    assert len({len(s) for s in train}) == 1
+    seen = [i for s in train for b in s for i in b]
+    dropped = world if -(-n // world) % batch == 1 else 0
+    assert len(set(range(n)) - set(seen)) <= dropped and len(seen) <= n + world
+    first = list(train[0])
+    train[0].set_epoch(1)
+    assert list(train[0]) != first
+    evals = [EpochBatches(n, batch, False, world=world, rank=r) for r in range(world)]
+    scored = sorted(i for s in evals for b in s for i in b)
+    assert scored == list(range(n))

@@ -180,6 +180,7 @@ class ShardStream:
         self.streams, self.batch_size, self.shuffle = streams, batch_size, shuffle
         self.workers, self.prefetch, self.pin_memory = max(1, workers), max(1, prefetch), pin_memory
         self.sampler = _ShardOrder(sizes, shuffle, seed, world, rank)  # Lightning calls sampler.set_epoch
+        self.batch_sampler = None  # what Lightning looks for on a loader
 
     def _steps(self) -> int | None:
         """Training: batches every rank takes this epoch (the smallest share); evaluation: None (all)."""
