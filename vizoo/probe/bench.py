@@ -1,34 +1,39 @@
-"""Throughput of probing: many heads at once vs one at a time, and the cached vs augmented protocol.
+"""Throughput of the probing engine: all heads in one pass vs one at a time, and streaming a large cache.
 
-Meant for a GPU (``python3 -m vizoo.probe.bench --device cuda``); the tests run it on the CPU at toy sizes
-only to check that it works. Two measurements:
+Meant for a GPU (``python3 -m vizoo.probe.bench --device cuda``); the tests run it on the CPU at toy sizes only
+to check that it works. Everything goes through the engine as a real run does (a feature cache written in the
+cache's own format, read by the token sources, trained and validated by ``vizoo.probe.engine``):
 
-* :func:`bench_cached_heads` - random cached features (default N=196 tokens of D=768, ViT-B/16 at 224) and
-  C classes; for each head type, training samples/s when it is trained alone, and when all head types are
-  trained together in one pass (``vizoo.probe.trainer``). The speed-up is ``sum of alone times / joint time``
-  (what one pass over the features saves: reading and converting each batch once).
-* :func:`bench_protocols` - one epoch of the cached protocol (heads on stored tokens) vs one epoch of the
-  augmented protocol (frozen backbone forward every step, then the heads) on random images through a timm
-  model (default ViT-B/16). The cached protocol pays one extraction pass up front; the report gives the
-  per-epoch times, the extraction time and the speed-up over E epochs. Image decoding and augmentation on the
-  CPU are not included (they only make the augmented protocol slower).
+* :func:`bench_heads` - a synthetic cache of random fp16 tokens (default ViT-B/16 at 224: N=196, D=768,
+  C=1000, 16384 training samples, 4 epochs of 16 steps) held in host memory; the time of one engine run per head type (each head
+  alone) against one run with all head types together. The speed-up is ``sum of alone times / joint time``:
+  what one pass saves (each batch gathered, copied to the GPU and converted once; one optimizer step, one
+  backward for all).
+* :func:`bench_stream` - a synthetic cache on disk that the engine streams shard by shard; the rate of one
+  epoch (bytes of the cache read per second) against a plain sequential read of the same files, both after
+  evicting the files from the page cache (``posix_fadvise(DONTNEED)``; a plain read of files still in memory
+  would measure memory, not the disk). Epochs per hour are extrapolated to ImageNet-1k (1,281,167 images).
+* :func:`bench_protocols` - one epoch of heads on stored tokens vs one epoch of the frozen backbone run every
+  step (the augmented protocol's cost), for one timm model on random images.
 
-Timings synchronise CUDA before reading the clock; each measurement runs after one warm-up step.
+Timings synchronise CUDA before reading the clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from vizoo.probe.cache import CachedSplit
-from vizoo.probe.trainer import HeadSpec, TrainConfig, train_probes
+from vizoo.probe.engine import HeadSpec, TrainConfig
 
 DEFAULT_HEADS = ("linear", "ep", "mhca", "simpool", "siglip", "cae")
+IMAGENET_TRAIN = 1_281_167
 
 
 def _sync(device: str) -> None:
@@ -36,95 +41,182 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def random_split(
+def write_synthetic_cache(
+    directory: str | Path,
     num_samples: int,
-    num_tokens: int,
-    dim: int,
-    num_classes: int,
+    num_tokens: int = 196,
+    dim: int = 768,
     num_prefix: int = 1,
-    device: str = "cpu",
+    num_classes: int = 1000,
+    shard_size: int = 4096,
     seed: int = 0,
-) -> CachedSplit:
-    """A cached split of random fp16 tokens (kept on ``device`` so that transfer does not dominate)."""
+) -> Path:
+    """A complete feature cache of random fp16 tokens (one layer, key 0) in the cache's own format.
+
+    Shards are filled from a pool of random rows (generating 300 MB of normal samples per shard would take
+    longer than the benchmark); every shard gets its own random labels and checksum.
+    """
+    from vizoo.probe.cache import cache_key, write_manifest, write_shard
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(num_samples, num_tokens, dim, generator=g).half().to(device)
-    prefix = torch.randn(num_samples, num_prefix, dim, generator=g).half().to(device)
-    labels = torch.randint(0, num_classes, (num_samples,), generator=g).to(device)
+    pool = torch.randn(min(shard_size, 1024), num_tokens + num_prefix, dim, generator=g).half()
     side = int(num_tokens**0.5)
     grid = (side, side) if side * side == num_tokens else None
-    return CachedSplit([0], {0: tokens}, {0: prefix}, {0: grid}, labels, {})
+    shapes = {"0": dict(num_tokens=num_tokens, dim=dim, num_prefix=num_prefix, grid=grid)}
+    payload = dict(synthetic=True, seed=seed, layers=[0], norm=False, num_samples=num_samples, model="synthetic")
+    key = cache_key(payload)
+    for i, start in enumerate(range(0, num_samples, shard_size)):
+        count = min(shard_size, num_samples - start)
+        rows = pool[torch.randint(0, len(pool), (count,), generator=g)]
+        tensors = {
+            "tokens.0": rows[:, num_prefix:].contiguous(),
+            "prefix.0": rows[:, :num_prefix].contiguous(),
+            "labels": torch.randint(0, num_classes, (count,), generator=g),
+        }
+        write_shard(directory / f"shard-{i:05d}.safetensors", tensors, key, start, count, shapes)
+    write_manifest(directory, payload, num_samples, shard_size, shapes)
+    return directory
 
 
-def _time_training(
-    train: CachedSplit,
-    val: CachedSplit,
-    heads: Sequence[HeadSpec],
-    num_classes: int,
-    config: TrainConfig,
-    device: str,
-) -> float:
-    _sync(device)
+def evict(directory: str | Path) -> None:
+    """Drop a cache's files from the page cache (clean pages only; no privileges needed)."""
+    for path in Path(directory).iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def plain_read_rate(directory: str | Path, chunk: int = 16 << 20) -> float:
+    """Bytes per second of one sequential read of every shard file, 16 MiB at a time, after :func:`evict`."""
+    evict(directory)
+    files = sorted(Path(directory).glob("shard-*.safetensors"))
+    total = 0
     start = time.perf_counter()
-    train_probes(train, val, None, 0, heads, num_classes, config, progress=False)
-    _sync(device)
+    buffer = bytearray(chunk)
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                total += n
+    return total / (time.perf_counter() - start)
+
+
+def _run(splits, heads, num_classes, config, amp) -> float:
+    from vizoo.probe.pipeline import train_probes
+
+    _sync(config.device)
+    start = time.perf_counter()
+    train_probes(splits, [0], heads, num_classes, config, amp=amp, progress=False)
+    _sync(config.device)
     return time.perf_counter() - start
 
 
-def bench_cached_heads(
+def bench_heads(
     heads: Sequence[str] = DEFAULT_HEADS,
-    num_samples: int = 8192,
+    num_samples: int = 16384,
     num_tokens: int = 196,
     dim: int = 768,
     num_classes: int = 1000,
     batch_size: int = 1024,
-    epochs: int = 1,
+    epochs: int = 4,
     device: str = "cuda",
+    amp: bool = True,
+    workdir: str | Path = "vizoo_bench",
 ) -> dict[str, Any]:
-    """Samples/s per head type trained alone vs all trained together on random cached features.
+    """Seconds of one engine run per head type alone vs all head types together (see the module docstring).
 
     Returns:
-        ``{"setting": ..., "alone": {head: samples/s}, "together_samples_per_s": x, "speedup": y}``, where
-        samples/s counts training samples per head per second (epochs x num_samples / time).
+        ``{"setting": ..., "alone_seconds": {head: s}, "together_seconds": s, "speedup": sum(alone) / together}``.
     """
-    specs = [HeadSpec(h) for h in heads]
-    train = random_split(num_samples, num_tokens, dim, num_classes, device=device)
-    val = random_split(min(num_samples, batch_size), num_tokens, dim, num_classes, device=device, seed=1)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lrs=[1e-3],
-        device=device,
-        time_heads=False,
-        eval_batch_size=batch_size,
-    )
-    warm = TrainConfig(epochs=1, batch_size=batch_size, lrs=[1e-3], device=device, time_heads=False)
-    _time_training(
-        random_split(batch_size, num_tokens, dim, num_classes, device=device),
-        val,
-        specs,
-        num_classes,
-        warm,
-        device,
-    )
-    samples = epochs * num_samples
-    alone = {s.label: samples / _time_training(train, val, [s], num_classes, config, device) for s in specs}
-    together = _time_training(train, val, specs, num_classes, config, device)
-    sum_alone = sum(samples / v for v in alone.values())
+    from vizoo.probe.cache import load_split
+
+    workdir = Path(workdir)
+    splits = {
+        name: load_split(write_synthetic_cache(workdir / f"heads-{name}", n, num_tokens, dim, 1, num_classes,
+                                               seed=seed))
+        for name, n, seed in (("train", num_samples, 0), ("val", batch_size, 1))
+    }
+    specs = [HeadSpec.parse(h) for h in heads]
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, eval_batch_size=batch_size, lrs=[1e-3],
+                         device=device)
+    _run(dict(train=splits["val"], val=splits["val"]), specs, num_classes, config, amp)  # warm-up
+    alone = {s.label: _run(splits, [s], num_classes, config, amp) for s in specs}
+    together = _run(splits, specs, num_classes, config, amp)
     return dict(
-        setting=dict(
-            num_samples=num_samples,
-            num_tokens=num_tokens,
-            dim=dim,
-            num_classes=num_classes,
-            batch_size=batch_size,
-            epochs=epochs,
-            device=str(device),
-        ),
-        alone=alone,
-        together_samples_per_s=samples / together,
+        setting=dict(num_samples=num_samples, num_tokens=num_tokens, dim=dim, num_classes=num_classes,
+                     batch_size=batch_size, epochs=epochs, device=str(device), amp=amp, heads=list(heads),
+                     source="feature cache in host memory"),
+        alone_seconds=alone,
         together_seconds=together,
-        sum_alone_seconds=sum_alone,
-        speedup=sum_alone / together,
+        sum_alone_seconds=sum(alone.values()),
+        speedup=sum(alone.values()) / together,
+    )
+
+
+def bench_stream(
+    heads: Sequence[str] = ("ep:num_queries=32", "linear:pool=cls"),
+    lrs: Sequence[float] = (0.1,),
+    optimizer: str = "lars",
+    num_samples: int = 32768,
+    num_tokens: int = 196,
+    dim: int = 768,
+    num_classes: int = 1000,
+    batch_size: int = 4096,
+    readers: int = 8,
+    device: str = "cuda",
+    amp: bool = True,
+    workdir: str | Path = "vizoo_bench",
+) -> dict[str, Any]:
+    """One streamed epoch of the engine against a plain read of the same cache files (module docstring).
+
+    The defaults are the grid of ``configs/probe/ep.yaml`` (EP with 32 queries and the linear probe, LARS,
+    one lr, batch 4096) on ViT-B/16 tokens. The validation split is one shard; its bytes count as read.
+    """
+    from vizoo.probe.engine import HeadBank, ProbeData, Stream, fit_heads
+    from vizoo.probe.sources import ShardStream
+
+    workdir = Path(workdir)
+    dirs = {
+        "train": write_synthetic_cache(workdir / "stream-train", num_samples, num_tokens, dim, 1, num_classes),
+        "val": write_synthetic_cache(workdir / "stream-val", min(batch_size, 4096), num_tokens, dim, 1,
+                                     num_classes, seed=1),
+    }
+    nbytes = {k: sum(p.stat().st_size for p in d.glob("shard-*.safetensors")) for k, d in dirs.items()}
+    plain = plain_read_rate(dirs["train"])
+    side = int(num_tokens**0.5)
+    stream = Stream("0", 0, num_tokens, dim, 1, (side, side) if side * side == num_tokens else None)
+    config = TrainConfig(epochs=1, batch_size=batch_size, eval_batch_size=batch_size, lrs=list(lrs),
+                         optimizer=optimizer, scale_lr=True, device=device)
+
+    def make_loader(split, training, world, rank):
+        return ShardStream(dirs[split], {"0": 0}, batch_size, training, 0, world, rank, workers=readers,
+                           prefetch=readers)
+
+    specs = [HeadSpec.parse(h) for h in heads]
+    for d in dirs.values():
+        evict(d)
+    bank = HeadBank(specs, [stream], num_classes, config)
+    _sync(device)
+    start = time.perf_counter()
+    fit_heads(bank, ProbeData(make_loader, has_test=False), amp=amp, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    rate = (nbytes["train"] + nbytes["val"]) / seconds
+    per_sample = nbytes["train"] / num_samples
+    return dict(
+        setting=dict(heads=list(heads), lrs=list(lrs), optimizer=optimizer, num_samples=num_samples,
+                     num_tokens=num_tokens, dim=dim, batch_size=batch_size, readers=readers, device=str(device),
+                     amp=amp, cache_gb=round(nbytes["train"] / 1e9, 2)),
+        plain_read_gb_per_s=plain / 1e9,
+        engine_gb_per_s=rate / 1e9,
+        fraction_of_plain_read=rate / plain,
+        epoch_seconds=seconds,
+        imagenet_epochs_per_hour=3600 * rate / (per_sample * IMAGENET_TRAIN),
+        imagenet_cache_gb=per_sample * IMAGENET_TRAIN / 1e9,
     )
 
 
@@ -140,21 +232,21 @@ def bench_protocols(
     device: str = "cuda",
     amp: bool = True,
 ) -> dict[str, Any]:
-    """Per-epoch time of the cached protocol vs the augmented protocol for one timm backbone.
+    """Per-epoch time of heads on stored tokens vs heads behind a frozen backbone run every step.
 
     Args:
         model_name: timm model (random weights: the speed does not depend on them).
         model_kwargs: extra ``create_model`` arguments.
         image_size: input size.
         num_images: images per epoch.
-        batch_size: batch size of both protocols.
+        batch_size: batch size of both.
         heads: head types trained (one lr each).
         num_classes: C.
         epochs: epochs over which the speed-up (extraction included) is reported.
         device: where everything runs.
-        amp: bfloat16 autocast for the backbone on CUDA.
+        amp: bfloat16 autocast on CUDA.
     """
-    from vizoo.heads import create_head
+    from vizoo.probe.engine import HeadBank, Stream, build_optimizer
     from vizoo.probe.features import BackboneSpec, create_backbone, extract_tokens, resolve_layers
 
     model = create_backbone(BackboneSpec(model_name, dict(model_kwargs or {}), pretrained=False)).to(device)
@@ -163,22 +255,26 @@ def bench_protocols(
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     steps = max(1, num_images // batch_size)
     use_amp = amp and str(device).startswith("cuda")
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)  # noqa: E731
+    with autocast():
+        out = extract_tokens(model, images, layers, norm=False)[0]
+    stream = Stream("0", layers[0], out.tokens.shape[1], out.tokens.shape[2], out.prefix.shape[1], out.grid)
+    config = TrainConfig(lrs=[1e-3], device=device)
+    cached = HeadBank([HeadSpec.parse(h) for h in heads], [stream], num_classes, config).to(device)
+    behind = HeadBank([HeadSpec.parse(h) for h in heads], [stream], num_classes, config, backbone=model).to(device)
+    tokens = ({"0": out.tokens.half()}, {"0": out.prefix.half()}, labels)
 
-    def backbone_pass():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            return extract_tokens(model, images, layers, norm=False)[0]
+    def stepper(bank, batch):
+        opt = build_optimizer("adamw", [dict(params=list(bank.heads.parameters()), lr=1e-3)], 0.0)
 
-    out = backbone_pass()
-    num_tokens, dim, num_prefix = out.tokens.shape[1], out.tokens.shape[2], out.prefix.shape[1]
-    head_modules = [create_head(h, dim, num_classes).to(device) for h in heads]
-    opts = [torch.optim.AdamW(h.parameters(), lr=1e-3) for h in head_modules]
-
-    def head_step(tokens, prefix):
-        for h, opt in zip(head_modules, opts):
-            loss = torch.nn.functional.cross_entropy(h(tokens, prefix=prefix, grid=out.grid), labels)
+        def step():
+            with autocast():
+                loss = bank.training_step(batch, 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
+        return step
 
     def timed(fn) -> float:
         fn()  # warm-up
@@ -189,61 +285,49 @@ def bench_protocols(
         _sync(device)
         return time.perf_counter() - start
 
-    def augmented_step():
-        o = backbone_pass()
-        head_step(o.tokens.float(), o.prefix.float() if num_prefix else None)
-
-    cached_tokens = out.tokens.half()
-    cached_prefix = out.prefix.half()
-
-    def cached_step():
-        head_step(cached_tokens.float(), cached_prefix.float() if num_prefix else None)
-
     def extract_step():
-        o = backbone_pass()
-        o.tokens.half().cpu()
+        with autocast():
+            extract_tokens(model, images, layers, norm=False)[0].tokens.half().cpu()
 
     extract = timed(extract_step)
-    augmented = timed(augmented_step)
-    cached = timed(cached_step)
+    augmented = timed(stepper(behind, (images, labels)))
+    on_tokens = timed(stepper(cached, tokens))
     return dict(
-        setting=dict(
-            model=model_name,
-            image_size=image_size,
-            num_images=steps * batch_size,
-            batch_size=batch_size,
-            heads=list(heads),
-            num_tokens=num_tokens,
-            dim=dim,
-            device=str(device),
-            amp=use_amp,
-            epochs=epochs,
-        ),
+        setting=dict(model=model_name, image_size=image_size, num_images=steps * batch_size, batch_size=batch_size,
+                     heads=list(heads), num_tokens=stream.num_tokens, dim=stream.dim, device=str(device),
+                     amp=use_amp, epochs=epochs),
         extract_seconds=extract,
         augmented_epoch_seconds=augmented,
-        cached_epoch_seconds=cached,
-        speedup_per_epoch=augmented / cached,
-        speedup_over_epochs=(epochs * augmented) / (extract + epochs * cached),
+        cached_epoch_seconds=on_tokens,
+        speedup_per_epoch=augmented / on_tokens,
+        speedup_over_epochs=(epochs * augmented) / (extract + epochs * on_tokens),
     )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python3 -m vizoo.probe.bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--num-samples", type=int, default=8192)
+    p.add_argument("--only", choices=["heads", "stream", "protocols"], nargs="+",
+                   default=["heads", "stream", "protocols"])
+    p.add_argument("--num-samples", type=int, default=16384, help="training samples of the heads benchmark")
+    p.add_argument("--stream-samples", type=int, default=32768, help="training samples of the streamed cache")
+    p.add_argument("--readers", type=int, default=8, help="reader threads of the streamed cache")
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workdir", default="vizoo_bench", help="where the synthetic caches are written")
     p.add_argument("--out", help="write the JSON here too")
     args = p.parse_args(argv)
-    result = dict(
-        cached_heads=bench_cached_heads(num_samples=args.num_samples, device=args.device),
-        protocols=bench_protocols(
-            args.model, num_images=args.num_images, batch_size=args.batch_size, device=args.device
-        ),
-        torch=torch.__version__,
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    )
+    result: dict[str, Any] = dict(torch=torch.__version__,
+                                  gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    if "heads" in args.only:
+        result["heads"] = bench_heads(num_samples=args.num_samples, device=args.device, workdir=args.workdir)
+    if "stream" in args.only:
+        result["stream"] = bench_stream(num_samples=args.stream_samples, readers=args.readers, device=args.device,
+                                        workdir=args.workdir)
+    if "protocols" in args.only:
+        result["protocols"] = bench_protocols(args.model, num_images=args.num_images, batch_size=args.batch_size,
+                                              device=args.device)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

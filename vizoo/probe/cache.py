@@ -255,36 +255,46 @@ def _file_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
+
+
 def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A shard's tensors and metadata, after checking its SHA-256 and that its features are finite.
+
+    The file is read once into one buffer, hashed, and its tensors are views of that buffer (the safetensors
+    layout: an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and byte
+    range, then the data), so a read costs the disk, the hash and the finiteness check, and no copy.
 
     Raises:
         DamagedCacheFile: the shard is missing its checksum, differs from it, does not parse, or holds NaN/inf.
     """
-    from safetensors.torch import load
-
     recorded = _checksum_path(path)
     if not recorded.exists():
         raise DamagedCacheFile(path, f"its checksum file {recorded.name} is missing")
-    data = path.read_bytes()  # one read: hashed, then parsed
+    data = bytearray(path.stat().st_size)
+    with open(path, "rb", buffering=0) as f:
+        view, done = memoryview(data), 0
+        while done < len(data) and (n := f.readinto(view[done:])):
+            done += n
     if hashlib.sha256(data).hexdigest() != recorded.read_text().strip():
         raise DamagedCacheFile(path, "its SHA-256 differs from the one recorded when it was written")
     try:
-        meta = _safetensors_metadata(data)
-        tensors = load(data)
-    except Exception as err:  # noqa: BLE001  (SafetensorError has no public class)
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        meta = header.pop("__metadata__", None) or {}
+        tensors = {}
+        for name, info in header.items():
+            dtype = _DTYPES[info["dtype"]]
+            start, end = (8 + size + int(v) for v in info["data_offsets"])
+            count = (end - start) // dtype.itemsize
+            flat = torch.frombuffer(data, dtype=dtype, count=count, offset=start) if count else torch.empty(0, dtype=dtype)
+            tensors[name] = flat.view(info["shape"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise DamagedCacheFile(path, f"not a readable safetensors file ({err})") from None
-    del data
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise DamagedCacheFile(path, f"{name} holds NaN or infinite values")
     return tensors, meta
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file held in memory (an 8-byte length, then a JSON header)."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def _discard(path: Path, reason: Exception) -> None:
@@ -405,39 +415,47 @@ def extract_split(
                     )
                 parts.setdefault("labels", []).append(torch.as_tensor(labels, dtype=torch.int64))
                 bar.update(len(images))
-            tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
             path = directory / _shard_name(i)
-            from safetensors.torch import save_file
-
-            with atomic_path(path) as tmp:
-                save_file(
-                    tensors,
-                    str(tmp),
-                    metadata=dict(key=key, start=str(start), count=str(count), shapes=stable_json(shapes)),
-                )
-                checksum = _file_sha256(tmp)
-            atomic_write_text(_checksum_path(path), checksum + "\n")
+            write_shard(path, {k: torch.cat(v).contiguous() for k, v in parts.items()}, key, start, count, shapes)
             if on_shard is not None:
                 on_shard(i, path)
     finally:
         bar.close()
     if not shapes:  # every shard was already there: read the shapes back from the first one
         shapes = _shard_shapes(directory / _shard_name(0))
+    write_manifest(directory, payload, n, shard_size, shapes)
+    return load_split(directory, key=key) if load else directory
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], key: str, start: int, count: int,
+                shapes: dict[str, Any]) -> None:
+    """Write one shard atomically, then its SHA-256 (``tokens.<layer>``, ``prefix.<layer>``, ``labels``)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(key=key, start=str(start), count=str(count),
+                                                    shapes=stable_json(shapes)))
+        checksum = _file_sha256(tmp)
+    atomic_write_text(_checksum_path(path), checksum + "\n")
+
+
+def write_manifest(directory: Path, payload: dict[str, Any], n: int, shard_size: int,
+                   shapes: dict[str, Any]) -> None:
+    """Write the manifest last, atomically: from then on the cache is complete."""
     manifest = dict(
         version=CACHE_VERSION,
-        key=key,
+        key=cache_key(payload),
         payload=payload,
         num_samples=n,
         shard_size=shard_size,
-        shards=[_shard_name(i) for i in range(len(starts))],
-        layers=list(layers),
-        norm=norm,
+        shards=[_shard_name(i) for i in range(len(range(0, n, shard_size)))],
+        layers=list(payload["layers"]),
+        norm=payload["norm"],
         dtype="float16",
         shapes=shapes,
         order=f"torch.randperm({n}) seeded with {ORDER_SEED}",
     )
     atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
-    return load_split(directory, key=key) if load else directory
 
 
 def _shard_shapes(path: Path) -> dict[str, Any]:

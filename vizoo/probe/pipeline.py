@@ -474,12 +474,11 @@ def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
         shape = manifest["shapes"][str(layer)]
         grid = tuple(shape["grid"]) if shape["grid"] else None
         streams.append(Stream(str(layer), layer, shape["num_tokens"], shape["dim"], shape["num_prefix"], grid))
-    pin = str(config.device).startswith("cuda")
 
     def make_loader(split: str, training: bool, world: int, rank: int):
         size = config.batch_size if training else config.eval_batch_size
         return ShardStream(dirs[split], {s.key: s.layer for s in streams}, size, training, config.seed, world,
-                           rank, workers=max(1, job.num_workers), pin_memory=pin)
+                           rank, workers=max(1, job.num_workers))
 
     bank = HeadBank(job.heads, streams, len(classes), config)
     results = fit_heads(bank, ProbeData(make_loader, "test" in dirs), job.devices, job.amp, job.progress)

