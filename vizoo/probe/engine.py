@@ -432,7 +432,8 @@ class ProbeData(L.LightningDataModule):
         return self._loader("test", False)
 
 
-def make_trainer(config: TrainConfig, devices: int = 1, amp: bool = False, progress: bool = True) -> L.Trainer:
+def make_trainer(config: TrainConfig, devices: int = 1, amp: bool = False, progress: bool = True,
+                 callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Lightning Trainer of a probing run: no logger or checkpoints, bf16 autocast with ``amp`` on CUDA,
     DDP when ``devices > 1`` (GPUs, or CPU processes with ``device='cpu'``)."""
     import logging
@@ -458,6 +459,7 @@ def make_trainer(config: TrainConfig, devices: int = 1, amp: bool = False, progr
         use_distributed_sampler=False,
         precision="bf16-mixed" if amp and accelerator == "gpu" else "32-true",
         enable_progress_bar=progress,
+        callbacks=list(callbacks),
     )
 
 
@@ -467,6 +469,7 @@ def fit_heads(
     devices: int = 1,
     amp: bool = False,
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> list[HeadResult]:
     """Train every instance of ``bank``, select on validation, score the chosen ones on test.
 
@@ -474,7 +477,7 @@ def fit_heads(
         One :class:`HeadResult` per (stream, head type), streams in order, head types in order.
     """
     config = bank.config
-    trainer = make_trainer(config, devices, amp, progress)
+    trainer = make_trainer(config, devices, amp, progress, callbacks)
     threads = torch.get_num_threads()
     if config.cpu_threads and not str(config.device).startswith("cuda"):
         torch.set_num_threads(config.cpu_threads)
