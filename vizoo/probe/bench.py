@@ -162,12 +162,12 @@ def bench_stream(
     heads: Sequence[str] = ("ep:num_queries=32", "linear:pool=cls"),
     lrs: Sequence[float] = (0.1,),
     optimizer: str = "lars",
-    num_samples: int = 32768,
+    num_samples: int = 65536,
     num_tokens: int = 196,
     dim: int = 768,
     num_classes: int = 1000,
     batch_size: int = 4096,
-    readers: int = 8,
+    readers: int = 4,
     epochs: int = 2,
     device: str = "cuda",
     amp: bool = True,
@@ -196,8 +196,7 @@ def bench_stream(
                          optimizer=optimizer, scale_lr=True, device=device)
 
     def make_loader(split, training, world, rank):
-        return ShardStream(dirs[split], {"0": 0}, batch_size, training, 0, world, rank, workers=readers,
-                           prefetch=readers)
+        return ShardStream(dirs[split], {"0": 0}, batch_size, training, 0, world, rank, workers=readers)
 
     specs = [HeadSpec.parse(h) for h in heads]
     clock = _EpochClock(dirs.values())
@@ -328,8 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only", choices=["heads", "stream", "protocols"], nargs="+",
                    default=["heads", "stream", "protocols"])
     p.add_argument("--num-samples", type=int, default=16384, help="training samples of the heads benchmark")
-    p.add_argument("--stream-samples", type=int, default=32768, help="training samples of the streamed cache")
-    p.add_argument("--readers", type=int, default=8, help="reader threads of the streamed cache")
+    p.add_argument("--stream-samples", type=int, default=65536, help="training samples of the streamed cache")
+    p.add_argument("--readers", type=int, default=4, help="reader threads of the streamed cache")
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)

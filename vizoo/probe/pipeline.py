@@ -77,7 +77,7 @@ class ProbeJob:
         seeds: low-shot seeds (one result set per seed).
         cache_dir: root folder of feature caches.
         extract_batch_size: images per backbone forward.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers (images); reader threads of a streamed cache (0: 4).
         amp: bfloat16 autocast for the backbone on CUDA.
         scale: RandomResizedCrop scale (augmented protocol).
         hflip: horizontal flip probability (augmented protocol).
@@ -478,7 +478,7 @@ def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
     def make_loader(split: str, training: bool, world: int, rank: int):
         size = config.batch_size if training else config.eval_batch_size
         return ShardStream(dirs[split], {s.key: s.layer for s in streams}, size, training, config.seed, world,
-                           rank, workers=max(1, job.num_workers))
+                           rank, workers=job.num_workers or 4)
 
     bank = HeadBank(job.heads, streams, len(classes), config)
     results = fit_heads(bank, ProbeData(make_loader, "test" in dirs), job.devices, job.amp, job.progress)
