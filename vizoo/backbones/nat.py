@@ -65,6 +65,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vizoo.backbones.layers import LayerNorm, NeighborhoodAttention2d
+from vizoo.hub.checkpoints import extract_state_dict
+from vizoo.hub.loading import pretrained_download_errors
 
 __all__ = ["NAT", "NATIsotropic", "NATBlock", "dinat_dilations", "checkpoint_filter_fn"]
 
@@ -677,15 +679,6 @@ _HF_BLOCK_PARTS = {
 }
 
 
-def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def _map_official(key: str) -> Optional[str]:
     """Original repo key -> vizoo key (None when unknown)."""
     simple = {
@@ -769,8 +762,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     """Turn an official NAT/DiNAT checkpoint into vizoo's layout, checking it against ``model``.
 
     Accepted layouts:
-        * the original repo's ``.pth`` (bare, or wrapped in ``model``/``state_dict``, optional ``module.``
-          prefixes): ``patch_embed.proj.{0,1}``, ``levels.i.blocks.j.{norm1, attn.qkv, attn.rpb, attn.proj,
+        * the original repo's ``.pth`` (bare, or in any wrapper that
+          :func:`vizoo.hub.checkpoints.extract_state_dict` reads: ``model``/``state_dict``, ``module.`` prefixes):
+          ``patch_embed.proj.{0,1}``, ``levels.i.blocks.j.{norm1, attn.qkv, attn.rpb, attn.proj,
           norm2, mlp.fc1, mlp.fc2, gamma1, gamma2}``, ``levels.i.downsample.{reduction, norm}``, ``norm``,
           ``head``; isotropic models ``patch_embed.{proj, norm}`` and ``layers.j.*``;
         * Hugging Face transformers (``NatForImageClassification`` / ``DinatForImageClassification`` with
@@ -788,7 +782,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         ValueError: on keys it cannot map, on model keys the checkpoint lacks, or on shape mismatches (e.g. an
             11x11 RPB table loaded into a 7x7 model).
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the NAT/DiNAT checkpoint")
     keys = list(state_dict)
     model_sd = model.state_dict()
     if any(k.startswith(("stem.", "stages.", "blocks.")) for k in keys):
@@ -848,8 +842,6 @@ def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.M
     implied = {k: v for k, v in implied.items() if k not in kwargs}
     # all four stages of the hierarchical models, the last three blocks of the isotropic ones (as in ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
-    from vizoo.hub.loading import pretrained_download_errors
-
     with pretrained_download_errors(variant, cfg) if pretrained else contextlib.nullcontext():
         model = build_model_with_cfg(
             cls,

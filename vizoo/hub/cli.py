@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from vizoo.hub.checkpoints import extract_state_dict, is_lightning_checkpoint, lightning_state_dict, load_file
+from vizoo.hub.checkpoints import is_lightning_checkpoint, lightning_state_dict, load_file, read_state_dict
 from vizoo.hub.convert import convert_checkpoint
 from vizoo.hub.export import export_model
 from vizoo.hub.folder import check_output_folder
@@ -101,8 +101,7 @@ def model_from_source(
     if checkpoint is not None:
         model = create_model(source, pretrained=False, **(model_kwargs or {}))
         try:
-            load_strict(model, extract_state_dict(load_file(checkpoint), ema=ema, source=checkpoint),
-                        source=checkpoint)
+            load_strict(model, read_state_dict(checkpoint, ema=ema), source=checkpoint)
         except ValueError as err:
             raise ValueError(f"{err} (--checkpoint takes weights in vizoo/timm's own layout; convert an official "
                              "checkpoint with `vizoo convert --model MODEL --checkpoint FILE --out DIR`.)") from err

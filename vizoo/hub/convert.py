@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from vizoo.hub.checkpoints import extract_state_dict, load_file
+from vizoo.hub.checkpoints import read_state_dict
 from vizoo.hub.export import export_model
 from vizoo.hub.folder import file_sha256
 from vizoo.hub.loading import format_mismatch, mismatch_report, unknown_model_error
@@ -130,7 +130,7 @@ def convert_checkpoint(
         raise unknown_model_error(model_name) if ":" not in model_name else ValueError(
             f"--model takes a registered architecture (optionally arch.tag), not {model_name!r}.")
     checkpoint = Path(checkpoint)
-    state_dict = extract_state_dict(load_file(checkpoint), ema=ema, source=str(checkpoint))
+    state_dict = read_state_dict(checkpoint, ema=ema)
     module = family_module(arch)
     filter_fn = filter_fn_for(arch)
     kwargs = dict(model_kwargs or {})
