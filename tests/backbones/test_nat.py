@@ -34,6 +34,7 @@ NAMES = [
     "dinat_small",
     "dinat_base",
     "dinat_large",
+    "dinat_large_k11",
     "nat_iso_small",
     "nat_iso_base",
     "dinat_iso_small",
@@ -51,7 +52,7 @@ OFFICIAL_PARAMS = {
     "dinat_base": 89_769_652,
     "dinat_large": 200_943_514,
     "dinat_large.in22k_ft_in1k_384": 200_943_514,
-    "dinat_large.in22k_ft_in1k_384_11x11": 201_144_250,
+    "dinat_large_k11": 201_144_250,
     "nat_iso_small": 21_999_736,
     "nat_iso_base": 86_465_800,
     "dinat_iso_small": 21_999_736,
@@ -63,7 +64,7 @@ OFFICIAL_MACS = [
     ("nat_mini", 224, 2.713),
     ("nat_tiny", 224, 4.321),
     ("dinat_large.in22k_ft_in1k_384", 384, 89.730),
-    ("dinat_large.in22k_ft_in1k_384_11x11", 384, 92.350),
+    ("dinat_large_k11", 384, 92.350),
     ("nat_iso_small", 224, 4.320),
 ]
 
@@ -145,7 +146,7 @@ def test_dilation_schedules_match_the_papers():
         [1, 3] * 9,
         [1] * 5,
     ]
-    k11 = meta_model("dinat_large.in22k_ft_in1k_384_11x11")
+    k11 = meta_model("dinat_large_k11")  # its one tag is the 384 one
     assert k11.kernel_size == 11 and k11.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
     assert meta_model("dinat_large", img_size=384).dilations == [
         [1, 13, 1],
@@ -157,8 +158,14 @@ def test_dilation_schedules_match_the_papers():
     assert meta_model("dinat_iso_small").dilations == [1, 2] * 6
     assert meta_model("nat_iso_base").dilations == [1] * 12
     # a user kwarg beats what the tag implies
-    assert meta_model("dinat_large.in22k_ft_in1k_384_11x11", kernel_size=7).kernel_size == 7
+    assert meta_model("dinat_large.in22k_ft_in1k_384", img_size=224).dilations == meta_model("dinat_large").dilations
     assert dinat_dilations([2, 2], 96, 7) == [[1, 3], [1, 1]]
+
+
+def test_the_old_11x11_tag_names_the_new_model():
+    """The tag that used to switch dinat_large to 11x11 windows is refused with the model that replaced it."""
+    with pytest.raises(ValueError, match="dinat_large_k11.in22k_ft_in1k_384"):
+        meta_model("dinat_large.in22k_ft_in1k_384_11x11")
 
 
 def test_layer_scale_only_where_official():
@@ -493,7 +500,9 @@ def test_pretrained_cfgs():
             assert cfg.url.startswith("https://shi-labs.com/") and cfg.crop_pct in (0.875, 1.0)
             assert cfg.interpolation == "bicubic" and cfg.mean == (0.485, 0.456, 0.406)
             assert cfg.classifier == "head.fc" and cfg.license == "mit"
-    assert set(cfgs["dinat_large"]) == {"in22k_ft_in1k", "in22k_ft_in1k_384", "in22k_ft_in1k_384_11x11"}
+    assert set(cfgs["dinat_large"]) == {"in22k_ft_in1k", "in22k_ft_in1k_384"}
+    assert set(cfgs["dinat_large_k11"]) == {"in22k_ft_in1k_384"}
+    assert cfgs["dinat_large_k11"]["in22k_ft_in1k_384"].hf_hub_id == "shi-labs/dinat-large-11x11-in22k-in1k-384"
     model = meta_model("dinat_large.in22k_ft_in1k_384")
     assert model.pretrained_cfg["input_size"] == (3, 384, 384) and model.pretrained_cfg["crop_pct"] == 1.0
     assert isinstance(meta_model("nat_iso_small"), NATIsotropic)

@@ -34,7 +34,9 @@ Differences (none changes a pretrained model's output):
     * DiNAT dilations are computed from ``img_size`` (the design resolution) as the official schedule
       does: on odd layers of each level, ``dilation = max(1, resolution // kernel_size)`` (224: 8, 4, 2, 1;
       384: 13, 6, 3, 1; 384 with 11x11: 8, 4, 2, 1; isotropic 224: 2), or given explicitly with
-      ``dilations=``. Pretrained tags set ``img_size`` (and the 11x11 tag sets ``kernel_size=11``);
+      ``dilations=``. Pretrained tags set ``img_size`` and nothing else: the official 11x11 DiNAT-L, whose
+      kernel changes the weights' shapes, is its own model, ``dinat_large_k11`` (timm names window sizes in the
+      model name the same way, e.g. ``swin_large_patch4_window12_384``);
     * ``stride=s`` (model kwarg) turns every NA layer into a GNA strided window (stride 1 is NAT);
       strided windows have no relative position bias (``rpb`` defaults to ``stride == 1``).
     * timm's whole test contract holds: FX traces the models with the NA layer as a leaf module and the input
@@ -828,18 +830,21 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 # --------------------------------------------------------------------------------------------- registry
 
-# Architecture arguments that a pretrained tag implies (beyond img_size, which comes from its input_size).
-_TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
-    "dinat_large.in22k_ft_in1k_384_11x11": dict(kernel_size=11),
-}
+# Tags that once changed the architecture and are now models of their own: named in the error for the old tag
+# (timm would otherwise build the plain architecture under the unknown tag with only a logged warning).
+_MOVED_TAGS = {"dinat_large.in22k_ft_in1k_384_11x11": "dinat_large_k11.in22k_ft_in1k_384"}
 
 
 def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"))
-    implied = dict(_TAG_MODEL_ARGS.get(f"{variant}.{cfg.tag}", {}))
-    if cfg.input_size is not None:
-        implied["img_size"] = cfg.input_size[-1]
-    implied = {k: v for k, v in implied.items() if k not in kwargs}
+    tag = kwargs.get("pretrained_cfg")
+    if isinstance(tag, str) and f"{variant}.{tag}" in _MOVED_TAGS:
+        raise ValueError(
+            f"{variant}.{tag} is now a model of its own: use {_MOVED_TAGS[f'{variant}.{tag}']!r} "
+            "(its 11x11 neighborhoods change the weights' shapes, so a tag no longer switches them on)."
+        )
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=tag)
+    # the tag's resolution sizes DiNAT's dilations (exported configs record it; a kwarg wins)
+    implied = {} if cfg.input_size is None or "img_size" in kwargs else {"img_size": cfg.input_size[-1]}
     # all four stages of the hierarchical models, the last three blocks of the isotropic ones (as in ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
     with pretrained_download_errors(variant, cfg) if pretrained else contextlib.nullcontext():
@@ -916,13 +921,12 @@ default_cfgs = generate_default_cfgs(
             crop_pct=1.0,
             **_DINAT_PAPER,
         ),
-        "dinat_large.in22k_ft_in1k_384_11x11": _cfg(
+        "dinat_large_k11.in22k_ft_in1k_384": _cfg(
             _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384_11x11.pth",
             hf_hub_id="shi-labs/dinat-large-11x11-in22k-in1k-384",
             input_size=(3, 384, 384),
             pool_size=(12, 12),
             crop_pct=1.0,
-            notes=("kernel_size=11 (implied by this tag)",),
             **_DINAT_PAPER,
         ),
         "nat_iso_small.in1k": _iso_cfg(
@@ -1016,12 +1020,20 @@ def dinat_base(pretrained: bool = False, **kwargs) -> NAT:
 
 @register_model
 def dinat_large(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Large (200.9M params; 30.5 GMACs at 224, 89.7 at 384, 92.4 at 384 with ``kernel_size=11``).
+    """DiNAT-Large (200.9M params; 30.5 GMACs at 224, 89.7 at 384).
 
-    Tags: ``in22k_ft_in1k`` (224), ``in22k_ft_in1k_384`` (img_size 384: dilations 13/6/3) and
-    ``in22k_ft_in1k_384_11x11`` (img_size 384 and kernel_size 11: dilations 8/4/2).
+    Tags: ``in22k_ft_in1k`` (224) and ``in22k_ft_in1k_384`` (img_size 384: dilations 13/6/3). The 11x11 model is
+    :func:`dinat_large_k11`.
     """
     return _nat("dinat_large", pretrained, dict(_LARGE, dilated=True), kwargs)
+
+
+@register_model
+def dinat_large_k11(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Large with 11x11 neighborhoods (201.1M params, 92.4 GMACs at 384), the official
+    ``dinat_large_384_11x11``. Tag ``in22k_ft_in1k_384`` (img_size 384: dilations 8/4/2, those of 7x7 at 224).
+    """
+    return _nat("dinat_large_k11", pretrained, dict(_LARGE, dilated=True, kernel_size=11), kwargs)
 
 
 @register_model
