@@ -133,7 +133,7 @@ def test_parameter_count_equals_official(name):
 @pytest.mark.parametrize("name,side,official", OFFICIAL_MACS)
 def test_macs_match_official(name, side, official):
     macs = fvcore_gmacs(meta_model(name).eval(), side)
-    # the papers round to 3 decimals; vizoo matches them to that rounding (the brief asks for 1%)
+    # the papers round to 3 decimals; vizoo matches them to that rounding (0.1%)
     assert abs(macs / official - 1) < 0.001, f"{name}@{side}: {macs:.3f} GMACs vs official {official}"
 
 

@@ -18,7 +18,7 @@ NAMES = [f"digit{i}" for i in range(NUM_CLASSES)]
 
 
 def _lightning_checkpoint(path, ema: bool):
-    """A `vizoo fit` checkpoint written by Lightning itself from the lead's ImageClassifier when it exists,
+    """A `vizoo fit` checkpoint written by Lightning itself from vizoo.train's ImageClassifier when it imports,
     else the documented layout by hand. Returns (raw weights, EMA weights or {})."""
     try:
         import lightning as L
