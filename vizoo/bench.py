@@ -502,7 +502,7 @@ def run_timm_benchmark(timm_repo: str, pairs=TIMM_PAIRS, modes=tuple(TIMM_MODES)
 # vizoo's largest models (largest tag) and the timm model each is held against for CPU training memory
 MEMORY_PAIRS = (
     ("dinat_large.in22k_ft_in1k_384", "swin_large_patch4_window12_384"),
-    ("dinat_large.in22k_ft_in1k_384_11x11", "swin_large_patch4_window12_384"),
+    ("dinat_large_k11.in22k_ft_in1k_384", "swin_large_patch4_window12_384"),
     ("nat_base.in1k", "swin_base_patch4_window7_224"),
     ("dinat_iso_base.in1k", "vit_base_patch16_224"),
 )

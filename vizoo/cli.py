@@ -1,7 +1,8 @@
 """The ``vizoo`` command.
 
 ``vizoo fit|validate|test|predict`` is the Lightning CLI (see vizoo/train/cli.py); every other subcommand
-lives in the module named below and is imported only when used, so ``vizoo --help`` stays fast.
+lives in the module named below (its ``main``, or the function after a colon) and is imported only when used, so
+``vizoo --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 SUBCOMMANDS = {
     "probe": ("vizoo.probe.cli", "evaluate frozen backbones with linear and attentive probes"),
     "hub": ("vizoo.hub.cli", "export, push and pull models in the Hugging Face Hub format"),
-    "convert": ("vizoo.hub.convert", "convert an official checkpoint into a vizoo export folder"),
+    "convert": ("vizoo.hub.cli:convert_main", "convert an official checkpoint into a vizoo export folder"),
     "bench": ("vizoo.bench", "benchmark kernels and backbones (on a GPU)"),
     "models": ("vizoo.cli_models", "list the registered vizoo models"),
     "carve": ("vizoo.vlm.cli_carve", "answer questions about images with CARVE (Hugging Face VLMs)"),
@@ -66,8 +67,8 @@ def _run(given: list[str] | None) -> None:
         valid = list(LIGHTNING_COMMANDS) + list(SUBCOMMANDS)
         print(f"vizoo: {unknown_name_error('command', command, valid)}", file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(SUBCOMMANDS[command][0])
-    code = module.main(rest)
+    module, _, function = SUBCOMMANDS[command][0].partition(":")  # "module" runs module.main
+    code = getattr(importlib.import_module(module), function or "main")(rest)
     if isinstance(code, int) and not isinstance(code, bool) and code:
         sys.exit(code)  # a refusal (e.g. `vizoo bench` without CUDA) exits non-zero
 

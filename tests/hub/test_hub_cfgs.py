@@ -2,6 +2,7 @@
 checkpoint filter wired into the build (and that filter passes vizoo's own layout through unchanged)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -78,3 +79,27 @@ def test_filter_is_wired_and_keeps_native_weights(name, kwargs, monkeypatch):
 def test_every_family_has_a_tiny_test_model():
     covered = {family_of(n) for n, _ in TINY if n in vizoo.list_models()}
     assert covered == set(families())
+
+
+def _meta_shapes(name: str) -> dict:
+    """Parameter and buffer shapes of ``timm.create_model(name)``, built on the meta device with the weight
+    initialisers (slow there, and irrelevant to shapes) switched off."""
+    from unittest import mock
+
+    from timm.layers import weight_init
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(weight_init, "_trunc_normal_", lambda tensor, *args: tensor))
+        for cls in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm):
+            stack.enter_context(mock.patch.object(cls, "reset_parameters", lambda self: None))
+        stack.enter_context(torch.device("meta"))
+        return {k: tuple(v.shape) for k, v in timm.create_model(name).state_dict().items()}
+
+
+@pytest.mark.parametrize("name", [n for n in vizoo.list_models() if len(get_arch_pretrained_cfgs(n)) > 1])
+def test_pretrained_tags_do_not_change_weight_shapes(name):
+    """Every tag of an architecture loads into the same shapes; an architecture change is a model name of its own
+    (as timm names window sizes), so picking a tag never silently builds something else."""
+    default = _meta_shapes(name)
+    for full_name in get_arch_pretrained_cfgs(name):  # keyed "arch.tag"
+        assert _meta_shapes(full_name) == default, f"{full_name} changes the architecture's shapes"

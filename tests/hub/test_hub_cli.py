@@ -18,7 +18,7 @@ NAMES = [f"digit{i}" for i in range(NUM_CLASSES)]
 
 
 def _lightning_checkpoint(path, ema: bool):
-    """A `vizoo fit` checkpoint written by Lightning itself from the lead's ImageClassifier when it exists,
+    """A `vizoo fit` checkpoint written by Lightning itself from vizoo.train's ImageClassifier when it imports,
     else the documented layout by hand. Returns (raw weights, EMA weights or {})."""
     try:
         import lightning as L
@@ -123,3 +123,13 @@ def test_lightning_module_and_probe_accept_hub_names(exports):
     with torch.no_grad():
         torch.testing.assert_close(backbone(x), model.forward_head(model.forward_features(x),
                                                                               pre_logits=True), rtol=1e-5, atol=1e-6)
+
+
+def test_vizoo_convert_runs_the_hub_cli_convert_command(capsys):
+    """`vizoo convert` reaches vizoo.hub.cli.convert_main through the top-level dispatcher."""
+    with pytest.raises(SystemExit) as e:
+        vizoo_main(["convert", "--help"])
+    assert e.value.code == 0 and "usage: vizoo convert" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        vizoo_main(["convert", "--model", "nat_mini", "--checkpoint", "x.pth", "--out", "o", "--model-kwargs", "[1]"])
+    assert e.value.code == 2 and "must be a JSON object" in capsys.readouterr().err

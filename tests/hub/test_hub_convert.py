@@ -15,7 +15,7 @@ from hub_testlib import NUM_CLASSES
 import vizoo.backbones.nat as nat_module
 from vizoo.hub import convert_checkpoint, verify_folder
 from vizoo.hub.checkpoints import UnsafeObject, load_file
-from vizoo.hub.convert import main as convert_main
+from vizoo.hub.cli import convert_main
 
 NAT_TINY = {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "img_size": 64}
 

@@ -436,3 +436,20 @@ def test_rpb_requires_stride_one():
     x = _q(1, 9, 9, 2, 16)
     with pytest.raises(ValueError, match="rpb requires stride 1"):
         na2d(x, x, x, 3, stride=2, rpb=_q(2, 5, 5))
+
+
+def test_flop_counter_counts_the_custom_ops_by_formula():
+    """FlopCounterMode counts vizoo::na_fwd as 4 * B * heads * N * K * dim whatever the dilation, and the backward
+    as twice that (counted on meta tensors: the ops' fake implementations run, no kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, H, W, heads, dim = 2, 12, 10, 4, 16
+    q = torch.empty(B, H, W, heads, dim, device="meta")
+    for kernel, dilation in (((3, 3), (1, 1)), ((5, 3), (2, 3))):
+        args = (list(kernel), list(dilation), [1, 1], [False, False], 0.25)
+        with FlopCounterMode(display=False) as fwd:
+            out, lse = torch.ops.vizoo.na_fwd(q, q, q, None, *args)
+        with FlopCounterMode(display=False) as bwd:
+            torch.ops.vizoo.na_bwd(out, q, q, q, out, lse, None, *args, False)
+        assert fwd.get_total_flops() == 4 * B * heads * H * W * kernel[0] * kernel[1] * dim
+        assert bwd.get_total_flops() == 2 * fwd.get_total_flops()

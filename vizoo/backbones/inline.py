@@ -379,18 +379,6 @@ def inline_cfg(url: str, first_conv: str, **kwargs) -> Dict[str, Any]:
     }
 
 
-def unwrap_checkpoint(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
-    """The state dict inside an official InLine ``.pth`` (``model``; not ``state_dict_ema``), or a bare one;
-    drops ``module.`` prefixes."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]
-    elif "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
-
-
 def check_keys(
     out: Dict[str, Tensor], model: nn.Module, unknown: Sequence[str], family: str
 ) -> Dict[str, Tensor]:

@@ -43,8 +43,8 @@ from vizoo.backbones.inline import (
     inline_cfg,
     inline_mix,
     residual_mlp,
-    unwrap_checkpoint,
 )
+from vizoo.hub.checkpoints import extract_state_dict
 
 __all__ = ["InLineCSwin", "checkpoint_filter_fn"]
 
@@ -262,7 +262,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineCSwin) -> Dict
     """
     import re
 
-    state_dict = unwrap_checkpoint(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the InLine checkpoint")
     if any(k.startswith("stages.") for k in state_dict):
         return check_keys(dict(state_dict), model, [], "InLine-CSwin")
     out, unknown = {}, []

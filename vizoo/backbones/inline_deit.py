@@ -33,8 +33,8 @@ from vizoo.backbones.inline import (
     InLineAttention,
     check_keys,
     inline_cfg,
-    unwrap_checkpoint,
 )
+from vizoo.hub.checkpoints import extract_state_dict
 
 __all__ = ["InLineDeiT", "checkpoint_filter_fn"]
 
@@ -84,7 +84,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineDeiT) -> Dict[
     Raises:
         ValueError: naming missing and unexpected keys (another family) or shape mismatches (another width).
     """
-    state_dict = unwrap_checkpoint(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the InLine checkpoint")
     if "blocks.0.attn.residual.0.weight" not in state_dict:
         return check_keys(dict(state_dict), model, [], "InLine-DeiT")
     return check_keys(_vit_filter(state_dict, model), model, [], "InLine-DeiT")

@@ -33,8 +33,8 @@ from vizoo.backbones.inline import (
     TokenStage,
     check_keys,
     inline_cfg,
-    unwrap_checkpoint,
 )
+from vizoo.hub.checkpoints import extract_state_dict
 
 __all__ = ["InLinePVT", "checkpoint_filter_fn"]
 
@@ -145,7 +145,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLinePVT) -> Dict[s
     """
     import re
 
-    state_dict = unwrap_checkpoint(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the InLine checkpoint")
     if any(k.startswith("stages.") for k in state_dict):
         return check_keys(dict(state_dict), model, [], "InLine-PVT")
     out, unknown = {}, []

@@ -37,8 +37,8 @@ from vizoo.backbones.inline import (
     block_types,
     check_keys,
     inline_cfg,
-    unwrap_checkpoint,
 )
+from vizoo.hub.checkpoints import extract_state_dict
 
 __all__ = ["InLineSwin", "checkpoint_filter_fn"]
 
@@ -100,7 +100,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InLineSwin) -> Dict[
     Raises:
         ValueError: naming missing and unexpected keys (another family or layout) or shape mismatches.
     """
-    state_dict = unwrap_checkpoint(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the InLine checkpoint")
     official = "layers.0.downsample.reduction.weight" in state_dict
     out = {}
     for key, value in state_dict.items():

@@ -34,7 +34,9 @@ Differences (none changes a pretrained model's output):
     * DiNAT dilations are computed from ``img_size`` (the design resolution) as the official schedule
       does: on odd layers of each level, ``dilation = max(1, resolution // kernel_size)`` (224: 8, 4, 2, 1;
       384: 13, 6, 3, 1; 384 with 11x11: 8, 4, 2, 1; isotropic 224: 2), or given explicitly with
-      ``dilations=``. Pretrained tags set ``img_size`` (and the 11x11 tag sets ``kernel_size=11``);
+      ``dilations=``. Pretrained tags set ``img_size`` and nothing else: the official 11x11 DiNAT-L, whose
+      kernel changes the weights' shapes, is its own model, ``dinat_large_k11`` (timm names window sizes in the
+      model name the same way, e.g. ``swin_large_patch4_window12_384``);
     * ``stride=s`` (model kwarg) turns every NA layer into a GNA strided window (stride 1 is NAT);
       strided windows have no relative position bias (``rpb`` defaults to ``stride == 1``).
     * timm's whole test contract holds: FX traces the models with the NA layer as a leaf module and the input
@@ -65,6 +67,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vizoo.backbones.layers import LayerNorm, NeighborhoodAttention2d
+from vizoo.hub.checkpoints import extract_state_dict
+from vizoo.hub.loading import pretrained_download_errors
 
 __all__ = ["NAT", "NATIsotropic", "NATBlock", "dinat_dilations", "checkpoint_filter_fn"]
 
@@ -677,15 +681,6 @@ _HF_BLOCK_PARTS = {
 }
 
 
-def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def _map_official(key: str) -> Optional[str]:
     """Original repo key -> vizoo key (None when unknown)."""
     simple = {
@@ -769,8 +764,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     """Turn an official NAT/DiNAT checkpoint into vizoo's layout, checking it against ``model``.
 
     Accepted layouts:
-        * the original repo's ``.pth`` (bare, or wrapped in ``model``/``state_dict``, optional ``module.``
-          prefixes): ``patch_embed.proj.{0,1}``, ``levels.i.blocks.j.{norm1, attn.qkv, attn.rpb, attn.proj,
+        * the original repo's ``.pth`` (bare, or in any wrapper that
+          :func:`vizoo.hub.checkpoints.extract_state_dict` reads: ``model``/``state_dict``, ``module.`` prefixes):
+          ``patch_embed.proj.{0,1}``, ``levels.i.blocks.j.{norm1, attn.qkv, attn.rpb, attn.proj,
           norm2, mlp.fc1, mlp.fc2, gamma1, gamma2}``, ``levels.i.downsample.{reduction, norm}``, ``norm``,
           ``head``; isotropic models ``patch_embed.{proj, norm}`` and ``layers.j.*``;
         * Hugging Face transformers (``NatForImageClassification`` / ``DinatForImageClassification`` with
@@ -788,7 +784,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         ValueError: on keys it cannot map, on model keys the checkpoint lacks, or on shape mismatches (e.g. an
             11x11 RPB table loaded into a 7x7 model).
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the NAT/DiNAT checkpoint")
     keys = list(state_dict)
     model_sd = model.state_dict()
     if any(k.startswith(("stem.", "stages.", "blocks.")) for k in keys):
@@ -834,22 +830,23 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 # --------------------------------------------------------------------------------------------- registry
 
-# Architecture arguments that a pretrained tag implies (beyond img_size, which comes from its input_size).
-_TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
-    "dinat_large.in22k_ft_in1k_384_11x11": dict(kernel_size=11),
-}
+# Tags that once changed the architecture and are now models of their own: named in the error for the old tag
+# (timm would otherwise build the plain architecture under the unknown tag with only a logged warning).
+_MOVED_TAGS = {"dinat_large.in22k_ft_in1k_384_11x11": "dinat_large_k11.in22k_ft_in1k_384"}
 
 
 def _create(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"))
-    implied = dict(_TAG_MODEL_ARGS.get(f"{variant}.{cfg.tag}", {}))
-    if cfg.input_size is not None:
-        implied["img_size"] = cfg.input_size[-1]
-    implied = {k: v for k, v in implied.items() if k not in kwargs}
+    tag = kwargs.get("pretrained_cfg")
+    if isinstance(tag, str) and f"{variant}.{tag}" in _MOVED_TAGS:
+        raise ValueError(
+            f"{variant}.{tag} is now a model of its own: use {_MOVED_TAGS[f'{variant}.{tag}']!r} "
+            "(its 11x11 neighborhoods change the weights' shapes, so a tag no longer switches them on)."
+        )
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=tag)
+    # the tag's resolution sizes DiNAT's dilations (exported configs record it; a kwarg wins)
+    implied = {} if cfg.input_size is None or "img_size" in kwargs else {"img_size": cfg.input_size[-1]}
     # all four stages of the hierarchical models, the last three blocks of the isotropic ones (as in ViT)
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))) if cls is NAT else 3)
-    from vizoo.hub.loading import pretrained_download_errors
-
     with pretrained_download_errors(variant, cfg) if pretrained else contextlib.nullcontext():
         model = build_model_with_cfg(
             cls,
@@ -924,13 +921,12 @@ default_cfgs = generate_default_cfgs(
             crop_pct=1.0,
             **_DINAT_PAPER,
         ),
-        "dinat_large.in22k_ft_in1k_384_11x11": _cfg(
+        "dinat_large_k11.in22k_ft_in1k_384": _cfg(
             _DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384_11x11.pth",
             hf_hub_id="shi-labs/dinat-large-11x11-in22k-in1k-384",
             input_size=(3, 384, 384),
             pool_size=(12, 12),
             crop_pct=1.0,
-            notes=("kernel_size=11 (implied by this tag)",),
             **_DINAT_PAPER,
         ),
         "nat_iso_small.in1k": _iso_cfg(
@@ -1024,12 +1020,20 @@ def dinat_base(pretrained: bool = False, **kwargs) -> NAT:
 
 @register_model
 def dinat_large(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Large (200.9M params; 30.5 GMACs at 224, 89.7 at 384, 92.4 at 384 with ``kernel_size=11``).
+    """DiNAT-Large (200.9M params; 30.5 GMACs at 224, 89.7 at 384).
 
-    Tags: ``in22k_ft_in1k`` (224), ``in22k_ft_in1k_384`` (img_size 384: dilations 13/6/3) and
-    ``in22k_ft_in1k_384_11x11`` (img_size 384 and kernel_size 11: dilations 8/4/2).
+    Tags: ``in22k_ft_in1k`` (224) and ``in22k_ft_in1k_384`` (img_size 384: dilations 13/6/3). The 11x11 model is
+    :func:`dinat_large_k11`.
     """
     return _nat("dinat_large", pretrained, dict(_LARGE, dilated=True), kwargs)
+
+
+@register_model
+def dinat_large_k11(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Large with 11x11 neighborhoods (201.1M params, 92.4 GMACs at 384), the official
+    ``dinat_large_384_11x11``. Tag ``in22k_ft_in1k_384`` (img_size 384: dilations 8/4/2, those of 7x7 at 224).
+    """
+    return _nat("dinat_large_k11", pretrained, dict(_LARGE, dilated=True, kernel_size=11), kwargs)
 
 
 @register_model

@@ -71,6 +71,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vizoo.hub.checkpoints import extract_state_dict
 from vizoo.kernels.contmix import na2d_av
 from vizoo.kernels.contmix.reference import window_rpb_index
 
@@ -728,15 +729,6 @@ _RENAMES = {"patch_embed1.": "stem.", "head.0.": "head.proj.", "head.1.": "head.
 _CLASSIFIERS = ("head.fc.", "aux_head.fc.")
 
 
-def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Tensor]:
-    for key in ("state_dict", "model"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def _map_official(key: str, value: Tensor) -> Tuple[str, Tensor]:
     """One official key (and tensor) -> vizoo's."""
     for old, new in _RENAMES.items():
@@ -805,7 +797,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: "OverLoCK") -> Dict[
     Raises:
         ValueError: naming unexpected / missing keys or shape mismatches (e.g. another variant's checkpoint).
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = extract_state_dict(state_dict, source="the OverLoCK checkpoint")
     model_sd = model.state_dict()
     sd = dict(_map_official(k, v) for k, v in state_dict.items())
     for name, module in model.named_modules():

@@ -23,7 +23,7 @@ What a backbone family provides (in its own module, e.g. ``vizoo/backbones/nat.p
   that an official checkpoint legitimately lacks (e.g. buffers the model regenerates) or carries unused;
 * optionally ``CONVERT_NOTE``: a sentence ``vizoo convert`` prints after converting one of its checkpoints.
 
-tests/hub/test_cfgs.py checks all of this for every model in ``vizoo.list_models()``.
+tests/hub/test_hub_cfgs.py checks all of this for every model in ``vizoo.list_models()``.
 """
 from vizoo.hub.convert import convert_checkpoint
 from vizoo.hub.export import export_model

@@ -20,10 +20,8 @@ def _paper_lines(cfg: Mapping[str, Any]) -> list[str]:
         pid = str(pid)
         if pid.lower().startswith("arxiv:"):
             links.append(f"[{pid}](https://arxiv.org/abs/{pid.split(':', 1)[1]})")
-        elif pid.startswith("http"):
-            links.append(pid)
         else:
-            links.append(pid)
+            links.append(pid)  # a URL or another identifier, shown as given
     if name or links:
         lines.append(f"- **Paper:** {name or ''}{' ' if name and links else ''}{', '.join(links)}")
     if cfg.get("origin_url"):
@@ -56,9 +54,7 @@ def model_card(
     front = ["---", "library_name: timm", "tags:", "- image-classification", "- timm", "- vizoo"]
     if license_:
         front.append(f"license: {license_}")
-    if metrics:
-        pass  # metrics go in the body; the Hub's model-index schema needs a dataset id we may not have
-    front.append("---")
+    front.append("---")  # metrics go in the body: the Hub's model-index schema needs a dataset id we may not have
 
     body = [f"# {arch}" + (f".{cfg['tag']}" if cfg.get("tag") else ""), ""]
     desc = cfg.get("description")

@@ -6,6 +6,10 @@ Pickles are first read with ``torch.load(weights_only=True)``. Some official fil
 unpickler: only tensor-rebuilding functions, storages, dtypes and plain containers are imported; any other class or
 function named in the file is replaced by an inert stand-in (a ``dict`` subclass that runs no code), so nothing
 from the file is ever executed, and the caller reads only the tensor entries it needs.
+
+:func:`extract_state_dict` is vizoo's one unwrapper: ``vizoo convert``, ``vizoo hub export --checkpoint``, the probe's
+``--checkpoint`` and every backbone family's ``checkpoint_filter_fn`` find the weights through it
+(:func:`read_state_dict` reads a file and unwraps it in one call).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ _logger = logging.getLogger(__name__)
 # `model_ema` are only read when asked for (InLine's CSwin files carry both; the paper reports `model`).
 WEIGHT_KEYS = ("model", "state_dict", "model_state", "module", "net", "params")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+# Prefixes that wrappers put in front of every key: DataParallel/DDP, a LightningModule's attribute, a probe's.
+STRIP_PREFIXES = ("module.", "model.", "backbone.")
 
 _SAFE_BUILTINS = {
     "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bytearray",
@@ -202,35 +208,68 @@ def lightning_state_dict(ckpt: Mapping[str, Any], ema: bool = False) -> dict[str
 
 
 def extract_state_dict(obj: Any, ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the model's state dict inside a loaded checkpoint and strip DataParallel's ``module.`` prefix.
+    """Find the model's weights inside a loaded checkpoint: the one unwrapper every vizoo loader uses.
+
+    Layouts read:
+        * a plain state dict (``{name: tensor}``);
+        * a training script's dict holding the weights under one of :data:`WEIGHT_KEYS` (``model``,
+          ``state_dict``, ...), nested up to three deep (e.g. ``{"state_dict": {"model": {...}}}``), entries
+          that are not tensors dropped;
+        * the EMA copy under one of :data:`EMA_KEYS` (``state_dict_ema``, ``model_ema``, ``ema``) with ``ema``;
+        * a ``vizoo fit`` Lightning checkpoint (``model.*``, or ``ema.module.*`` with ``ema``), returned with the
+          timm model's own keys;
+        * any other Lightning checkpoint (weights under ``state_dict``);
+    and, except for ``vizoo fit`` checkpoints, :data:`STRIP_PREFIXES` are removed while every key carries one of
+    them: DataParallel / DDP's ``module.``, a LightningModule's ``model.``, a wrapper's ``backbone.`` (and
+    combinations of them, e.g. ``module.model.``).
 
     Args:
         obj: what :func:`load_file` returned.
-        ema: take the EMA weights (``state_dict_ema`` / ``model_ema`` / ``ema``) instead of the raw ones.
+        ema: take the EMA weights instead of the raw ones.
         source: a name for error messages.
 
     Raises:
-        ValueError: no state dict found (the message lists the top-level keys).
+        ValueError: no state dict found (the message lists the top-level keys), or ``ema`` and no EMA weights.
     """
     if is_lightning_checkpoint(obj):
-        return lightning_state_dict(obj, ema=ema)
+        return lightning_state_dict(obj, ema=ema)  # already the timm model's own keys
     if not isinstance(obj, Mapping):
         raise ValueError(f"{source} holds a {type(obj).__name__}, not a state dict or a checkpoint dict.")  # noqa: TRY004
     keys = EMA_KEYS if ema else WEIGHT_KEYS
-    sd: Any = obj
-    for key in keys:
-        if isinstance(obj.get(key), Mapping):
-            sd = obj[key]
+    sd: Mapping[str, Any] = obj
+    for depth in range(3):
+        inner = next((sd[key] for key in keys if isinstance(sd.get(key), Mapping)), None)
+        if inner is None:
+            if ema and depth == 0:
+                raise ValueError(
+                    f"{source} has no EMA weights under any of {list(EMA_KEYS)}; keys: {sorted(map(str, obj))[:20]}."
+                )
             break
-    else:
-        if ema:
-            raise ValueError(f"{source} has no EMA weights under any of {list(EMA_KEYS)}; keys: {sorted(obj)[:20]}.")
+        sd, keys = inner, WEIGHT_KEYS  # an EMA entry may wrap its weights like any other
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(
-            f"found no tensors in {source}; looked under {list(keys)} and at the top level. "
-            f"Top-level keys: {sorted(map(str, obj))[:20]}."
+            f"found no tensors in {source}; looked under {list(EMA_KEYS if ema else WEIGHT_KEYS)} and at the top "
+            f"level. Top-level keys: {sorted(map(str, obj))[:20]}."
         )
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    return tensors
+    return strip_prefixes(tensors)
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a :data:`STRIP_PREFIXES` prefix while every key starts with it (``module.model.x`` -> ``x``)."""
+    while state_dict:
+        prefix = next((p for p in STRIP_PREFIXES if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def read_state_dict(path: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint file: :func:`load_file`, then :func:`extract_state_dict`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is unreadable, or holds no weights (or no EMA weights with ``ema``).
+    """
+    return extract_state_dict(load_file(path), ema=ema, source=str(path))

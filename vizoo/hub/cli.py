@@ -1,5 +1,6 @@
-"""``vizoo hub export|push|pull|verify``: move models between timm, ``vizoo fit`` checkpoints and the Hugging Face
-Hub (see :mod:`vizoo.hub`)."""
+"""The Hub commands: ``vizoo hub export|push|pull|verify`` move models between timm, ``vizoo fit`` checkpoints and
+the Hugging Face Hub (:func:`main`); ``vizoo convert`` turns an official checkpoint into an export folder
+(:func:`convert_main`). The work itself is in :mod:`vizoo.hub`; this module parses arguments and prints results."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,41 @@ from typing import Any
 
 from torch import nn
 
-from vizoo.hub.convert import add_card_args, read_label_names, read_metrics
+from vizoo.hub.checkpoints import is_lightning_checkpoint, lightning_state_dict, load_file, read_state_dict
+from vizoo.hub.convert import convert_checkpoint
+from vizoo.hub.export import export_model
+from vizoo.hub.folder import check_output_folder
+from vizoo.hub.loading import create_model, load_strict, verify_folder
+from vizoo.hub.publish import pull, push_folder
 from vizoo.utils import ArgumentParser
+
+
+def add_card_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label-names", help="file with one class name per line, or a JSON list")
+    parser.add_argument("--metrics", help="JSON dict (inline or a file) of metrics for the model card")
+    parser.add_argument("--repo-id", help="the Hub repository the folder is meant for (for the model card)")
+
+
+def read_label_names(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):
+        return [str(x) for x in json.loads(text)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_metrics(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        metrics = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--metrics must be a JSON dict or a JSON file, got {value!r}: {err}") from err
+    if not isinstance(metrics, dict):
+        raise ValueError(f"--metrics must be a JSON dict, got {type(metrics).__name__}.")  # noqa: TRY004
+    return metrics
 
 
 def model_from_source(
@@ -37,13 +71,6 @@ def model_from_source(
     """
     import timm
 
-    from vizoo.hub.checkpoints import (
-        extract_state_dict,
-        is_lightning_checkpoint,
-        lightning_state_dict,
-        load_file,
-    )
-    from vizoo.hub.loading import create_model, load_strict
 
     path = Path(source)
     if path.is_file():
@@ -74,8 +101,7 @@ def model_from_source(
     if checkpoint is not None:
         model = create_model(source, pretrained=False, **(model_kwargs or {}))
         try:
-            load_strict(model, extract_state_dict(load_file(checkpoint), ema=ema, source=checkpoint),
-                        source=checkpoint)
+            load_strict(model, read_state_dict(checkpoint, ema=ema), source=checkpoint)
         except ValueError as err:
             raise ValueError(f"{err} (--checkpoint takes weights in vizoo/timm's own layout; convert an official "
                              "checkpoint with `vizoo convert --model MODEL --checkpoint FILE --out DIR`.)") from err
@@ -105,8 +131,6 @@ def _error(command: str, err: Exception | str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from vizoo.hub.export import check_output_folder, export_model
-
     check_output_folder(args.out_dir, args.overwrite)  # before the model is built
     model, names, where, cfg_update = model_from_source(args.source, args.checkpoint, args.ema, args.model_kwargs)
     label_names = read_label_names(args.label_names) or names
@@ -120,24 +144,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    from vizoo.hub.publish import push_folder
-
     url = push_folder(args.folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                       commit_message=args.message)
     print(f"pushed {args.folder} to {args.repo_id}: {url}")
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
-    from vizoo.hub.publish import pull
-
     folder = pull(args.repo_id, args.out_dir, revision=args.revision, cache_dir=args.cache_dir,
                   overwrite=args.overwrite)
     print(folder)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from vizoo.hub.loading import verify_folder
-
     model = verify_folder(args.folder)
     config = json.loads((Path(args.folder) / "config.json").read_text())
     check = ("reproduces its forward check" if (config.get("vizoo") or {}).get("forward_check")
@@ -197,6 +215,41 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__module__.split(".")[0] not in ("huggingface_hub", "httpx", "httpx2", "requests"):
             raise
         _error(args.command, f"{type(err).__name__}: {err} (is the Hub reachable? HF_ENDPOINT, network, token)")
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="vizoo convert", description="Convert an official checkpoint into a "
+                                     "vizoo export folder (config.json + model.safetensors + README.md).")
+    parser.add_argument("--model", required=True, help="vizoo architecture, optionally with a tag (nat_tiny.in1k)")
+    parser.add_argument("--checkpoint", required=True, help="the official checkpoint file")
+    parser.add_argument("--out", required=True, help="the export folder to write")
+    parser.add_argument("--ema", action="store_true", help="use the file's EMA weights")
+    parser.add_argument("--num-classes", type=int, help="classifier size (default: read from the checkpoint)")
+    parser.add_argument("--model-kwargs", type=json_dict, default=None, help="JSON dict of constructor kwargs")
+    parser.add_argument("--allow-missing", action="append", default=[], metavar="GLOB",
+                        help="accept model keys absent from the file (repeatable)")
+    parser.add_argument("--allow-unexpected", action="append", default=[], metavar="GLOB",
+                        help="drop file keys the model does not have (repeatable)")
+    add_card_args(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return parser
+
+
+def convert_main(argv: list[str] | None = None) -> None:
+    """``vizoo convert``: one-line errors (exit code 2) for bad input."""
+    args = build_convert_parser().parse_args(argv)
+    try:
+        check_output_folder(args.out, args.overwrite)  # before the checkpoint is read
+        _, report = convert_checkpoint(
+            args.model, args.checkpoint, args.out, ema=args.ema, num_classes=args.num_classes,
+            model_kwargs=args.model_kwargs, allow_missing=args.allow_missing,
+            allow_unexpected=args.allow_unexpected, label_names=read_label_names(args.label_names),
+            metrics=read_metrics(args.metrics), repo_id=args.repo_id, overwrite=args.overwrite,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"vizoo convert: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(report.summary())
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ tell them apart). Shape mismatches always fail and are listed by key
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import hashlib
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +26,10 @@ from typing import Any
 
 from torch import nn
 
-from vizoo.utils import ArgumentParser
+from vizoo.hub.checkpoints import read_state_dict
+from vizoo.hub.export import export_model
+from vizoo.hub.folder import file_sha256
+from vizoo.hub.loading import format_mismatch, mismatch_report, unknown_model_error
 
 
 @dataclass
@@ -90,14 +90,6 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_checkpoint(
     model_name: str,
     checkpoint: str | Path,
@@ -132,16 +124,13 @@ def convert_checkpoint(
     import timm
 
     import vizoo  # noqa: F401
-    from vizoo.hub.checkpoints import extract_state_dict, load_file
-    from vizoo.hub.export import export_model
-    from vizoo.hub.loading import format_mismatch, mismatch_report, unknown_model_error
 
     arch = model_name.split(".", 1)[0]
     if ":" in model_name or not timm.is_model(arch):
         raise unknown_model_error(model_name) if ":" not in model_name else ValueError(
             f"--model takes a registered architecture (optionally arch.tag), not {model_name!r}.")
     checkpoint = Path(checkpoint)
-    state_dict = extract_state_dict(load_file(checkpoint), ema=ema, source=str(checkpoint))
+    state_dict = read_state_dict(checkpoint, ema=ema)
     module = family_module(arch)
     filter_fn = filter_fn_for(arch)
     kwargs = dict(model_kwargs or {})
@@ -181,7 +170,7 @@ def convert_checkpoint(
     model.load_state_dict(filtered, strict=False)
     model.eval()
 
-    result = ConversionReport(model_name=model_name, checkpoint=checkpoint.name, sha256=sha256_of(checkpoint),
+    result = ConversionReport(model_name=model_name, checkpoint=checkpoint.name, sha256=file_sha256(checkpoint),
                               num_tensors=len(filtered), explained_missing=explained_missing,
                               dropped_unexpected=dropped, note=getattr(module, "CONVERT_NOTE", None))
     if out_dir is not None:
@@ -192,72 +181,3 @@ def convert_checkpoint(
                      overwrite=overwrite)
         result.out_dir = str(out_dir)
     return model, result
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="vizoo convert", description="Convert an official checkpoint into a "
-                                     "vizoo export folder (config.json + model.safetensors + README.md).")
-    parser.add_argument("--model", required=True, help="vizoo architecture, optionally with a tag (nat_tiny.in1k)")
-    parser.add_argument("--checkpoint", required=True, help="the official checkpoint file")
-    parser.add_argument("--out", required=True, help="the export folder to write")
-    parser.add_argument("--ema", action="store_true", help="use the file's EMA weights")
-    parser.add_argument("--num-classes", type=int, help="classifier size (default: read from the checkpoint)")
-    parser.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of constructor kwargs")
-    parser.add_argument("--allow-missing", action="append", default=[], metavar="GLOB",
-                        help="accept model keys absent from the file (repeatable)")
-    parser.add_argument("--allow-unexpected", action="append", default=[], metavar="GLOB",
-                        help="drop file keys the model does not have (repeatable)")
-    add_card_args(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    return parser
-
-
-def add_card_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--label-names", help="file with one class name per line, or a JSON list")
-    parser.add_argument("--metrics", help="JSON dict (inline or a file) of metrics for the model card")
-    parser.add_argument("--repo-id", help="the Hub repository the folder is meant for (for the model card)")
-
-
-def read_label_names(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    text = Path(path).read_text()
-    if text.lstrip().startswith("["):
-        return [str(x) for x in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def read_metrics(value: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        metrics = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--metrics must be a JSON dict or a JSON file, got {value!r}: {err}") from err
-    if not isinstance(metrics, dict):
-        raise ValueError(f"--metrics must be a JSON dict, got {type(metrics).__name__}.")  # noqa: TRY004
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.out is not None:
-            from vizoo.hub.export import check_output_folder
-
-            check_output_folder(args.out, args.overwrite)  # before the checkpoint is read
-        _, report = convert_checkpoint(
-            args.model, args.checkpoint, args.out, ema=args.ema, num_classes=args.num_classes,
-            model_kwargs=args.model_kwargs, allow_missing=args.allow_missing,
-            allow_unexpected=args.allow_unexpected, label_names=read_label_names(args.label_names),
-            metrics=read_metrics(args.metrics), repo_id=args.repo_id, overwrite=args.overwrite,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"vizoo convert: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(report.summary())
-
-
-if __name__ == "__main__":
-    main()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vizoo.hub.checkpoints import check_safetensors, load_safetensors
-from vizoo.hub.export import (
+from vizoo.hub.folder import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     check_weights_hash,

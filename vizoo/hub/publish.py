@@ -14,12 +14,17 @@ import tempfile
 from pathlib import Path
 
 from vizoo.hub.card import PLACEHOLDER_REPO
-from vizoo.hub.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_output_folder
+from vizoo.hub.folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    OWN_FILES,
+    WEIGHTS_NAME,
+    check_output_folder,
+    move_into_place,
+)
 from vizoo.hub.loading import remove_from_cache, verify_folder
 
 _logger = logging.getLogger(__name__)
-
-HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
 def push_folder(
@@ -60,7 +65,7 @@ def push_folder(
         raise type(err)(f"refusing to push {folder}: {err}") from err
 
     operations = []
-    for name in HUB_FILES:
+    for name in OWN_FILES:
         path = folder / name
         if not path.is_file():
             continue
@@ -68,7 +73,7 @@ def push_folder(
             operations.append(CommitOperationAdd(name, path.read_text().replace(PLACEHOLDER_REPO, repo_id).encode()))
         else:
             operations.append(CommitOperationAdd(name, str(path)))
-    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in HUB_FILES)
+    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in OWN_FILES)
     if extra:
         _logger.warning("not uploading files that are not part of an export: %s", extra)
 
@@ -120,7 +125,6 @@ def pull(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    from vizoo.hub.export import _move_into_place
 
     if "@" in repo_id and revision is None:
         repo_id, revision = repo_id.split("@", 1)
@@ -129,7 +133,7 @@ def pull(
         check_output_folder(out, overwrite)
     try:
         paths = {}
-        for name in HUB_FILES:
+        for name in OWN_FILES:
             try:
                 paths[name] = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
             except LocalEntryNotFoundError:
@@ -161,10 +165,10 @@ def pull(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        for name in HUB_FILES:
+        for name in OWN_FILES:
             if (snapshot / name).is_file():
                 shutil.copyfile(snapshot / name, tmp / name)
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -91,16 +91,11 @@ def _is_classifier_key(model: nn.Module, key: str) -> bool:
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """The weights in a checkpoint file (safetensors, a torch pickle, a training or ``vizoo fit`` checkpoint),
-    read by :func:`vizoo.hub.checkpoints.load_file` (one-line errors for missing, truncated or corrupt files), with
-    a ``backbone.`` / ``model.`` prefix stripped."""
-    from vizoo.hub.checkpoints import extract_state_dict, load_file
+    """The weights in a checkpoint file (safetensors, a torch pickle, a training or ``vizoo fit`` checkpoint, with
+    ``model.`` / ``backbone.`` / ``module.`` prefixes stripped): :func:`vizoo.hub.checkpoints.read_state_dict`."""
+    from vizoo.hub.checkpoints import read_state_dict
 
-    state = extract_state_dict(load_file(path), source=str(path))
-    for prefix in ("model.", "backbone.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    return read_state_dict(path)
 
 
 def weights_digest(model: nn.Module) -> str:

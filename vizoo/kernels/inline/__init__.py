@@ -118,10 +118,4 @@ def inline_attn(
     return torch.ops.vizoo.inline_fwd(q, k, v, scale)[0]
 
 
-def inline_flops(q_shape, backward: bool = False) -> int:
-    """Matmul FLOPs of one call: ``4 * B * heads * N * dim^2`` (x2 more for the backward)."""
-    fwd = _ops.forward_flops(q_shape)
-    return 2 * fwd if backward else fwd
-
-
-__all__ = ["inline_attn", "inline_flops", "check_arguments", "BACKENDS"]
+__all__ = ["inline_attn", "check_arguments", "BACKENDS"]

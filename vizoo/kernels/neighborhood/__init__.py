@@ -230,10 +230,4 @@ def na2d(
     return _na(q, k, v, 2, kernel_size, dilation, stride, is_causal, rpb, scale, backend)
 
 
-def na_flops(q_shape: Sequence[int], kernel_size: Sequence[int], backward: bool = False) -> int:
-    """Tensor-core FLOPs of one NA call: ``4 * B * heads * N * K * dim`` (x2 more for the backward)."""
-    fwd = 4 * math.prod(q_shape[:-1]) * math.prod(kernel_size) * q_shape[-1]
-    return 2 * fwd if backward else fwd
-
-
-__all__ = ["na1d", "na2d", "na_flops", "check_arguments", "BACKENDS"]
+__all__ = ["na1d", "na2d", "check_arguments", "BACKENDS"]
