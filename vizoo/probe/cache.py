@@ -292,7 +292,8 @@ def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise DamagedCacheFile(path, f"not a readable safetensors file ({err})") from None
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
+            # min and max propagate NaN and show +-inf: one pass, no temporary as large as the tensor
             raise DamagedCacheFile(path, f"{name} holds NaN or infinite values")
     return tensors, meta
 
