@@ -66,8 +66,12 @@ def write_synthetic_cache(
     side = int(num_tokens**0.5)
     grid = (side, side) if side * side == num_tokens else None
     shapes = {"0": dict(num_tokens=num_tokens, dim=dim, num_prefix=num_prefix, grid=grid)}
-    payload = dict(synthetic=True, seed=seed, layers=[0], norm=False, num_samples=num_samples, model="synthetic")
+    payload = dict(synthetic=True, seed=seed, layers=[0], norm=False, num_samples=num_samples, model="synthetic",
+                   shape=[num_tokens, dim, num_prefix, num_classes, shard_size])
     key = cache_key(payload)
+    manifest = directory / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("key") == key:
+        return directory  # written by an earlier run with the same settings
     for i, start in enumerate(range(0, num_samples, shard_size)):
         count = min(shard_size, num_samples - start)
         rows = pool[torch.randint(0, len(pool), (count,), generator=g)]
@@ -167,7 +171,7 @@ def bench_stream(
     dim: int = 768,
     num_classes: int = 1000,
     batch_size: int = 4096,
-    readers: int = 4,
+    readers: int = 6,
     epochs: int = 2,
     device: str = "cuda",
     amp: bool = True,
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["heads", "stream", "protocols"])
     p.add_argument("--num-samples", type=int, default=16384, help="training samples of the heads benchmark")
     p.add_argument("--stream-samples", type=int, default=65536, help="training samples of the streamed cache")
-    p.add_argument("--readers", type=int, default=4, help="reader threads of the streamed cache")
+    p.add_argument("--readers", type=int, default=6, help="reader threads of the streamed cache")
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)
