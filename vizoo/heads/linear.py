@@ -25,7 +25,7 @@ class LinearProbe(ProbeHead):
         num_classes: number of classes C.
         pool: ``'cls'`` uses the first prefix token (the class token; required), ``'avg'`` the mean of the
             patch tokens (prefix ignored), ``'auto'`` (default) the class token when prefix tokens are given
-            and the patch mean otherwise (the research note's "cls if available").
+            and the patch mean otherwise ("cls if available", as the efficient-probing code's linear baselines do).
     """
 
     uses_prefix = "optional"   # the default pool='auto'; set per instance from ``pool``

@@ -442,6 +442,8 @@ def make_trainer(config: TrainConfig, devices: int = 1, amp: bool = False, progr
     # the frozen backbone is in eval mode on purpose; the loaders are built per rank on purpose
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Lightning 2.6 against newer torch: a deprecation inside Lightning, nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     device = str(config.device)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
