@@ -146,7 +146,7 @@ def load_file(path: str | Path) -> Any:
         return load_safetensors(path)
     try:
         return load_pickle(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001  (unpickling random bytes can raise nearly anything: IndexError, KeyError, ...)
         raise ValueError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
             "Accepted: a safetensors file or a file written by torch.save (.pth/.pt/.bin/.ckpt); "
