@@ -213,28 +213,27 @@ class ShardStream:
 
     def __iter__(self):
         steps = self._steps()
-        pending: collections.deque = collections.deque()
-        shards = iter(self.sampler.shards())
+        shards = list(self.sampler.shards())
         carry: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
         produced = 0
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vizoo-shard") as pool:
-            for shard in shards:
-                pending.append(pool.submit(self._read, shard))
-                if len(pending) < self.prefetch:
-                    continue
-                for batch in self._cut(carry, pending.popleft().result()):
-                    if steps is not None and produced >= steps:
-                        break
-                    produced += 1
-                    yield batch
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vizoo-shard")
+        try:
+            pending = collections.deque(pool.submit(self._read, s) for s in shards[: self.prefetch])
+            upcoming = iter(shards[self.prefetch :])
             while pending:
-                for batch in self._cut(carry, pending.popleft().result()):
+                shard = pending.popleft().result()
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._read, nxt))
+                for batch in self._cut(carry, shard):
                     if steps is not None and produced >= steps:
-                        break
+                        return
                     produced += 1
                     yield batch
             if carry and steps is None:
                 yield self._batch(*carry.pop())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _cut(self, carry: list, shard: tuple[dict[str, torch.Tensor], torch.Tensor]):
         """Batches from the rows left over from the previous shard followed by this shard's rows."""
