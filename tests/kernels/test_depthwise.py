@@ -62,6 +62,23 @@ def test_triton_matches_conv2d(batch, channels, shape, k, d):
     _compare(batch, channels, shape, k, d)
 
 
+def test_halo_wider_than_the_tensor_core_tile_falls_back_to_the_direct_kernels():
+    _compare(1, 2, (5, 6), 3, 57)  # halo 2 * 57 > 112
+
+
+def test_direct_kernels_match_conv2d():
+    """The CUDA-core kernels (one tile load per tap) that serve wide halos, called directly at a small halo."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    x, w, b = _inputs(2, 2, (9, 7), 5)
+    want = _conv(x, w, b, 2)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(_triton.forward(x.detach(), w.detach(), b.detach(), 2, method="direct"), want)
+    got = _triton.backward(grad, x.detach(), w.detach(), 2, method="direct")
+    for name, g, r in zip(("d_x", "d_weight", "d_bias"), got, torch.autograd.grad(want, (x, w, b), grad)):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_triton_without_bias_fp16():
     _compare(2, 2, (5, 7), 3, 2, dtype=torch.float16, bias=False, atol=2e-2, rtol=2e-2)
 
@@ -81,6 +98,25 @@ def test_triton_without_bias_fp16():
 def test_triton_matches_conv2d_gpu(channels, side, k, d, dtype):
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(16, channels, (side, side), k, d, dtype=dtype, device="cuda", **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_direct_kernels_match_conv2d_gpu(dtype):
+    """The CUDA-core fallback at stage 1's shape (its tile shapes autotuned on the device)."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    x, w, b = (t.detach() for t in _inputs(8, 64, (56, 56), 17, dtype=dtype, device="cuda"))
+    x32, w32, b32 = (t.float().requires_grad_() for t in (x, w, b))
+    want = _conv(x32, w32, b32, 1)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(_triton.forward(x, w, b, 1, method="direct").float(), want, **tol)
+    got = _triton.backward(grad.to(dtype), x, w, 1, method="direct")
+    for name, g, r in zip(("d_x", "d_weight", "d_bias"), got, torch.autograd.grad(want, (x32, w32, b32), grad)):
+        scale = 8 * 56 if name != "d_x" else 1.0
+        torch.testing.assert_close(g.float(), r, atol=tol["atol"] * scale, rtol=tol["rtol"],
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.gpu
