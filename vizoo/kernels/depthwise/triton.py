@@ -1,23 +1,30 @@
 """Fused depthwise "same" convolution in Triton: forward, input gradient and weight gradient (NCHW).
 
-Same operator as ``reference.py``. The design:
+Same operator as ``reference.py``. cuDNN's direct kernel reloads the input for every tap and runs on CUDA cores;
+here the taps of one kernel row become one matrix product on tensor cores, so a loaded row segment serves all
+``k`` taps of that row and the halo block is read once per program:
 
-* Forward: a program owns one ``BLOCK_H x BLOCK_W`` output tile of one (image, channel) plane and walks the
-  ``k x k`` taps; tap ``(ky, kx)`` adds ``w[ky, kx]`` times the input tile shifted by
-  ``(ky * d - pad, kx * d - pad)`` (masked loads give the zero padding) to a float32 accumulator. The tile plus
-  its halo is what the program reads from HBM; the ``k * k`` shifted loads of it are served by the L1 cache
-  (Triton has no explicitly addressed shared memory; the loads stay inside one small block, which is exactly what
-  L1 holds), so each input byte comes from HBM about once per program instead of once per tap. Tile shapes are
-  autotuned per map size, kernel and dilation (a 7x7 map wants small tiles, a 56x56 map wide ones).
+* Forward (``_dw_rows_kernel``): a program owns ``ROWS`` map rows of ``IMGS`` images of one channel (stacked into
+  the dot's M dimension, ``M = ROWS * IMGS``) and ``BLOCK_O`` output columns. For each kernel row ``ky`` it loads
+  the rows shifted by ``ky * d - pad`` over ``BLOCK_E >= BLOCK_O + 2 * pad`` columns (tile plus halo; masked loads
+  give the zero padding) and multiplies them by the banded ``[BLOCK_E, BLOCK_O]`` matrix
+  ``T_ky[j, o] = w[ky, (j - o) / d]`` (zero where ``j - o`` is not a multiple of d in ``[0, d * (k - 1)]``),
+  accumulating in float32. The band wastes multiplies (``BLOCK_E`` per output and kernel row instead of ``k``),
+  which tensor cores pay for many times over. 16-bit inputs multiply exactly; float32 uses three TF32 products
+  (``tf32x3``, about float32 accuracy). ROWS / IMGS and the warp count are autotuned per shape; BLOCK_O is the
+  narrowest tile (>= 16) with the least band work for the map width.
 * Input gradient: the same correlation applied to the output gradient with the kernel flipped in both axes
   (``d_x[p] = sum_t w[t] * g[p - offset_t]``; for an odd kernel with "same" padding that is the forward with
   ``w[k-1-ky, k-1-kx]``), so it reuses the forward kernel.
-* Weight gradient ``d_w[c, t] = sum over images and pixels of g * x shifted by offset_t``: a reduction over
-  batch and pixels. A program owns one channel and a chunk of images and walks every tile of the map; per tap it
-  accumulates ``g * x_shifted`` elementwise over its images, reduces the tile once, and adds it to a per-tap
-  float32 vector. It writes one partial row per (image chunk, channel), and one ``sum`` over the chunks finishes.
-  No atomics, so the result is deterministic, and the partial buffer (``chunks x C x k*k`` floats) does not
-  depend on the tile shape. The bias gradient is ``g.sum((0, 2, 3))``.
+* Weight gradient ``d_w[c, t] = sum over images and pixels of g * x shifted by offset_t``, a reduction over batch
+  and pixels (``_dw_wgrad_rows_kernel``): a program owns one channel and a chunk of images; for each kernel row it
+  accumulates ``P = G^T @ X_ky`` (``[BLOCK_O, BLOCK_E]``) over all its tiles on tensor cores, then tap ``(ky, kx)``
+  is the sum of P along the diagonal ``j - o = kx * d``. Each program writes one partial row per (image chunk,
+  channel) and one ``sum`` over the chunks finishes: no atomics (deterministic), and the partial buffer
+  (``chunks x C x k*k`` floats) does not depend on the tile. The bias gradient is ``g.sum((0, 2, 3))``.
+* Fallback for halos wider than 112 columns (``BLOCK_E`` would exceed 128): CUDA-core kernels that load the
+  shifted ``BLOCK_H x BLOCK_W`` tile once per tap (``_dw_fwd_kernel``, tile autotuned; the repeated loads of the
+  tile plus halo hit the L1 cache) and a per-tap weight-gradient reduction (``_dw_wgrad_kernel``).
 
 Accumulation is float32 throughout; outputs are cast to the input's dtype.
 """
