@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vizoo.kernels.depthwise import depthwise_conv2d
+from vizoo.kernels import depthwise_conv2d
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

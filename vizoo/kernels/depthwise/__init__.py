@@ -5,8 +5,9 @@ padding ``p = d * (k - 1) // 2`` (odd ``k``), i.e. ``F.conv2d(x, weight, bias, p
 groups=C)``. OverLoCK's Basic blocks (Lou & Yu, CVPR 2025, arXiv 2502.20087) and UniRepLKNet's Dilated Reparam
 Block (Ding et al., arXiv 2311.15599) run such convolutions with K = 17/15/13/7 and dilated 3-9 taps branches;
 cuDNN serves them with a direct kernel on CUDA cores that re-reads the input for every tap (about 1.5 T
-multiply-adds/s on an H200, far from the memory bound). The fused Triton kernels (``triton.py``) keep a tile of
-the map in cache across all taps, for the forward and both gradients.
+multiply-adds/s on an H200, far from the memory bound). The fused Triton kernels (``triton.py``) turn each kernel
+row into one banded matrix product on tensor cores, so a row tile plus its halo is loaded once for all taps of
+that row, in the forward and both gradients (CUDA-core kernels take halos wider than 112 columns).
 
 The public function validates its arguments, then runs the plain PyTorch reference (``reference.py``,
 ``F.conv2d``) or the Triton kernels (through the ``vizoo::depthwise_conv2d_fwd`` / ``_bwd`` custom ops of

@@ -28,7 +28,7 @@ def depthwise_conv2d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], dila
         from vizoo.kernels.depthwise import triton as _triton
 
         return _triton.forward(x, weight, bias, dilation)
-    return depthwise_conv2d_reference(x, weight, bias, dilation)
+    return depthwise_conv2d_reference(x, weight, bias, dilation).contiguous()  # NCHW like the kernels
 
 
 @depthwise_conv2d_fwd.register_fake
@@ -47,7 +47,7 @@ def depthwise_conv2d_bwd(grad_out: Tensor, x: Tensor, weight: Tensor, dilation: 
     with torch.enable_grad():
         xx, w = x.detach().requires_grad_(), weight.detach().requires_grad_()
         d_x, d_w = torch.autograd.grad(depthwise_conv2d_reference(xx, w, None, dilation), (xx, w), grad_out)
-    return d_x, d_w, grad_out.sum((0, 2, 3)).to(weight.dtype)
+    return d_x.contiguous(), d_w, grad_out.sum((0, 2, 3)).to(weight.dtype)
 
 
 @depthwise_conv2d_bwd.register_fake
