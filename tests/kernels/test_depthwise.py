@@ -79,6 +79,12 @@ def test_direct_kernels_match_conv2d():
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_channels_last_input():
+    x, w, b = _inputs(1, 2, (5, 6), 3)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(depthwise_conv2d(x_cl, w, b, 2, backend="triton"), _conv(x, w, b, 2))
+
+
 def test_triton_without_bias_fp16():
     _compare(2, 2, (5, 7), 3, 2, dtype=torch.float16, bias=False, atol=2e-2, rtol=2e-2)
 
