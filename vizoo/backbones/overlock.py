@@ -55,7 +55,9 @@ Differences:
     * ``features_only``/``forward_intermediates`` give the stride-4 and stride-8 Base-Net maps and the Focus-Net
       maps at strides 16 and 32 (``[C1, C2, C3 + C4/4, C4 + C4/4]`` channels), without the extra LayerNorms and
       Overview projection that the official detection/segmentation copies add (those have no ImageNet weights);
-    * no iGEMM large-kernel conv extension: cuDNN depthwise convs (the official code falls back to the same).
+    * no iGEMM large-kernel conv extension (the official code falls back to cuDNN without it): on CUDA the
+      depthwise convs of the Dilated Reparam Blocks and ``ResDWConv`` run vizoo's fused Triton kernel
+      (``vizoo.kernels.depthwise``, same math, float32 accumulation), elsewhere ``F.conv2d``.
 """
 
 import re
@@ -73,6 +75,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vizoo.hub.checkpoints import extract_state_dict
 from vizoo.kernels.contmix import na2d_av
+from vizoo.kernels.depthwise import depthwise_conv2d
 from vizoo.kernels.contmix.reference import window_rpb_index
 
 __all__ = ["OverLoCK", "BasicBlock", "DynamicBlock", "ContMix", "DilatedReparamConv", "checkpoint_filter_fn"]
@@ -105,6 +108,20 @@ class LayerScale2d(nn.Module):
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
+def dw_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
+    """Stride-1 "same" depthwise conv: vizoo's fused Triton kernel on CUDA (cuDNN's direct kernel runs these
+    large and dilated kernels far below the memory bound), ``F.conv2d`` elsewhere."""
+    if torch.jit.is_scripting():
+        return torch.ops.vizoo.depthwise_conv2d_fwd(x, weight, bias, dilation, x.is_cuda)
+    if x.is_cuda:
+        return depthwise_conv2d(x, weight, bias, dilation)
+    padding = dilation * (weight.shape[-1] - 1) // 2
+    return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+register_notrace_function(dw_conv)  # a device test: FX records it as one call
+
+
 class ResDWConv(nn.Conv2d):
     """``x + DWConv_k(x)`` (depthwise, with bias)."""
 
@@ -112,7 +129,7 @@ class ResDWConv(nn.Conv2d):
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self._conv_forward(x, self.weight, self.bias)
+        return x + dw_conv(x, self.weight, self.bias, 1)
 
 
 def _fuse_bn(weight: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
@@ -141,7 +158,7 @@ class DilatedBranch(nn.Module):
         self.bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x))
+        return self.bn(dw_conv(x, self.conv.weight, None, self.dilation))
 
 
 class DilatedReparamConv(nn.Module):
@@ -162,7 +179,7 @@ class DilatedReparamConv(nn.Module):
         self.dilated = nn.ModuleList([] if deploy else [DilatedBranch(dim, k, r) for k, r in self.branches])
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.origin_bn(self.lk_origin(x))
+        out = self.origin_bn(dw_conv(x, self.lk_origin.weight, self.lk_origin.bias, 1))
         for branch in self.dilated:
             out = out + branch(x)
         return out
