@@ -55,9 +55,10 @@ Differences:
     * ``features_only``/``forward_intermediates`` give the stride-4 and stride-8 Base-Net maps and the Focus-Net
       maps at strides 16 and 32 (``[C1, C2, C3 + C4/4, C4 + C4/4]`` channels), without the extra LayerNorms and
       Overview projection that the official detection/segmentation copies add (those have no ImageNet weights);
-    * no iGEMM large-kernel conv extension (the official code falls back to cuDNN without it): on CUDA the
-      depthwise convs of the Dilated Reparam Blocks and ``ResDWConv`` run vizoo's fused Triton kernel
-      (``vizoo.kernels.depthwise``, same math, float32 accumulation), elsewhere ``F.conv2d``.
+    * no iGEMM large-kernel conv extension (the official code falls back to cuDNN without it): the depthwise
+      convs run ``F.conv2d``; ``TRITON_DEPTHWISE = True`` switches the Dilated Reparam Blocks and ``ResDWConv``
+      on CUDA to vizoo's Triton kernel (``vizoo.kernels.depthwise``, same math, float32 accumulation), off
+      until its speed is measured.
 """
 
 import re
@@ -108,12 +109,18 @@ class LayerScale2d(nn.Module):
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
+# Use vizoo's Triton depthwise kernel on CUDA. Off by default: its values and gradients match F.conv2d on the
+# H200, but its speed against cuDNN has not been measured yet (docs/benchmarks.md, OverLoCK).
+TRITON_DEPTHWISE = False
+
+
 def dw_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
-    """Stride-1 "same" depthwise conv: vizoo's fused Triton kernel on CUDA (cuDNN's direct kernel runs these
-    large and dilated kernels far below the memory bound), ``F.conv2d`` elsewhere."""
+    """Stride-1 "same" depthwise conv: ``F.conv2d`` (cuDNN on CUDA), or vizoo's Triton kernel on CUDA when
+    ``TRITON_DEPTHWISE`` is set (cuDNN's direct kernel runs these large and dilated kernels far below the
+    memory bound; the Triton kernel is meant to fix that)."""
     if torch.jit.is_scripting():
-        return torch.ops.vizoo.depthwise_conv2d_fwd(x, weight, bias, dilation, x.is_cuda)
-    if x.is_cuda:
+        return torch.ops.vizoo.depthwise_conv2d_fwd(x, weight, bias, dilation, False)
+    if x.is_cuda and TRITON_DEPTHWISE:
         return depthwise_conv2d(x, weight, bias, dilation)
     padding = dilation * (weight.shape[-1] - 1) // 2
     return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
