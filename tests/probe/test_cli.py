@@ -175,3 +175,11 @@ def test_unknown_model_suggests_close_names(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--model", "nat_minni", "--progress", "false", "--output_dir", str(tmp_path)])
     assert "unknown model 'nat_minni'. Did you mean 'nat_mini'?" in capsys.readouterr().err
+
+
+def test_one_value_where_a_list_is_expected_is_a_list_of_one():
+    settings, _ = cli.resolve_settings(["--model", "resnet18", "--heads", "linear", "--layers", "-1",
+                                        "--train.lrs", "0.01", "--seeds", "3", "--inputs", "cls1"])
+    job = cli.job_from_settings(settings)
+    assert [h.label for h in job.heads] == ["linear"] and job.layers == [-1] and job.inputs == ["cls1"]
+    assert job.train.lrs == [0.01] and job.seeds == [3]

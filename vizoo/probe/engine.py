@@ -117,7 +117,7 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 128
-    lrs: Sequence[float] = (1e-3,)
+    lrs: Sequence[float] | float = (1e-3,)
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0
@@ -130,7 +130,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.lrs = [float(lr) for lr in self.lrs]
+        self.lrs = [float(lr) for lr in (self.lrs if isinstance(self.lrs, Sequence) else [self.lrs])]
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

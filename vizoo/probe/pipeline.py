@@ -98,14 +98,14 @@ class ProbeJob:
     root: str | None = None
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
-    heads: Sequence[HeadSpec | str] = ("linear", "ep")
+    heads: str | Sequence[HeadSpec | str] = ("linear", "ep")
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: str = "cached"
-    layers: Sequence[int] | None = None
-    inputs: Sequence[str] | None = None
+    layers: Sequence[int] | int | None = None
+    inputs: Sequence[str] | str | None = None
     norm: bool = False
     k_shot: int | None = None
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] | int = (0,)
     cache_dir: str | None = None
     extract_batch_size: int = 256
     num_workers: int = 0
@@ -118,7 +118,14 @@ class ProbeJob:
     stream: bool | None = None
 
     def __post_init__(self) -> None:
-        self.heads = HeadSpec.parse_all(self.heads)
+        # one value where a list is expected is a list of one (``--heads linear``, ``--layers -1``)
+        self.heads = HeadSpec.parse_all([self.heads] if isinstance(self.heads, (str, HeadSpec)) else self.heads)
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]
 
 
 def _datamodule(job: ProbeJob, data_config: dict[str, Any], image_size: int):
