@@ -9,16 +9,15 @@ the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py``).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from vizoo.kernels._backend import check_backend
 from vizoo.kernels.contmix import ops as _ops  # noqa: F401  (registers vizoo::na2d_av_fwd / _bwd)
 from vizoo.kernels.contmix.reference import na2d_av_reference
 from vizoo.kernels.neighborhood import _per_axis
-from vizoo.utils import unknown_name_error
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -50,18 +49,9 @@ def check_arguments(attn: Tensor, v: Tensor, kernel_size, dilation, backend) -> 
                          f"{v.dtype} on {v.device}")
     if backend is None:
         backend = "triton" if v.is_cuda else "reference"
-    if backend not in BACKENDS:
-        raise unknown_name_error("backend", backend, BACKENDS)
-    dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
-    if v.dtype not in dtypes:
-        raise ValueError(f"unsupported dtype {v.dtype} for the {backend} backend; accepted: "
-                         f"{', '.join(str(d) for d in dtypes)}")
-    if backend == "triton":
-        if v.shape[-1] > MAX_TRITON_DIM:
-            raise ValueError(f"dim must be at most {MAX_TRITON_DIM} for the triton backend, got {v.shape[-1]}")
-        if v.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
-                             f"for CPU tensors), got device {v.device}")
+    check_backend(v, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
+    if backend == "triton" and v.shape[-1] > MAX_TRITON_DIM:
+        raise ValueError(f"dim must be at most {MAX_TRITON_DIM} for the triton backend, got {v.shape[-1]}")
     kernel_size = _per_axis("kernel_size", kernel_size, 2, int)
     dilation = _per_axis("dilation", dilation, 2, int)
     if min(kernel_size) < 1 or min(dilation) < 1:

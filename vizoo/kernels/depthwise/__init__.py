@@ -16,15 +16,14 @@ The public function validates its arguments, then runs the plain PyTorch referen
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from vizoo.kernels._backend import check_backend
 from vizoo.kernels.depthwise import ops as _ops  # noqa: F401  (registers vizoo::depthwise_conv2d_fwd / _bwd)
 from vizoo.kernels.depthwise.reference import depthwise_conv2d_reference, same_padding
-from vizoo.utils import unknown_name_error
 
 BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -60,16 +59,7 @@ def check_arguments(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation,
                              f"{x.dtype} on {x.device}")
     if backend is None:
         backend = "triton" if x.is_cuda else "reference"
-    if backend not in BACKENDS:
-        raise unknown_name_error("backend", backend, BACKENDS)
-    dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
-    if x.dtype not in dtypes:
-        raise ValueError(f"unsupported dtype {x.dtype} for the {backend} backend; accepted: "
-                         f"{', '.join(str(d) for d in dtypes)}")
-    if backend == "triton" and x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU "
-                         f"tensors), got device {x.device}")
-    return backend
+    return check_backend(x, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
 
 
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1,

@@ -21,15 +21,15 @@ needs 288 KiB of shared memory, more than an H200 has); outside that, the defaul
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from vizoo.kernels._backend import check_backend
 from vizoo.kernels.inline import ops as _ops
 from vizoo.kernels.inline.reference import inline_attention as _reference
-from vizoo.utils import tracing, unknown_name_error
+from vizoo.utils import tracing
 
 BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,25 +68,12 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale, backend: Optional[st
         raise ValueError(f"q must not have an empty dimension, got shape {tuple(q.shape)}")
     if backend is None:
         backend = "triton" if q.is_cuda and q.shape[-1] <= _triton_max_dim(q.dtype) else "reference"
-    if backend not in BACKENDS:
-        raise unknown_name_error("backend", backend, BACKENDS)
-    dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
-    if q.dtype not in dtypes:
+    check_backend(q, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
+    if backend == "triton" and q.shape[-1] > _triton_max_dim(q.dtype):
         raise ValueError(
-            f"unsupported dtype {q.dtype} for the {backend} backend; accepted: "
-            f"{', '.join(str(d) for d in dtypes)}"
+            f"head dim must be at most {TRITON_MAX_DIM_FP32} (float32) or {TRITON_MAX_DIM} (float16, bfloat16) "
+            f"for the triton backend, got {q.shape[-1]} in {q.dtype}"
         )
-    if backend == "triton":
-        if q.shape[-1] > _triton_max_dim(q.dtype):
-            raise ValueError(
-                f"head dim must be at most {TRITON_MAX_DIM_FP32} (float32) or {TRITON_MAX_DIM} (float16, bfloat16) "
-                f"for the triton backend, got {q.shape[-1]} in {q.dtype}"
-            )
-        if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
-                f"for CPU tensors), got device {q.device}"
-            )
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise ValueError(f"scale must be a float or None, got {type(scale).__name__}")
     return backend

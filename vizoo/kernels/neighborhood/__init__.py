@@ -22,10 +22,11 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from vizoo.kernels._backend import check_backend
 from vizoo.kernels.neighborhood import ops as _ops  # noqa: F401  (registers vizoo::na_fwd / na_bwd)
 from vizoo.kernels.neighborhood.chunked import neighborhood_attention as _chunked
 from vizoo.kernels.neighborhood.reference import neighborhood_attention as _reference
-from vizoo.utils import tracing, unknown_name_error
+from vizoo.utils import tracing
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
@@ -53,14 +54,6 @@ def _per_axis(name: str, value, ndim: int, kind: type) -> tuple:
     return values
 
 
-def _pick_backend(backend: Optional[str], q: Tensor) -> str:
-    if backend is None:
-        return "triton" if q.is_cuda else "chunked"
-    if backend not in BACKENDS:
-        raise unknown_name_error("backend", backend, BACKENDS)
-    return backend
-
-
 def check_arguments(
     q: Tensor, k: Tensor, v: Tensor, ndim: int, kernel_size, dilation, stride, is_causal, rpb, scale, backend
 ) -> tuple:
@@ -83,11 +76,8 @@ def check_arguments(
         raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    backend = _pick_backend(backend, q)
-    dtypes = TRITON_DTYPES if backend == "triton" else REFERENCE_DTYPES
-    if q.dtype not in dtypes:
-        raise ValueError(f"unsupported dtype {q.dtype} for the {backend} backend; accepted: "
-                         f"{', '.join(str(d) for d in dtypes)}")
+    backend = check_backend(q, backend or ("triton" if q.is_cuda else "chunked"), BACKENDS, TRITON_DTYPES,
+                            REFERENCE_DTYPES)
     spatial = tuple(q.shape[1:-2])
     heads, dim = q.shape[-2], q.shape[-1]
     if min(q.shape) < 1:
@@ -96,9 +86,6 @@ def check_arguments(
         lo, hi = TRITON_HEAD_DIMS
         if not lo <= dim <= hi:
             raise ValueError(f"head dim must be in {lo}..{hi} for the triton backend, got {dim}")
-        if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import "
-                             f"for CPU tensors), got device {q.device}")
     kernel_size = _per_axis("kernel_size", kernel_size, ndim, int)
     dilation = _per_axis("dilation", dilation, ndim, int)
     stride = _per_axis("stride", stride, ndim, int)

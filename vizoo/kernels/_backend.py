@@ -1,0 +1,30 @@
+"""The backend checks every kernel op makes once it knows which backend runs it."""
+
+from __future__ import annotations
+
+import os
+from typing import Collection
+
+import torch
+
+from vizoo.utils import unknown_name_error
+
+
+def check_backend(t: torch.Tensor, backend: str, backends: Collection[str], triton_dtypes: Collection[torch.dtype],
+                  reference_dtypes: Collection[torch.dtype]) -> str:
+    """``backend`` after checking it: a known name, a dtype of ``t`` that it runs, and for ``triton`` a CUDA
+    tensor (or the Triton interpreter, ``TRITON_INTERPRET=1`` set before import, for CPU tensors).
+
+    Raises:
+        ValueError: naming what was wrong and what is accepted.
+    """
+    if backend not in backends:
+        raise unknown_name_error("backend", backend, backends)
+    dtypes = triton_dtypes if backend == "triton" else reference_dtypes
+    if t.dtype not in dtypes:
+        raise ValueError(f"unsupported dtype {t.dtype} for the {backend} backend; accepted: "
+                         f"{', '.join(str(d) for d in dtypes)}")
+    if backend == "triton" and t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import for CPU "
+                         f"tensors), got device {t.device}")
+    return backend
