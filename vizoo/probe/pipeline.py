@@ -18,6 +18,7 @@ source (``vizoo.probe.sources``), and the protocol is recorded in the results:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -344,11 +345,8 @@ def _check_inputs(job: ProbeJob) -> list[InputSpec]:
     return specs
 
 
-def _fits_in_memory(directory: Path) -> bool:
-    """Whether a cache takes at most half of the memory available now."""
-    import json
-
-    manifest = json.loads((directory / "manifest.json").read_text())
+def _fits_in_memory(manifest: dict[str, Any]) -> bool:
+    """Whether a cache (its manifest) takes at most half of the memory available now."""
     per_sample = sum((v["num_tokens"] + v["num_prefix"]) * v["dim"] * 2 for v in manifest["shapes"].values())
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -369,13 +367,14 @@ def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes, 
         if s != "test" or _has_split(dm, "test")
     }
     config = job.train
-    if job.stream or (job.stream is None and not all(_fits_in_memory(d) for d in dirs.values())):
+    manifests = {s: json.loads((d / "manifest.json").read_text()) for s, d in dirs.items()}
+    if job.stream or (job.stream is None and not all(_fits_in_memory(m) for m in manifests.values())):
         if inputs or job.k_shot is not None:
             raise ValueError(
                 "k-shot mode and multi-block inputs hold the cached tokens in memory; this cache is larger than "
                 "half the available memory (or stream=True was given)"
             )
-        return _train_streamed(job, dirs, classes)
+        return _train_streamed(job, dirs, manifests, classes)
     splits = {s: load_split(d) for s, d in dirs.items()}
     sizes = {s: len(v) for s, v in splits.items()}
     results = []
@@ -388,8 +387,7 @@ def _run_cached(job: ProbeJob, model, dm, digest, data_config, layers, classes, 
         parts = dict(splits, train=train)
         for r in train_probes(parts, layers, job.heads, len(classes), run_config, inputs, job.devices,
                               job.amp, job.progress):
-            entry = r.to_dict()
-            entry.update(seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
+            entry = _entry(r, seed=seed, k_shot=job.k_shot, protocol="cached", num_train=len(train))
             if r.input is not None:
                 entry.update(label=f"{r.label} [{r.input}]", head_label=r.label)
             results.append(entry)
@@ -468,13 +466,16 @@ def _check_splits(splits: dict[str, CachedSplit], layers: Sequence[int], num_cla
         raise ValueError(f"the training split holds only {present} class; probing needs at least 2")
 
 
-def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
-    """The cached protocol on caches streamed from disk (see :class:`~vizoo.probe.sources.ShardStream`)."""
-    import json
+def _entry(result, **fields) -> dict[str, Any]:
+    """One results.json entry: the engine's result plus what the run adds (seed, protocol, ...)."""
+    return dict(result.to_dict(), **fields)
 
+
+def _train_streamed(job: ProbeJob, dirs: dict[str, Path], manifests: dict[str, dict], classes: list[str]):
+    """The cached protocol on caches streamed from disk (see :class:`~vizoo.probe.sources.ShardStream`)."""
     config = job.train
     config.check()
-    manifest = json.loads((dirs["train"] / "manifest.json").read_text())
+    manifest = manifests["train"]
     layers = [int(v) for v in manifest["layers"]]
     streams = []
     for layer in layers:
@@ -489,13 +490,9 @@ def _train_streamed(job: ProbeJob, dirs: dict[str, Path], classes: list[str]):
 
     bank = HeadBank(job.heads, streams, len(classes), config)
     results = fit_heads(bank, ProbeData(make_loader, "test" in dirs), job.devices, job.amp, job.progress)
-    sizes = {s: json.loads((d / "manifest.json").read_text())["num_samples"] for s, d in dirs.items()}
-    entries = []
-    for r in results:
-        entry = r.to_dict()
-        entry.update(seed=None, k_shot=None, protocol="cached", num_train=sizes["train"], streamed=True)
-        entries.append(entry)
-    return entries, sizes
+    sizes = {s: m["num_samples"] for s, m in manifests.items()}
+    return [_entry(r, seed=None, k_shot=None, protocol="cached", num_train=sizes["train"], streamed=True)
+            for r in results], sizes
 
 
 def _run_augmented(job: ProbeJob, model, dm, layers: list[int], classes: list[str]):
@@ -521,12 +518,8 @@ def _run_augmented(job: ProbeJob, model, dm, layers: list[int], classes: list[st
 
     bank = HeadBank(job.heads, streams, len(classes), config, backbone=model, norm=job.norm)
     results = fit_heads(bank, ProbeData(make_loader, "test" in sets), job.devices, job.amp, job.progress)
-    entries = []
-    for r in results:
-        entry = r.to_dict()
-        entry.update(seed=None, k_shot=None, protocol="augmented", num_train=len(sets["train"]))
-        entries.append(entry)
-    return entries, {name: len(data) for name, data in sets.items()}
+    return ([_entry(r, seed=None, k_shot=None, protocol="augmented", num_train=len(sets["train"])) for r in results],
+            {name: len(data) for name, data in sets.items()})
 
 
 def _with_seed(config: TrainConfig, seed: int) -> TrainConfig:
