@@ -66,6 +66,7 @@ def test_timm_benchmark_command_is_what_a_timm_user_runs():
     assert args[args.index("-b") + 1] == "256" and compiled[compiled.index("-b") + 1] == "64"
     assert "--channels-last" not in args and "--torchcompile" not in args
     assert compiled[-1] == "--torchcompile"
+    assert timm_benchmark_command("/t/benchmark.py", "m", "r", "channels-last")[-1] == "--channels-last"
     with pytest.raises(ValueError, match="unknown mode 'jit'"):
         timm_benchmark_command("/t/benchmark.py", "m", "r", "jit")
 
@@ -114,6 +115,18 @@ def test_timm_mode_checks_the_path_then_refuses_without_cuda(tmp_path, capsys):
     (tmp_path / "benchmark.py").write_text("raise SystemExit('must not run')")
     assert main(["--timm", str(tmp_path)]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_timm_modes_and_models_are_checked_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "benchmark.py").write_text("raise SystemExit('must not run')")
+    with pytest.raises(SystemExit):
+        main(["--timm", str(tmp_path), "--timm-modes", "eager,jit"])
+    assert "unknown ['jit']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--timm", str(tmp_path), "--timm-models", "resnet50"])
+    assert "none of ['resnet50'] is paired" in capsys.readouterr().err
+    assert main(["--timm", str(tmp_path), "--timm-modes", "channels-last", "--timm-models", "nat_tiny"]) == 2
 
 
 def test_cpu_memory_table_compares_each_model_with_its_peer():

@@ -418,7 +418,8 @@ TIMM_PAIRS = (
     ("dinat_small", "swin_small_patch4_window7_224"),
     ("nat_base", "swin_base_patch4_window7_224"),
 )
-TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"]}
+TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"], "channels-last": ["--channels-last"]}
+TIMM_DEFAULT_MODES = ("eager", "compiled")
 
 # Imports vizoo (registering its models with timm), then runs timm's benchmark.py as its own __main__.
 _TIMM_RUNNER = ("import runpy, sys, vizoo; sys.argv = sys.argv[1:]; "
@@ -472,7 +473,7 @@ def timm_table(results: dict, pairs=TIMM_PAIRS) -> list[dict]:
     return rows
 
 
-def run_timm_benchmark(timm_repo: str, pairs=TIMM_PAIRS, modes=tuple(TIMM_MODES), batch: int = 256,
+def run_timm_benchmark(timm_repo: str, pairs=TIMM_PAIRS, modes=TIMM_DEFAULT_MODES, batch: int = 256,
                        extra: tuple = (), log=print) -> list[dict]:
     """Run timm's benchmark.py (one process per mode, every model of ``pairs`` in it) and tabulate."""
     import subprocess
@@ -607,16 +608,29 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="only run timm's benchmark.py from this pytorch-image-models checkout on vizoo's "
                              "models and their timm peers (eager and --torchcompile, inference and training)")
     parser.add_argument("--timm-batch", type=int, default=256, help="--timm: batch size (default 256)")
+    parser.add_argument("--timm-modes", default=",".join(TIMM_DEFAULT_MODES),
+                        help=f"--timm: comma-separated modes, each one benchmark.py process (accepted: "
+                             f"{', '.join(TIMM_MODES)}; default %(default)s)")
+    parser.add_argument("--timm-models", default="",
+                        help="--timm: comma-separated vizoo models to keep with their peers (default: all pairs)")
     args = parser.parse_args(argv)
-    if args.timm:
-        timm_benchmark_script(args.timm)  # a bad path fails before anything else
+    if args.timm:  # bad paths, modes and names fail before anything runs
+        timm_benchmark_script(args.timm)
+        modes = tuple(m for m in args.timm_modes.split(",") if m)
+        unknown = [m for m in modes if m not in TIMM_MODES]
+        if unknown or not modes:
+            parser.error(f"--timm-modes: unknown {unknown or 'empty'}; accepted: {', '.join(TIMM_MODES)}")
+        keep = [n for n in args.timm_models.split(",") if n]
+        pairs = tuple(p for p in TIMM_PAIRS if not keep or p[0] in keep)
+        if not pairs:
+            parser.error(f"--timm-models: none of {keep} is paired; accepted: {', '.join(p[0] for p in TIMM_PAIRS)}")
     if args.cpu_memory:
         return _write(dict(cpu_memory=cpu_memory()), args, argv)
     if not torch.cuda.is_available():
         print("vizoo bench needs a CUDA GPU", file=sys.stderr)
         return 2
     if args.timm:
-        return _write(dict(timm=run_timm_benchmark(args.timm, batch=args.timm_batch)), args, argv)
+        return _write(dict(timm=run_timm_benchmark(args.timm, pairs, modes, batch=args.timm_batch)), args, argv)
     wanted = [w for w in args.cases.split(",") if w]
     cases = ([c for c in CASES if c.name in wanted] or [c for c in CASES if any(w in c.name for w in wanted)]
              if wanted else CASES)

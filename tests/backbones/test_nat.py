@@ -260,6 +260,14 @@ def test_small_models_run_on_small_inputs(name):
             assert [t.shape[-1] for t in inter] == [math.ceil(side / r) for r in (4, 8, 16, 32)]
 
 
+@pytest.mark.parametrize("name", ["nat_mini", "dinat_iso_small"])
+def test_nchw_and_channels_last_inputs_give_the_same_output(name):
+    model = tiny(name, num_classes=5)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x.contiguous(memory_format=torch.channels_last)))
+
+
 def test_contract_details_on_a_small_nat():
     model = tiny("dinat_mini", num_classes=5)
     x = torch.randn(1, 3, 64, 64)

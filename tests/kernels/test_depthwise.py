@@ -110,7 +110,7 @@ def test_triton_matches_conv2d_gpu(channels, side, k, d, dtype):
 @pytest.mark.parametrize("dtype", [
     torch.float32,
     # failed on the H200 (torch 2.11, triton 3.6; 2026-12-01), not yet investigated; the fallback only serves
-    # halos over 112 columns, and OverLoCK does not use the Triton path by default (TRITON_DEPTHWISE)
+    # halos over 112 columns, which no OverLoCK conv has
     pytest.param(torch.bfloat16, marks=pytest.mark.xfail(reason="bf16 fallback failed once on the H200", strict=False)),
 ])
 def test_direct_kernels_match_conv2d_gpu(dtype):

@@ -15,6 +15,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     ((2, 24, 5, 6), (0, 2, 3, 1)),   # NHWC view of an NCHW tensor (read through strides, no copy)
     ((3, 40, 7), None),              # odd channel count (masked columns)
     ((130, 64), None),               # more rows than one program's block
+    ((2, 300, 48), None),            # backward: several row blocks per program, the last program partial
     ((17,), None),
 ])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])

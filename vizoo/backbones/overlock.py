@@ -56,9 +56,10 @@ Differences:
       maps at strides 16 and 32 (``[C1, C2, C3 + C4/4, C4 + C4/4]`` channels), without the extra LayerNorms and
       Overview projection that the official detection/segmentation copies add (those have no ImageNet weights);
     * no iGEMM large-kernel conv extension (the official code falls back to cuDNN without it): the depthwise
-      convs run ``F.conv2d``; ``TRITON_DEPTHWISE = True`` switches the Dilated Reparam Blocks and ``ResDWConv``
-      on CUDA to vizoo's Triton kernel (``vizoo.kernels.depthwise``, same math, float32 accumulation), off
-      until its speed is measured.
+      convs of the Dilated Reparam Blocks (5x5 and wider) run vizoo's Triton kernel on CUDA
+      (``vizoo.kernels.depthwise``, same math, float32 accumulation; several times faster than cuDNN there),
+      the 3x3 ``ResDWConv`` and every CPU conv ``F.conv2d``; ``TRITON_DEPTHWISE = False`` switches the kernel
+      off.
 """
 
 import re
@@ -109,18 +110,20 @@ class LayerScale2d(nn.Module):
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
-# Use vizoo's Triton depthwise kernel on CUDA. Off by default: its values and gradients match F.conv2d on the
-# H200, but its speed against cuDNN has not been measured yet (docs/benchmarks.md, OverLoCK).
-TRITON_DEPTHWISE = False
+# On CUDA, depthwise convs at least TRITON_DEPTHWISE_MIN_KERNEL wide run vizoo's Triton kernel: cuDNN runs these
+# large and dilated kernels on CUDA cores far below the memory bound, and the Triton kernel was 3.6x cuDNN's
+# forward and 4.1x its forward+backward at stage 1's 17x17 train form (bf16, H200; docs/benchmarks.md). The 3x3
+# convs of ResDWConv keep cuDNN. ``TRITON_DEPTHWISE = False`` sends every conv to cuDNN.
+TRITON_DEPTHWISE = True
+TRITON_DEPTHWISE_MIN_KERNEL = 5
 
 
 def dw_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
-    """Stride-1 "same" depthwise conv: ``F.conv2d`` (cuDNN on CUDA), or vizoo's Triton kernel on CUDA when
-    ``TRITON_DEPTHWISE`` is set (cuDNN's direct kernel runs these large and dilated kernels far below the
-    memory bound; the Triton kernel is meant to fix that)."""
+    """Stride-1 "same" depthwise conv: vizoo's Triton kernel on CUDA for kernels at least
+    ``TRITON_DEPTHWISE_MIN_KERNEL`` wide (while ``TRITON_DEPTHWISE`` is set), ``F.conv2d`` otherwise."""
     if torch.jit.is_scripting():
         return torch.ops.vizoo.depthwise_conv2d_fwd(x, weight, bias, dilation, False)
-    if x.is_cuda and TRITON_DEPTHWISE:
+    if x.is_cuda and TRITON_DEPTHWISE and weight.shape[-1] >= TRITON_DEPTHWISE_MIN_KERNEL:
         return depthwise_conv2d(x, weight, bias, dilation)
     padding = dilation * (weight.shape[-1] - 1) // 2
     return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])

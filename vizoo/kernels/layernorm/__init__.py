@@ -1,8 +1,8 @@
 """Layer norm over the last axis: a fused Triton kernel for CUDA beside the PyTorch reference.
 
 ``layer_norm(x, weight, bias, eps, out_dtype)`` normalises the last axis with float32 statistics and returns
-``out_dtype`` (default: x's dtype). The Triton forward is ``triton.py``; the backward reuses PyTorch's fused
-``aten.native_layer_norm_backward`` with the saved mean and reciprocal std, so gradients are PyTorch's own.
+``out_dtype`` (default: x's dtype). The Triton forward and backward are in ``triton.py``; the backward reuses
+the saved mean and reciprocal std.
 The backbones use it through ``vizoo.backbones.layers.LayerNorm``, a drop-in ``nn.LayerNorm``.
 """
 from __future__ import annotations
@@ -30,16 +30,14 @@ class _FusedLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        from vizoo.kernels.layernorm import triton as _triton
+
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        w = None if weight is None else weight.to(x.dtype)
-        b = None if bias is None else bias.to(x.dtype)
-        mask = [ctx.needs_input_grad[0], w is not None and ctx.needs_input_grad[1],
-                b is not None and ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_layer_norm_backward(
-            grad.to(x.dtype).contiguous(), x, [x.shape[-1]], mean, rstd, w, b, mask)
-        gw = None if gw is None else gw.to(weight.dtype)
-        gb = None if gb is None else gb.to(bias.dtype)
-        return gx, gw, gb, None, None
+        param_grad = (weight is not None and ctx.needs_input_grad[1]) or (bias is not None and ctx.needs_input_grad[2])
+        gx, sums = _triton.backward(grad, x, weight, mean, rstd, param_grad)
+        gw = sums[0].to(weight.dtype) if param_grad and weight is not None and ctx.needs_input_grad[1] else None
+        gb = sums[1].to(bias.dtype) if param_grad and bias is not None and ctx.needs_input_grad[2] else None
+        return gx if ctx.needs_input_grad[0] else None, gw, gb, None, None
 
 
 def layer_norm(
