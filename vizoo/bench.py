@@ -410,13 +410,22 @@ def bench_models(names=MODELS, batch: int = 256, log=print, compile: bool = Fals
     return rows
 
 
-# (vizoo model, timm peer of similar FLOPs) for timm's own benchmark.py
+# (vizoo model, timm peer of similar FLOPs) for timm's own benchmark.py; the NAT pairs run by default, the
+# others when named with --timm-models (InLine-DeiT needs benchmark.py's --gp token, like timm's ViT: run by hand)
 TIMM_PAIRS = (
     ("nat_tiny", "swin_tiny_patch4_window7_224"),
     ("dinat_tiny", "swin_tiny_patch4_window7_224"),
     ("nat_small", "swin_small_patch4_window7_224"),
     ("dinat_small", "swin_small_patch4_window7_224"),
     ("nat_base", "swin_base_patch4_window7_224"),
+)
+TIMM_MORE_PAIRS = (
+    ("overlock_xt", "convnext_nano"),
+    ("overlock_t", "convnext_tiny"),
+    ("overlock_s", "convnext_small"),
+    ("overlock_b", "convnext_base"),
+    ("inline_swin_tiny", "swin_tiny_patch4_window7_224"),
+    ("inline_pvt_small", "pvt_v2_b2"),
 )
 TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"], "channels-last": ["--channels-last"]}
 TIMM_DEFAULT_MODES = ("eager", "compiled")
@@ -612,7 +621,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"--timm: comma-separated modes, each one benchmark.py process (accepted: "
                              f"{', '.join(TIMM_MODES)}; default %(default)s)")
     parser.add_argument("--timm-models", default="",
-                        help="--timm: comma-separated vizoo models to keep with their peers (default: all pairs)")
+                        help="--timm: comma-separated vizoo models to run with their peers (default: the NAT models; "
+                             "OverLoCK and InLine-Swin/PVT when named)")
     args = parser.parse_args(argv)
     if args.timm:  # bad paths, modes and names fail before anything runs
         timm_benchmark_script(args.timm)
@@ -621,9 +631,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown or not modes:
             parser.error(f"--timm-modes: unknown {unknown or 'empty'}; accepted: {', '.join(TIMM_MODES)}")
         keep = [n for n in args.timm_models.split(",") if n]
-        pairs = tuple(p for p in TIMM_PAIRS if not keep or p[0] in keep)
+        pairs = tuple(p for p in TIMM_PAIRS + TIMM_MORE_PAIRS if p[0] in keep) if keep else TIMM_PAIRS
         if not pairs:
-            parser.error(f"--timm-models: none of {keep} is paired; accepted: {', '.join(p[0] for p in TIMM_PAIRS)}")
+            known = ", ".join(p[0] for p in TIMM_PAIRS + TIMM_MORE_PAIRS)
+            parser.error(f"--timm-models: none of {keep} is paired; accepted: {known}")
     if args.cpu_memory:
         return _write(dict(cpu_memory=cpu_memory()), args, argv)
     if not torch.cuda.is_available():
