@@ -68,11 +68,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="peak HBM bandwidth, TB/s (H200: 4.8)")
     parser.add_argument("--no-channels-last", action="store_true", help="skip cuDNN's channels-last rows")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated (default %(default)s)")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     for channels, side, k in SHAPES + EXTRA:
         branches = [(k, 1)] + list(DILATED_BRANCHES.get(k, ()))
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             layouts = [torch.contiguous_format] + ([] if args.no_channels_last else [torch.channels_last])
             for layout in layouts:
                 x = torch.randn(args.batch, channels, side, side, device="cuda", dtype=dtype)
