@@ -11,6 +11,11 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   ``[lo(first), hi(last)]`` per axis. The kernel walks that box in chunks of ``KR x KC`` keys, scores the
   chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
   is stored; the forward writes the output and the log-sum-exp.
+* RPB: the bias of a (query, key) pair depends only on their offset, but a kernel-side lookup costs one
+  scalar gather per pair, several times the loads of the keys themselves. While it stays small
+  (``RPB_CHUNK_BYTES``), the host gathers the bias once per call into exactly the blocks the kernels walk
+  (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), and the kernels read each
+  chunk's block with contiguous vector loads.
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
