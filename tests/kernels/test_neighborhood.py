@@ -312,8 +312,7 @@ def test_triton_rpb_bias_layouts(monkeypatch, case, tiles, chunked_bias):
     and gradients, also with small tiles (several patterns and chunks per axis)."""
     from vizoo.kernels.neighborhood import triton as tri
 
-    if not chunked_bias:
-        monkeypatch.setattr(tri, "RPB_CHUNK_BYTES", 0)
+    monkeypatch.setattr(tri, "RPB_CHUNK_BYTES", (8 << 20) if chunked_bias else 0)
     for which in ("fwd", "bwd", "dkdv"):
         monkeypatch.setitem(tri.CONFIG_OVERRIDE, which, dict(tiles))
     used = []

@@ -13,7 +13,7 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   is stored; the forward writes the output and the log-sum-exp.
 * RPB: the bias of a (query, key) pair depends only on their offset, but a kernel-side lookup costs one
   scalar gather per pair, several times the loads of the keys themselves. While it stays small
-  (``RPB_CHUNK_BYTES``), the host gathers the bias once per call into exactly the blocks the kernels walk
+  (``RPB_CHUNK_BYTES``; opt-in until timed on a GPU), the host gathers the bias once per call into exactly the blocks the kernels walk
   (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), and the kernels read each
   chunk's block with contiguous vector loads.
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
@@ -53,8 +53,9 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
 
 # The RPB of each (program tile, chunk) is gathered on the host into the layout the kernel walks (one contiguous
 # [TH*TW, KR*KC] block per chunk) while that table stays this small, so the kernels read it with plain vector
-# loads instead of one gather per (query, key) pair; larger problems gather in the kernel.
-RPB_CHUNK_BYTES = 8 << 20
+# loads instead of one gather per (query, key) pair; larger problems gather in the kernel. 0 (the default until
+# its speed is measured on a GPU: `vizoo bench --rpb-chunk-bytes 8388608`) always gathers in the kernel.
+RPB_CHUNK_BYTES = 0
 
 
 @functools.lru_cache(maxsize=256)
