@@ -301,6 +301,28 @@ def test_triton_head_dim_not_power_of_two():
     _compare((7, 7), 3, 1, 1, False, True, torch.float32, dim=24)
 
 
+@pytest.mark.parametrize("chunked_bias", [True, False])
+@pytest.mark.parametrize("case,tiles", [
+    (((13, 21), (3, 5), (2, 1), (False, True)), {}),
+    (((7, 10), (3, 5), (2, 1), (False, True)), {"TH": 2, "TW": 4, "KR": 1, "KC": 4}),  # several chunks per axis
+    (((100,), 7, 1, False), {}),  # 1-D: 64-query tiles, several key chunks along x
+])
+def test_triton_rpb_bias_layouts(monkeypatch, case, tiles, chunked_bias):
+    """The RPB read from the host-gathered chunk layout and gathered in the kernel give the reference's values
+    and gradients, also with small tiles (several patterns and chunks per axis)."""
+    from vizoo.kernels.neighborhood import triton as tri
+
+    monkeypatch.setattr(tri, "RPB_CHUNK_BYTES", (8 << 20) if chunked_bias else 0)
+    for which in ("fwd", "bwd", "dkdv"):
+        monkeypatch.setitem(tri.CONFIG_OVERRIDE, which, dict(tiles))
+    used = []
+    real = tri._rpb_args
+    monkeypatch.setattr(tri, "_rpb_args", lambda *a: used.append(real(*a)[-1]) or real(*a))
+    spatial, ks, dil, causal = case
+    _compare(spatial, ks, dil, 1, causal, True, torch.float32, batch=2)
+    assert used == [chunked_bias] * 3
+
+
 @settings(max_examples=4, deadline=None)
 @given(data=st.data())
 def test_triton_property(data):

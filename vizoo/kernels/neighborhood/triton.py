@@ -11,6 +11,11 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   ``[lo(first), hi(last)]`` per axis. The kernel walks that box in chunks of ``KR x KC`` keys, scores the
   chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
   is stored; the forward writes the output and the log-sum-exp.
+* RPB: the bias of a (query, key) pair depends only on their offset, but a kernel-side lookup costs one
+  scalar gather per pair, several times the loads of the keys themselves. While it stays small
+  (``RPB_CHUNK_BYTES``; opt-in until timed on a GPU), the host gathers the bias once per call into exactly the blocks the kernels walk
+  (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), and the kernels read each
+  chunk's block with contiguous vector loads.
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
@@ -44,6 +49,87 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
     qmin = torch.searchsorted(hi_t, keys, side="left")
     qmax = torch.searchsorted(lo_t, keys, side="right") - 1
     return tuple(t.to(torch.int32).to(device) for t in (lo_t, hi_t, qmin, qmax))
+
+
+# The RPB of each (program tile, chunk) is gathered on the host into the layout the kernel walks (one contiguous
+# [TH*TW, KR*KC] block per chunk) while that table stays this small, so the kernels read it with plain vector
+# loads instead of one gather per (query, key) pair; larger problems gather in the kernel. 0 (the default until
+# its speed is measured on a GPU: `vizoo bench --rpb-chunk-bytes 8388608`) always gathers in the kernel.
+RPB_CHUNK_BYTES = 0
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_rel(length: int, kernel: int, dilation: int, stride: int, causal: bool, tile: int, chunk: int,
+              keys_own: bool):
+    """One axis of the chunk-layout RPB index: ``(pattern, rel)`` where ``rel[p, c, u, o]`` is the relative
+    offset ``key - query + kernel - 1`` (-1 outside the window) between the tile's ``u``-th own position and the
+    ``o``-th position of its ``c``-th chunk (own = queries, chunk = keys; ``keys_own``: the other way round, as in
+    the dk/dv kernel), for each distinct tile pattern ``p``; ``pattern[g * NT + t]`` is tile t of group g's."""
+    lo_t, hi_t, qmin_t, qmax_t = _tables(length, kernel, dilation, stride, causal, "cpu")
+    groups, gmax = lo_t.shape
+    nt = -(-gmax // tile)
+    first_t, last_t = (qmin_t, qmax_t) if keys_own else (lo_t, hi_t)
+    boxes = []
+    for g in range(groups):
+        n = -(-(length - g) // dilation)
+        for t in range(nt):
+            if t * tile >= n:
+                boxes.append(None)
+                continue
+            boxes.append((n, t, int(first_t[g, t * tile]), int(last_t[g, min(t * tile + tile, n) - 1])))
+    n_chunks = max([1] + [-(-(b[3] - b[2] + 1) // chunk) for b in boxes if b is not None])
+    blocks = []
+    for g, box in zip((g for g in range(groups) for _ in range(nt)), boxes):
+        if box is None:
+            blocks.append(torch.full((n_chunks, tile, chunk), -1, dtype=torch.long))
+            continue
+        n, t, first, last = box
+        own = torch.arange(t * tile, t * tile + tile)[:, None]
+        other = (first + torch.arange(n_chunks * chunk))[None, :]
+        q, k = (other, own) if keys_own else (own, other)
+        qc = q.clamp(max=n - 1)
+        ok = (q < n) & (k <= last) & (k < n) & (lo_t[g][qc].long() <= k) & (k <= hi_t[g][qc].long())
+        rel = torch.where(ok, k - q + kernel - 1, -1)  # [tile, n_chunks * chunk]
+        blocks.append(rel.view(tile, n_chunks, chunk).transpose(0, 1))
+    patterns, inverse = torch.unique(torch.stack(blocks), dim=0, return_inverse=True)
+    return inverse.to(torch.int32), patterns
+
+
+def _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own: bool, device):
+    """``(pat_y, pat_x, index, NPX, NCX)``: the tile-pattern tables per axis, the flat RPB-table index of every
+    ``[pattern_y * NPX + pattern_x, chunk_y * NCX + chunk_x, own, other]`` entry (the padding slot past the
+    table's end outside windows), and the pattern and chunk counts along x."""
+    return _rpb_chunk_index_cached(tuple(shape), tuple(kernel), tuple(dilation), tuple(stride), tuple(causal),
+                                   cfg["TH"], cfg["TW"], cfg["KR"], cfg["KC"], keys_own, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _rpb_chunk_index_cached(shape, kernel, dilation, stride, causal, TH, TW, KR, KC, keys_own, device):
+    pat_y, ry = _axis_rel(shape[0], kernel[0], dilation[0], stride[0], causal[0], TH, KR, keys_own)
+    pat_x, rx = _axis_rel(shape[1], kernel[1], dilation[1], stride[1], causal[1], TW, KC, keys_own)
+    npy, ncy = ry.shape[:2]
+    npx, ncx = rx.shape[:2]
+    ey = ry.view(npy, 1, ncy, 1, TH, 1, KR, 1)
+    ex = rx.view(1, npx, 1, ncx, 1, TW, 1, KC)
+    pad = (2 * kernel[0] - 1) * (2 * kernel[1] - 1)
+    index = torch.where((ey >= 0) & (ex >= 0), ey * (2 * kernel[1] - 1) + ex, pad)
+    index = index.reshape(npy * npx, ncy * ncx, TH * TW, KR * KC)
+    return pat_y.to(device), pat_x.to(device), index.to(device), npx, ncx
+
+
+def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, keys_own: bool):
+    """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), RPB_CHUNKS)``. The bias
+    goes in the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would
+    exceed ``RPB_CHUNK_BYTES``; then (and without RPB) the kernel gets the table (or ``dummy``) as it is."""
+    if rpb_f is None:
+        return dummy, dummy, dummy, (0, 0, 0, 0), False
+    pat_y, pat_x, index, npx, ncx = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own,
+                                                     rpb_f.device)
+    heads = rpb_f.shape[0]
+    if heads * index.numel() * 4 > RPB_CHUNK_BYTES:
+        return rpb_f, dummy, dummy, (0, 0, 0, 0), False
+    table = torch.cat([rpb_f.reshape(heads, -1), rpb_f.new_zeros(heads, 1)], dim=1)
+    return table[:, index].contiguous(), pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), True
 
 
 def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool = False) -> dict:
@@ -124,9 +210,11 @@ def _tile_box(FIRST_Y, LAST_Y, FIRST_X, LAST_X, ty, tx, gy, gx, len_y, len_x, GM
 
 @triton.jit
 def _chunk_scores(q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
-                  r_base, scale_log2, DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KW: tl.constexpr,
-                  KR: tl.constexpr, KC: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr):
-    """Load the ``KR x KC`` key chunk at (ky0, kx0) and score it against the query tile (log2 units, RPB added);
+                  r_base, rpb_block, scale_log2, DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KW: tl.constexpr,
+                  KR: tl.constexpr, KC: tl.constexpr, HAS_RPB: tl.constexpr, RPB_CHUNKS: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """Load the ``KR x KC`` key chunk at (ky0, kx0) and score it against the query tile (log2 units, RPB added:
+    with ``RPB_CHUNKS`` the chunk's block of the host-gathered bias at ``rpb_block``, else gathered per pair);
     also returns the chunk's offsets and masks and each pair's window offsets (dy, dx) and attended mask."""
     j = tl.arange(0, KR * KC)
     ky = ky0 + j // KC
@@ -139,20 +227,33 @@ def _chunk_scores(q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, 
     dy = ky[None, :] - lo_y[:, None]
     dx = kx[None, :] - lo_x[:, None]
     mask = (dy.to(tl.uint32, bitcast=True) < wy[:, None]) & (dx.to(tl.uint32, bitcast=True) < wx[:, None])
-    if HAS_RPB:
+    if RPB_CHUNKS:
+        s += tl.load(rpb_block) * 1.4426950408889634
+    elif HAS_RPB:
         s += tl.load(RPB + r_base[:, None] + dy * (2 * KW - 1) + dx, mask=mask, other=0.0) * 1.4426950408889634
     return k, k_off, kv_mask, s, dy, dx, mask
 
 
 @triton.jit
+def _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH: tl.constexpr, TW: tl.constexpr,
+              KR: tl.constexpr, KC: tl.constexpr):
+    """Pointers to chunk 0 of this program's block of the chunk-layout RPB ``[heads, NPAT, NCH, TH*TW, KR*KC]``
+    (its tile pattern is the pair of per-axis patterns)."""
+    pat = tl.load(PAT_Y + gy * NT_Y + ty) * NPX + tl.load(PAT_X + gx * NT_X + tx)
+    own = tl.arange(0, TH * TW)
+    other = tl.arange(0, KR * KC)
+    return RPB + (h * NPAT + pat).to(tl.int64) * NCH * (TH * TW * KR * KC) + own[:, None] * (KR * KC) + other[None, :]
+
+
+@triton.jit
 def _fwd_kernel(
-    Q, K, V, OUT, LSE, RPB,
+    Q, K, V, OUT, LSE, RPB, PAT_Y, PAT_X,
     LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH, NPX, NPAT, NCH, NCX,
     scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
 ):
     bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
         H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
@@ -174,14 +275,19 @@ def _fwd_kernel(
     row_lo, row_hi, col_lo, col_hi = _tile_box(LO_Y, HI_Y, LO_X, HI_X, ty, tx, gy, gx, len_y, len_x, GMAX_Y,
                                                GMAX_X, TH, TW)
 
+    rpb_tile = RPB
+    if RPB_CHUNKS:
+        rpb_tile = _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH, TW, KR, KC)
+
     m_i = tl.full([TH * TW], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([TH * TW], dtype=tl.float32)
     acc = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
     for ky0 in range(row_lo, row_hi + 1, KR):
         for kx0 in range(col_lo, col_hi + 1, KC):
+            rpb_block = rpb_tile + ((ky0 - row_lo) // KR * NCX + (kx0 - col_lo) // KC) * (TH * TW * KR * KC)
             k, k_off, kv_mask, s, dy, dx, mask = _chunk_scores(
                 q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
-                r_base, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, PRECISION)
+                r_base, rpb_block, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, RPB_CHUNKS, PRECISION)
             s = tl.where(mask, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -201,13 +307,14 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, OUT, DO, LSE, DELTA, RPB, DQ, DS,
+    Q, K, V, OUT, DO, LSE, DELTA, RPB, PAT_Y, PAT_X, DQ, DS,
     LO_Y, HI_Y, LO_X, HI_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH, NPX, NPAT, NCH, NCX,
     scale, scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_CHUNKS: tl.constexpr, RPB_GRAD: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
         H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
@@ -236,12 +343,17 @@ def _bwd_dq_kernel(
     row_lo, row_hi, col_lo, col_hi = _tile_box(LO_Y, HI_Y, LO_X, HI_X, ty, tx, gy, gx, len_y, len_x, GMAX_Y,
                                                GMAX_X, TH, TW)
 
+    rpb_tile = RPB
+    if RPB_CHUNKS:
+        rpb_tile = _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH, TW, KR, KC)
+
     dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
     for ky0 in range(row_lo, row_hi + 1, KR):
         for kx0 in range(col_lo, col_hi + 1, KC):
+            rpb_block = rpb_tile + ((ky0 - row_lo) // KR * NCX + (kx0 - col_lo) // KC) * (TH * TW * KR * KC)
             k, k_off, kv_mask, s, dy, dx, mask = _chunk_scores(
                 q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, offs_d, dmask, lo_y, lo_x, wy, wx,
-                r_base, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, PRECISION)
+                r_base, rpb_block, scale_log2, DIL_Y, DIL_X, KW, KR, KC, HAS_RPB, RPB_CHUNKS, PRECISION)
             v = tl.load(V + ibase + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -254,13 +366,13 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
+    Q, K, V, DO, LSE, DELTA, RPB, PAT_Y, PAT_X, DK, DV,
     LO_Y, HI_Y, LO_X, HI_X, QMIN_Y, QMAX_Y, QMIN_X, QMAX_X,
-    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH,
+    H, W, HEADS, D, GMAX_Y, GMAX_X, NT_Y, NT_X, SB, SY, SX, SH, NPX, NPAT, NCH, NCX,
     scale, scale_log2,
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
 ):
     bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
         H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
@@ -283,6 +395,10 @@ def _bwd_dkdv_kernel(
 
     row_lo, row_hi, col_lo, col_hi = _tile_box(QMIN_Y, QMAX_Y, QMIN_X, QMAX_X, ty, tx, gy, gx, len_y, len_x,
                                                GMAX_Y, GMAX_X, TH, TW)
+
+    rpb_tile = RPB
+    if RPB_CHUNKS:
+        rpb_tile = _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH, TW, KR, KC)
 
     dk = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
@@ -310,7 +426,10 @@ def _bwd_dkdv_kernel(
             mask = ((dy.to(tl.uint32, bitcast=True) < wy[None, :])
                     & (dx.to(tl.uint32, bitcast=True) < wx[None, :])
                     & kvalid[:, None])
-            if HAS_RPB:
+            if RPB_CHUNKS:
+                chunk = (qy0 - row_lo) // KR * NCX + (qx0 - col_lo) // KC
+                st += tl.load(rpb_tile + chunk * (TH * TW * KR * KC)) * 1.4426950408889634
+            elif HAS_RPB:
                 r_off = ((h * (2 * KH - 1) + lo_y[None, :] - qy[None, :] + KH - 1) * (2 * KW - 1)
                          + lo_x[None, :] - qx[None, :] + KW - 1) + dy * (2 * KW - 1) + dx
                 st += tl.load(RPB + r_off, mask=mask, other=0.0) * 1.4426950408889634
@@ -412,11 +531,12 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     B, H, W, heads, _ = q2.shape
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
-    rpb_f = rpb2.float().contiguous() if rpb2 is not None else out
+    rpb_f = rpb2.float().contiguous() if rpb2 is not None else None
+    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
     strides = q2.stride()[:4]
-    _launch(_fwd_kernel, grid, (plan, strides),
-            (q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, rpb_f, ty[0], ty[1], tx[0], tx[1], *dims, *strides,
-             scale * LOG2E), dict(common, HAS_RPB=rpb2 is not None))
+    _launch(_fwd_kernel, grid, (plan, strides, chunks),
+            (q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, bias, pat_y, pat_x, ty[0], ty[1], tx[0], tx[1], *dims,
+             *strides, *counts, scale * LOG2E), dict(common, HAS_RPB=rpb2 is not None, RPB_CHUNKS=chunks))
     return out, (lse if q.dim() == 5 else lse.view(B, heads, W))
 
 
@@ -432,20 +552,24 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     delta = torch.empty_like(lse2)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
     has_rpb, rpb_grad = rpb2 is not None, bool(rpb_grad)
-    rpb_f = rpb2.float().contiguous() if has_rpb else dq
+    rpb_f = rpb2.float().contiguous() if has_rpb else None
     kk = ks[0] * ks[1]
     if rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
         ds = (torch.zeros if any(causal) else torch.empty)(B * heads * H * W * kk, device=q.device,
                                                            dtype=torch.float32)
     else:
         ds = dq
-    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad),
-            (q2, k2, v2, out2, do2, lse2, delta, rpb_f, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1], *dims,
-             *strides, scale, scale * LOG2E), dict(common, HAS_RPB=has_rpb, RPB_GRAD=rpb_grad))
+    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks),
+            (q2, k2, v2, out2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1],
+             *dims, *strides, *counts, scale, scale * LOG2E),
+            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad))
     ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
-    _launch(_bwd_dkdv_kernel, grid, (plan, strides),
-            (q2, k2, v2, do2, lse2, delta, rpb_f, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1], ty[2], ty[3],
-             tx[2], tx[3], *dims, *strides, scale, scale * LOG2E), dict(common, HAS_RPB=has_rpb))
+    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, True)
+    _launch(_bwd_dkdv_kernel, grid, (plan, strides, chunks),
+            (q2, k2, v2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1],
+             ty[2], ty[3], tx[2], tx[3], *dims, *strides, *counts, scale, scale * LOG2E),
+            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks))
     if rpb_grad:
         rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
         per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
