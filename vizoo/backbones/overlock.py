@@ -58,7 +58,7 @@ Differences:
     * no iGEMM large-kernel conv extension (the official code falls back to cuDNN without it): the depthwise
       convs of the Dilated Reparam Blocks (5x5 and wider) run vizoo's Triton kernel on CUDA
       (``vizoo.kernels.depthwise``, same math, float32 accumulation; several times faster than cuDNN there),
-      the 3x3 ``ResDWConv`` and every CPU conv ``F.conv2d``; ``TRITON_DEPTHWISE = False`` switches the kernel
+      the 3x3 ones and every CPU conv ``F.conv2d``; ``TRITON_DEPTHWISE = False`` switches the kernel
       off.
 """
 
@@ -113,7 +113,8 @@ class LayerScale2d(nn.Module):
 # On CUDA, depthwise convs at least TRITON_DEPTHWISE_MIN_KERNEL wide run vizoo's Triton kernel: cuDNN runs these
 # large and dilated kernels on CUDA cores far below the memory bound, and the Triton kernel was 3.6x cuDNN's
 # forward and 4.1x its forward+backward at stage 1's 17x17 train form (bf16, H200; docs/benchmarks.md). The 3x3
-# convs of ResDWConv keep cuDNN. ``TRITON_DEPTHWISE = False`` sends every conv to cuDNN.
+# convs (``ResDWConv``, the Dynamic blocks' fusion conv) keep cuDNN until the kernel is timed against it there
+# (``TRITON_DEPTHWISE_MIN_KERNEL = 3`` sends them too); ``TRITON_DEPTHWISE = False`` sends every conv to cuDNN.
 TRITON_DEPTHWISE = True
 TRITON_DEPTHWISE_MIN_KERNEL = 5
 
@@ -132,11 +133,18 @@ def dw_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) ->
 register_notrace_function(dw_conv)  # a device test: FX records it as one call
 
 
-class ResDWConv(nn.Conv2d):
-    """``x + DWConv_k(x)`` (depthwise, with bias)."""
+class DWConv(nn.Conv2d):
+    """Stride-1 "same" depthwise conv with bias through ``dw_conv`` (same parameters and keys as ``nn.Conv2d``)."""
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dw_conv(x, self.weight, self.bias, 1)
+
+
+class ResDWConv(DWConv):
+    """``x + DWConv_k(x)`` (depthwise, with bias)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x + dw_conv(x, self.weight, self.bias, 1)
@@ -363,7 +371,7 @@ class DynamicBlock(nn.Module):
         self.dwconv1 = ResDWConv(out_dim)
         self.norm1 = LayerNorm2d(out_dim, eps=1e-6)
         self.fusion = nn.Sequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
+            DWConv(out_dim, 3),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1),
