@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
-from vizoo.vlm.attention import _boost_last_row, get_adapter
+from vizoo.vlm.attention import _boost_last_row, _layer_weight, get_adapter
 
 FAMILIES = [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_llava_next, id="llava_next"),
             pytest.param(tiny_qwen2_vl, id="qwen2_vl"), pytest.param(tiny_qwen2_5_vl, id="qwen2_5_vl")]
@@ -79,7 +79,9 @@ def test_image_span_and_grid():
 
 def test_boost_last_row_by_hand():
     scores = torch.tensor([[[[1.0, 1.0, 1.0], [2.0, -1.0, 0.5]], [[1.0, 1.0, 1.0], [2.0, -1.0, 0.5]]]])  # 1,2,2,3
-    out = _boost_last_row(scores, torch.tensor([[0.5, 0.5]]), torch.tensor([1.0, 0.0]))
+    weight = _layer_weight(torch.tensor([[0.5, 0.5]]), torch.tensor([1.0, 0.0]), torch.float32, scores.device)
+    assert weight.shape == (1, 2, 2)
+    out = _boost_last_row(scores.clone(), weight)
     assert out[0, 0, 1].tolist() == [3.0, -0.5, 0.5]  # z + 0.5|z| on keys 0, 1; key 2 beyond the weight
     assert torch.equal(out[0, 1], scores[0, 1]) and torch.equal(out[:, :, 0], scores[:, :, 0])
 

@@ -10,7 +10,9 @@ weighted sum) and in addition, while a :meth:`VLMAdapter.capture` or :meth:`VLMA
   keys, per head, once per forward pass (so once per generated token with the KV cache);
 * adds ``w_h * v_j * |z_j|`` to the **pre-softmax** score ``z_j`` of the last query on key ``j`` for the
   chosen layers, with a per-key weight ``v`` (zero on keys left alone) and an optional per-head weight ``w``
-  (PAINT's boost, vizoo.vlm.paint).
+  (PAINT's boost, vizoo.vlm.paint), in place on the scores (two extra kernels per layer and step);
+* inside a :meth:`VLMAdapter.fused_elsewhere` block, hands the layers that neither capture nor boost to
+  transformers' ``sdpa`` attention, so only the layers that need the scores pay for eager attention.
 
 With no block open the function is plain eager attention, so generation is unchanged (tested bit for bit).
 The vision tower keeps its own attention implementation. Fused implementations (sdpa, flash) never
@@ -42,14 +44,27 @@ class AttentionState:
 
     capture_layers: frozenset[int] = frozenset()
     rows: dict[int, list[Tensor]] = field(default_factory=dict)  # layer -> one (B, H, K) row per forward
+    capture_batch: int | None = None  # record only the first rows of the batch (PAINT's text row is not kept)
     boost_layers: frozenset[int] = frozenset()
     key_weight: Tensor | None = None  # (B, K0): the boost of the last query on keys 0..K0-1
     head_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> (H,); missing layer means all 1
+    layer_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> the two above, multiplied and cast
     enabled: bool = True  # PAINT's text-only pass switches the boost off
+    fused_elsewhere: bool = False  # layers neither captured nor boosted run transformers' sdpa
 
 
 def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-               scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor]:
+               scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor | None]:
+    state: AttentionState | None = getattr(module, "_vizoo_state", None)
+    layer = getattr(module, "layer_idx", None)
+    active = state is not None and state.enabled
+    boost = active and layer in state.boost_layers and state.key_weight is not None
+    capture = active and layer in state.capture_layers
+    if state is not None and state.fused_elsewhere and not (boost or capture):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                              dropout=dropout, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` consecutive query heads
         key = key.repeat_interleave(groups, dim=1)
@@ -57,27 +72,35 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, att
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    state: AttentionState | None = getattr(module, "_vizoo_state", None)
-    layer = getattr(module, "layer_idx", None)
-    if state is not None and state.enabled and layer in state.boost_layers and state.key_weight is not None:
-        scores = _boost_last_row(scores, state.key_weight, state.head_weight.get(layer))
+    if boost:
+        weight = state.layer_weight.get(layer)
+        if weight is None or weight.dtype != scores.dtype or weight.device != scores.device:
+            weight = _layer_weight(state.key_weight, state.head_weight.get(layer), scores.dtype, scores.device)
+            state.layer_weight[layer] = weight
+        _boost_last_row(scores, weight)  # scores is a fresh tensor: changed in place
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if state is not None and state.enabled and layer in state.capture_layers:
-        state.rows.setdefault(layer, []).append(weights[:, :, -1, :].detach().float())
+    if capture:
+        state.rows.setdefault(layer, []).append(weights[: state.capture_batch, :, -1, :].detach().float())
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
 
 
-def _boost_last_row(scores: Tensor, key_weight: Tensor, head_weight: Tensor | None) -> Tensor:
-    """z_j + w_h * v_j * |z_j| on the last query row, for the keys the weight covers (the prompt's)."""
-    n = min(key_weight.shape[-1], scores.shape[-1])
-    last = scores[:, :, -1, :n]
-    weight = key_weight[:, None, :n].to(last.dtype)
+def _layer_weight(key_weight: Tensor, head_weight: Tensor | None, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """(B, heads or 1, K0): ``w_h * v_j`` in the scores' dtype, built once per layer and boost block."""
+    weight = key_weight[:, None, :].to(device, torch.float32)
     if head_weight is not None:
-        weight = weight * head_weight[None, :, None].to(last.dtype)
-    scores = scores.clone()
-    scores[:, :, -1, :n] = last + weight * last.abs()
+        weight = weight * head_weight[None, :, None].to(device, torch.float32)
+    return weight.to(dtype)
+
+
+def _boost_last_row(scores: Tensor, weight: Tensor) -> Tensor:
+    """In place, ``z_j + w_hj |z_j|`` on the last query row for the keys ``weight`` (B, H or 1, K0) covers
+    (the prompt's); two kernels (abs, addcmul), so a decode step pays little for the boost."""
+    n = min(weight.shape[-1], scores.shape[-1])
+    last = scores[:, :, -1, :n]
+    last.addcmul_(weight[..., :n], last.abs())
     return scores
 
 
@@ -213,21 +236,22 @@ class VLMAdapter:
 
     # -- capture and boost
     @contextlib.contextmanager
-    def capture(self, layers: Iterable[int]) -> Iterator[dict[int, list[Tensor]]]:
+    def capture(self, layers: Iterable[int], batch: int | None = None) -> Iterator[dict[int, list[Tensor]]]:
         """Record the last query's attention row in each of ``layers``, once per forward pass.
 
         Yields a dict layer -> list over forward passes of (B, heads, keys) float32 rows; with a KV cache the
-        list runs over generated tokens (the first entry is the prompt's last position).
+        list runs over generated tokens (the first entry is the prompt's last position). ``batch`` keeps only
+        the first ``batch`` rows of each forward's batch.
         """
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()  # someone may have set another implementation since the adapter was built
         state = self.state
-        saved = state.capture_layers, state.rows
-        state.capture_layers, state.rows = layers, {}
+        saved = state.capture_layers, state.rows, state.capture_batch
+        state.capture_layers, state.rows, state.capture_batch = layers, {}, batch
         try:
             yield state.rows
         finally:
-            state.capture_layers, state.rows = saved
+            state.capture_layers, state.rows, state.capture_batch = saved
 
     @contextlib.contextmanager
     def boost(self, layers: Iterable[int], key_weight: Tensor,
@@ -242,12 +266,23 @@ class VLMAdapter:
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()
         state = self.state
-        saved = state.boost_layers, state.key_weight, state.head_weight
+        saved = state.boost_layers, state.key_weight, state.head_weight, state.layer_weight
         state.boost_layers, state.key_weight, state.head_weight = layers, key_weight, dict(head_weight or {})
+        state.layer_weight = {}
         try:
             yield state
         finally:
-            state.boost_layers, state.key_weight, state.head_weight = saved
+            state.boost_layers, state.key_weight, state.head_weight, state.layer_weight = saved
+
+    @contextlib.contextmanager
+    def fused_elsewhere(self) -> Iterator[None]:
+        """Inside the block, decoder layers that neither capture nor boost run transformers' ``sdpa`` attention
+        (a fused kernel; the same math up to rounding) instead of eager; with no capture or boost open, all do."""
+        saved, self.state.fused_elsewhere = self.state.fused_elsewhere, True
+        try:
+            yield
+        finally:
+            self.state.fused_elsewhere = saved
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
