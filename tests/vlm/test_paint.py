@@ -9,7 +9,7 @@ from PIL import Image
 
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_vl
 from vizoo.vlm import get_adapter, paint
-from vizoo.vlm.paint import select_tokens
+from vizoo.vlm.paint import contrast_scores, select_tokens
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,12 @@ def test_llava_next_zero_strength_and_selection():
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), plain)
     selection = painter.last["selection"]
     assert selection.first_layer.numel() == 16 and selection.local.numel() + selection.summary.numel() >= 1
+    with paint(model, processor, gamma=0.3):  # the text row beside an any-resolution image
+        batched = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    with paint(model, processor, gamma=0.0):
+        two_pass = model.generate(**inputs, max_new_tokens=4, do_sample=False,
+                                  logits_processor=[TwoPass(get_adapter(model), inputs, 0.3)])
+    assert torch.equal(batched, two_pass)
 
 
 def test_select_tokens_by_hand():
@@ -87,6 +93,42 @@ def test_text_only_correction_equals_uncached_formula(llava):
         expected[log_p < log_p.max() + math.log(0.1)] = -math.inf
         torch.testing.assert_close(out.scores[t], expected, rtol=1e-4, atol=1e-4)
         assert out.sequences[0, n + t] == expected.argmax()
+
+
+class TwoPass:
+    """The straightforward text-only correction (PAINT's earlier implementation, uncached here): a second,
+    sequential forward per token over the prompt without its image tokens plus the tokens generated so far."""
+
+    def __init__(self, adapter, inputs, gamma):
+        self.adapter, self.gamma = adapter, gamma
+        self.text, self.n = adapter.text_only(inputs)["input_ids"], inputs["input_ids"].shape[1]
+
+    def __call__(self, input_ids, scores):
+        with torch.no_grad(), self.adapter.disabled():
+            ids = torch.cat([self.text, input_ids[:, self.n:]], 1)
+            text_logits = self.adapter.model(input_ids=ids, use_cache=False).logits[:, -1]
+        return contrast_scores(scores, text_logits, self.gamma)
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampling"])
+def test_batched_text_row_equals_two_pass(llava, sample):
+    """The text-only row run as a second batch row gives the tokens (and scores) of the sequential second pass,
+    with the boost on, greedy and sampling alike; a capture inside keeps the image row only."""
+    model, processor, inputs = llava
+    adapter = get_adapter(model)
+    kwargs = dict(max_new_tokens=6, do_sample=sample, output_scores=True, return_dict_in_generate=True)
+    if sample:
+        kwargs.update(top_k=0, top_p=1.0, temperature=1.0)
+    torch.manual_seed(3)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.5), adapter.capture([1, 3]) as rows:
+        batched = model.generate(**inputs, **kwargs)
+    torch.manual_seed(3)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.0):
+        reference = model.generate(**inputs, logits_processor=[TwoPass(adapter, inputs, 0.5)], **kwargs)
+    assert torch.equal(batched.sequences, reference.sequences)
+    for ours, ref in zip(batched.scores, reference.scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert len(rows[3]) == 6 and rows[3][0].shape[0] == 1 and rows[3][-1].shape[-1] == inputs["input_ids"].shape[1] + 5
 
 
 def test_head_specific_weights(llava):
