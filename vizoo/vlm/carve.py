@@ -25,11 +25,16 @@ Method (faithful):
 
 Differs:
     * The generations use the KV cache (``use_cache=True``, default): transformers' ``generate`` with a pure
-      greedy configuration, one forward per token. The official code reruns the whole sequence for every
-      token; ``use_cache=False`` does that too and gives the same maps and answers (tested).
+      greedy configuration, one forward per token, and the task and general prompts run as the two
+      (left-padded) rows of **one** generation, so their decode steps, which at batch 1 or 2 are bound by
+      kernel launches rather than arithmetic, are paid once; each row stops at its own EOS. The official code
+      reruns the whole sequence for every token, one prompt after the other; ``use_cache=False`` does that too
+      and gives the same maps and answers (tested).
     * The attention comes from vizoo's eager attention function (vizoo.vlm.attention) instead of
-      ``output_attentions``, so only the chosen layers' last rows are kept.
-    * The first two passes run all layers (the paper notes they could stop after the last chosen layer).
+      ``output_attentions``, so only the chosen layers' last rows are kept; the other layers, and every layer
+      of the final answer, run transformers' ``sdpa`` (same math, fused; results equal up to rounding).
+    * The first two passes run all layers (the paper notes they could stop after the last chosen layer; the
+      greedy tokens need the logits, so vizoo does not).
     * ``general=`` reuses the general-instruction pass of an earlier question on the same image (the paper's
       appendix suggests this caching; ``vizoo carve`` does it for consecutive questions on one image).
 """
@@ -165,6 +170,70 @@ def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cac
     return inputs["input_ids"][:, n:]
 
 
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # one entry per position
+
+
+def stack_prompts(prompts: Sequence[dict], pad_id: int) -> tuple[dict, list[int]]:
+    """One batch from batch-1 processor outputs: per-position tensors left-padded (pad id, mask 0, type 0) to
+    the longest, the others (pixel values, image sizes or grids) concatenated. Returns it and each row's
+    padding."""
+    length = max(p["input_ids"].shape[1] for p in prompts)
+    pads = [length - p["input_ids"].shape[1] for p in prompts]
+    batch = {}
+    for key in prompts[0]:
+        values = [p[key] for p in prompts]
+        if key in TOKEN_KEYS:
+            fill = pad_id if key == "input_ids" else 0
+            values = [F.pad(v, (pad, 0), value=fill) for v, pad in zip(values, pads)]
+        batch[key] = torch.cat(values)
+    return batch, pads
+
+
+def _pad_id(model: nn.Module) -> int:
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = getattr(getattr(model.config, "text_config", model.config), "pad_token_id", None)
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0]
+    return 0 if pad is None else int(pad)
+
+
+def _length(ids: Tensor, eos: set[int]) -> int:
+    """Tokens up to and including the first EOS (all of them without one)."""
+    for t, token in enumerate(ids.tolist()):
+        if token in eos:
+            return t + 1
+    return ids.numel()
+
+
+def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[int], max_new_tokens: int,
+                use_cache: bool = True) -> list[tuple[Tensor, Tensor]]:
+    """Greedy generation for each prompt (batch-1 processor outputs) recording, per step and layer, the
+    head-mean attention of the current query over the prompt's first image on its grid.
+
+    Returns one (maps (T, L, rows, cols), generated ids (1, T)) per prompt. With ``use_cache`` the prompts run
+    as the rows of **one** KV-cached generation (left-padded: padded keys get weight 0 and position ids start
+    after the padding), so the decode steps, bound by kernel launches at these batch sizes, are shared; each
+    row's steps end at its own EOS. ``use_cache=False`` runs each prompt on its own and reruns the whole
+    sequence for every token (the official code's loop); both give the same maps (tested).
+    """
+    if not use_cache:
+        return [attention_maps(adapter, p, layers, max_new_tokens, use_cache=False) for p in prompts]
+    model = adapter.model
+    batch, pads = stack_prompts(prompts, _pad_id(model))
+    with adapter.capture(layers) as captured:
+        out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens))
+    generated, eos, layers = out[:, batch["input_ids"].shape[1]:], _eos_ids(model), sorted(captured)
+    results = []
+    for row, (prompt, pad) in enumerate(zip(prompts, pads)):
+        positions, (rows, cols) = adapter.grid_positions(prompt) + pad, adapter.image_grid(prompt)
+        steps = _length(generated[row], eos)
+        maps = torch.stack([torch.stack([captured[layer][t][row].mean(0)[positions] for layer in layers])
+                            for t in range(steps)])
+        results.append((maps.reshape(steps, len(layers), rows, cols).cpu(), generated[row: row + 1, :steps]))
+    return results
+
+
 def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max_new_tokens: int,
                    use_cache: bool = True) -> tuple[Tensor, Tensor]:
     """Greedy generation recording, per step and layer, the head-mean attention of the current query over the
@@ -262,13 +331,16 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
                                     and general.options.get("layers") == layers
                                     and general.options.get("max_new_tokens") == max_new_tokens):
         raise ValueError("general= must come from the same image, layers and max_new_tokens")
-    task_maps, task_ids = attention_maps(adapter, task_inputs, layers, max_new_tokens, use_cache)
+    prompts = [task_inputs]
+    if general is None:
+        prompts.append(adapter.inputs(processor, [image], general_instruction + suffix))
+    with adapter.fused_elsewhere():  # layers outside `layers` need no scores: sdpa
+        passes = prompt_maps(adapter, prompts, layers, max_new_tokens, use_cache)
+    task_maps, task_ids = passes[0]
     if general is not None:
         general_maps, general_answer = general.general_maps, general.general_answer
     else:
-        general_inputs = adapter.inputs(processor, [image], general_instruction + suffix)
-        general_maps, general_ids = attention_maps(adapter, general_inputs, layers, max_new_tokens, use_cache)
-        general_answer = _decode(processor, general_ids)
+        general_maps, general_answer = passes[1][0], _decode(processor, passes[1][1])
     n = min(len(task_maps), len(general_maps))
     maps = contrast(task_maps[:n], general_maps[:n], lam)
     saliency = fuse(maps, (image.height, image.width), steps).numpy()
@@ -277,7 +349,8 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
 
     images = [image, refined] if final == "both" else [refined]
     final_inputs = adapter.inputs(processor, images, question + suffix)
-    answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True)
+    with adapter.fused_elsewhere():  # no capture: every layer runs sdpa
+        answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True)
     options = dict(layers=layers, steps=steps, lam=lam, top_p=top_p, regions=regions,
                    region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens,
                    use_cache=use_cache)
