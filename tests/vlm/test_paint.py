@@ -131,6 +131,25 @@ def test_batched_text_row_equals_two_pass(llava, sample):
     assert len(rows[3]) == 6 and rows[3][0].shape[0] == 1 and rows[3][-1].shape[-1] == inputs["input_ids"].shape[1] + 5
 
 
+def test_decode_fast_path_equals_eager_boost(llava):
+    """Decode steps with the boost take the sdpa path unless a capture needs the weights; capturing every layer
+    forces eager attention with the boost written into the scores: the same scores and tokens."""
+    model, processor, inputs = llava
+    adapter = get_adapter(model)
+    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.1, head_specific=True):
+        fast = model.generate(**inputs, **kwargs)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.1, head_specific=True), adapter.capture(range(4)):
+        eager = model.generate(**inputs, **kwargs)
+    assert torch.equal(fast.sequences, eager.sequences)
+    for ours, ref in zip(fast.scores, eager.scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    with paint(model, processor, alpha=0.0, beta=0.0, gamma=0.0):
+        plain = model.generate(**inputs, **kwargs)
+    assert not torch.allclose(fast.scores[-1][torch.isfinite(fast.scores[-1])],
+                              plain.scores[-1][torch.isfinite(fast.scores[-1])])  # the boost did change them
+
+
 def test_head_specific_weights(llava):
     model, processor, inputs = llava
     with paint(model, processor, layers=[2, 3], head_specific=True, gamma=0.0) as painter:

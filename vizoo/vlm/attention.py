@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class AttentionState:
     key_weight: Tensor | None = None  # (B, K0): the boost of the last query on keys 0..K0-1
     head_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> (H,); missing layer means all 1
     layer_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> the two above, multiplied and cast
+    decode_weight: dict[int, Tensor] = field(default_factory=dict)  # the same as a bias for decode steps
     enabled: bool = True  # PAINT's text-only pass switches the boost off
     fused_elsewhere: bool = False  # layers neither captured nor boosted run transformers' sdpa
 
@@ -69,6 +71,15 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, att
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` consecutive query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
+    if boost and not capture and query.shape[2] == 1 and not (dropout and module.training) \
+            and not kwargs.get("output_attentions"):
+        weight = state.decode_weight.get(layer)
+        if weight is None or weight.shape[-1] < key.shape[-2] or weight.dtype != query.dtype \
+                or weight.device != query.device:
+            weight = _decode_weight(state.key_weight, state.head_weight.get(layer), scaling, key.shape[-2] + 256,
+                                    query.dtype, query.device)
+            state.decode_weight[layer] = weight
+        return _boosted_decode(query, key, value, attention_mask, scaling, weight), None
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
@@ -93,6 +104,32 @@ def _layer_weight(key_weight: Tensor, head_weight: Tensor | None, dtype: torch.d
     if head_weight is not None:
         weight = weight * head_weight[None, :, None].to(device, torch.float32)
     return weight.to(dtype)
+
+
+def _decode_weight(key_weight: Tensor, head_weight: Tensor | None, scaling: float, length: int,
+                   dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(B, heads or 1, 1, length): ``scaling * w_h * v_j``, zero beyond the prompt's keys, for
+    :func:`_boosted_decode`; built once per layer and boost block (again only if the keys outgrow it)."""
+    weight = _layer_weight(key_weight, head_weight, torch.float32, device) * scaling
+    weight = F.pad(weight, (0, max(0, length - weight.shape[-1])))
+    return weight[:, :, None, :].to(dtype)
+
+
+def _boosted_decode(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, scaling: float,
+                    weight: Tensor) -> Tensor:
+    """Attention of one query (a decode step) with the boost, through sdpa: for keys the mask leaves visible,
+    ``z + w |z|`` is ``z`` plus the additive bias ``scaling * w |q . k|``, so the bias (with the mask) goes
+    in sdpa's ``attn_mask``. Four kernels (matmul, abs, addcmul, sdpa) where eager attention with the boost
+    needs about nine; it never forms the softmax, so it serves only when no capture needs the weights.
+    Returns (B, 1, heads, head_dim), like the attention functions."""
+    length = key.shape[-2]
+    raw = torch.matmul(query, key.transpose(2, 3)).abs_()  # (B, H, 1, K): |q . k|
+    if attention_mask is None:
+        bias = raw.mul_(weight[..., :length])
+    else:
+        bias = torch.addcmul(attention_mask[:, :, :, :length], weight[..., :length], raw).to(query.dtype)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
+    return out.transpose(1, 2).contiguous()
 
 
 def _boost_last_row(scores: Tensor, weight: Tensor) -> Tensor:
@@ -266,13 +303,14 @@ class VLMAdapter:
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()
         state = self.state
-        saved = state.boost_layers, state.key_weight, state.head_weight, state.layer_weight
+        saved = state.boost_layers, state.key_weight, state.head_weight, state.layer_weight, state.decode_weight
         state.boost_layers, state.key_weight, state.head_weight = layers, key_weight, dict(head_weight or {})
-        state.layer_weight = {}
+        state.layer_weight, state.decode_weight = {}, {}
         try:
             yield state
         finally:
-            state.boost_layers, state.key_weight, state.head_weight, state.layer_weight = saved
+            (state.boost_layers, state.key_weight, state.head_weight, state.layer_weight,
+             state.decode_weight) = saved
 
     @contextlib.contextmanager
     def fused_elsewhere(self) -> Iterator[None]:
