@@ -223,15 +223,21 @@ def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[i
     batch, pads = stack_prompts(prompts, _pad_id(model))
     with adapter.capture(layers) as captured:
         out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens))
-    generated, eos, layers = out[:, batch["input_ids"].shape[1]:], _eos_ids(model), sorted(captured)
+    length = batch["input_ids"].shape[1]
+    generated, eos, rows = out[:, length:], _eos_ids(model), _prompt_rows(captured, length)
     results = []
     for row, (prompt, pad) in enumerate(zip(prompts, pads)):
-        positions, (rows, cols) = adapter.grid_positions(prompt) + pad, adapter.image_grid(prompt)
+        positions, grid = adapter.grid_positions(prompt) + pad, adapter.image_grid(prompt)
         steps = _length(generated[row], eos)
-        maps = torch.stack([torch.stack([captured[layer][t][row].mean(0)[positions] for layer in layers])
-                            for t in range(steps)])
-        results.append((maps.reshape(steps, len(layers), rows, cols).cpu(), generated[row: row + 1, :steps]))
+        maps = rows[:steps, :, row][..., positions]
+        results.append((maps.reshape(steps, -1, *grid).cpu(), generated[row: row + 1, :steps]))
     return results
+
+
+def _prompt_rows(captured: dict[int, list[Tensor]], length: int) -> Tensor:
+    """(steps, layers, batch, keys): the captured rows over the first ``length`` keys, mean over heads."""
+    return torch.stack([torch.stack([r[..., :length] for r in captured[layer]]) for layer in sorted(captured)],
+                       1).mean(-2)
 
 
 def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max_new_tokens: int,
@@ -242,10 +248,8 @@ def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max
     rows, cols = adapter.image_grid(inputs)
     with adapter.capture(layers) as captured:
         ids = generate_greedy(adapter.model, inputs, max_new_tokens, use_cache)
-    layers = sorted(captured)
-    maps = torch.stack([torch.stack([captured[layer][t][0].mean(0)[positions] for layer in layers])
-                        for t in range(len(captured[layers[0]]))])
-    return maps.reshape(maps.shape[0], len(layers), rows, cols).cpu(), ids
+    maps = _prompt_rows(captured, inputs["input_ids"].shape[1])[:, :, 0][..., positions]
+    return maps.reshape(maps.shape[0], -1, rows, cols).cpu(), ids
 
 
 # ------------------------------------------------------------------------------------------------ the method

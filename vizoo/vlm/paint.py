@@ -249,16 +249,17 @@ class Painter:
         heads = self.head_weights(inputs, weight) if self.head_specific else None
         positions = self.adapter.grid_positions(inputs)
         self.last = {"selection": selection, "positions": positions, "head_weights": heads}
+        adapter = self.adapter
         if not self.gamma:
-            with self.adapter.boost(self.layers, weight, heads):
+            with adapter.fused_elsewhere(), adapter.boost(self.layers, weight, heads):
                 return original(*args, **kwargs)
-        text = TextRow(self.adapter, inputs, self.gamma)
+        text = TextRow(adapter, inputs, self.gamma)
         kwargs["logits_processor"] = list(kwargs.pop("logits_processor", None) or []) + [text]
         weight = torch.cat([weight, torch.zeros_like(weight)])  # the text row is never boosted
-        state = self.adapter.state
+        state = adapter.state
         saved, state.capture_batch = state.capture_batch, state.capture_batch or 1  # a capture keeps row 0
         try:
-            with text.attached(self.adapter.model), self.adapter.boost(self.layers, weight, heads):
+            with text.attached(adapter.model), adapter.fused_elsewhere(), adapter.boost(self.layers, weight, heads):
                 return original(*args, **kwargs)
         finally:
             state.capture_batch = saved
