@@ -65,8 +65,37 @@ def build(size: str, device: str, dtype: torch.dtype):
     return model, processor
 
 
-def measure(fn, device: str, repeats: int) -> dict:
-    fn()  # warm-up
+class Counter:
+    """Counts the language model's forward passes during one run: how many, how many of them cover more than
+    one position (prompt or whole-sequence passes), and the positions processed (batch rows x length)."""
+
+    def __init__(self, model):
+        self.layer = model.model.language_model.layers[0]
+
+    def __enter__(self):
+        self.forwards = self.multi = self.positions = 0
+        self.handle = self.layer.register_forward_pre_hook(self.hook, with_kwargs=True)
+        return self
+
+    def hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.forwards += 1
+        self.multi += int(hidden.shape[1] > 1)
+        self.positions += hidden.shape[0] * hidden.shape[1]
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def measure(fn, device: str, repeats: int, model=None) -> dict:
+    counts = {}
+    if model is not None:
+        with Counter(model) as counter:
+            fn()  # warm-up, counted
+        counts = {"lm_forwards": counter.forwards, "lm_multi_position_forwards": counter.multi,
+                  "lm_positions": counter.positions}
+    else:
+        fn()  # warm-up
     times = []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -78,7 +107,7 @@ def measure(fn, device: str, repeats: int) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak}
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak, **counts}
 
 
 def main(argv=None) -> int:
@@ -113,9 +142,9 @@ def main(argv=None) -> int:
                "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "transformers": __import__("transformers").__version__, "torch": torch.__version__}
     model.set_attn_implementation({"text_config": "sdpa"})
-    results["generate_sdpa"] = measure(plain, args.device, args.repeats)
+    results["generate_sdpa"] = measure(plain, args.device, args.repeats, model)
     get_adapter(model)  # the language model now runs vizoo's eager attention
-    results["generate_eager"] = measure(plain, args.device, args.repeats)
+    results["generate_eager"] = measure(plain, args.device, args.repeats, model)
 
     def painted():
         with paint(model, processor):
@@ -125,12 +154,12 @@ def main(argv=None) -> int:
         with paint(model, processor, gamma=0.0):
             plain()
 
-    results["paint"] = measure(painted, args.device, args.repeats)
-    results["paint_boost_only"] = measure(boost_only, args.device, args.repeats)
+    results["paint"] = measure(painted, args.device, args.repeats, model)
+    results["paint_boost_only"] = measure(boost_only, args.device, args.repeats, model)
     for name, cache in (("carve_cached", True), ("carve_uncached", False)):
         results[name] = measure(lambda: carve(model, processor, image, question, layers=layers,
                                               max_new_tokens=args.new_tokens, use_cache=cache),
-                                args.device, args.repeats)
+                                args.device, args.repeats, model)
 
     adapter = get_adapter(model)
 
@@ -151,14 +180,16 @@ def main(argv=None) -> int:
         final = adapter.inputs(processor, [image, image], question + TASK_SUFFIX)
         generate_greedy(model, final, args.new_tokens)
 
-    results["carve_official_style"] = measure(official_style, args.device, args.repeats)
+    results["carve_official_style"] = measure(official_style, args.device, args.repeats, model)
     base = results["generate_sdpa"]["seconds"]
-    print("| case | seconds | x plain sdpa | peak GiB |\n|---|---|---|---|")
+    print("| case | seconds | x plain sdpa | peak GiB | LM forwards (multi-position) | LM positions |\n"
+          "|---|---|---|---|---|---|")
     cases = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
              "carve_official_style")
     for name in cases:
         r = results[name]
-        print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} |")
+        print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} | "
+              f"{r['lm_forwards']} ({r['lm_multi_position_forwards']}) | {r['lm_positions']} |")
     print(f"PAINT / plain sdpa: {results['paint']['seconds'] / base:.2f} (target <= 1.2); "
           f"CARVE uncached / cached: {results['carve_uncached']['seconds'] / results['carve_cached']['seconds']:.2f}"
           f", official style / cached: "
