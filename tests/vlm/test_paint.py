@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_vl
+from vlm_testlib import TwoPass, tiny_llava, tiny_llava_next, tiny_qwen2_vl
 from vizoo.vlm import get_adapter, paint
-from vizoo.vlm.paint import contrast_scores, select_tokens
+from vizoo.vlm.paint import select_tokens
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +93,6 @@ def test_text_only_correction_equals_uncached_formula(llava):
         expected[log_p < log_p.max() + math.log(0.1)] = -math.inf
         torch.testing.assert_close(out.scores[t], expected, rtol=1e-4, atol=1e-4)
         assert out.sequences[0, n + t] == expected.argmax()
-
-
-class TwoPass:
-    """The straightforward text-only correction (PAINT's earlier implementation, uncached here): a second,
-    sequential forward per token over the prompt without its image tokens plus the tokens generated so far."""
-
-    def __init__(self, adapter, inputs, gamma):
-        self.adapter, self.gamma = adapter, gamma
-        self.text, self.n = adapter.text_only(inputs)["input_ids"], inputs["input_ids"].shape[1]
-
-    def __call__(self, input_ids, scores):
-        with torch.no_grad(), self.adapter.disabled():
-            ids = torch.cat([self.text, input_ids[:, self.n:]], 1)
-            text_logits = self.adapter.model(input_ids=ids, use_cache=False).logits[:, -1]
-        return contrast_scores(scores, text_logits, self.gamma)
 
 
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampling"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_qwen2_vl
+from vlm_testlib import TwoPass, tiny_llava, tiny_qwen2_vl
 from vizoo.vlm import carve, get_adapter, paint
 
 pytestmark = pytest.mark.gpu
@@ -46,6 +46,26 @@ def test_gpu_paint_zero_is_plain(llava):
     plain = model.generate(**inputs, max_new_tokens=32, do_sample=False)
     with paint(model, processor, alpha=0.0, beta=0.0, gamma=0.0):
         assert torch.equal(model.generate(**inputs, max_new_tokens=32, do_sample=False), plain)
+
+
+def test_gpu_paint_text_row_and_decode_path(llava):
+    """The batched text row equals the sequential text-only pass, and the sdpa decode path with the boost equals
+    eager attention with the boost (forced by capturing every layer), on 576 image tokens."""
+    model, processor = llava
+    adapter = get_adapter(model)
+    inputs = adapter.inputs(processor, [_image(400, 336)], "please describe the image in detail .")
+    kwargs = dict(max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with paint(model, processor, gamma=0.1):
+        batched = model.generate(**inputs, **kwargs)
+    with paint(model, processor, gamma=0.0):
+        two_pass = model.generate(**inputs, logits_processor=[TwoPass(adapter, inputs, 0.1)], **kwargs)
+    with paint(model, processor, gamma=0.1), adapter.capture(range(8)):
+        eager = model.generate(**inputs, **kwargs)
+    assert torch.equal(batched.sequences, two_pass.sequences)
+    assert torch.equal(batched.sequences, eager.sequences)
+    for ours, seq, ref in zip(batched.scores, two_pass.scores, eager.scores):
+        torch.testing.assert_close(ours, seq, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
