@@ -159,3 +159,7 @@ def test_bad_input(llava):
     text = processor(text=["USER: what is this ? ASSISTANT:"], return_tensors="pt")
     with paint(model, processor), pytest.raises(ValueError, match="pixel_values"):
         model.generate(**text, max_new_tokens=1)
+    _, _, inputs = llava
+    with paint(model, processor), pytest.raises(ValueError, match="beam search"):
+        model.generate(**inputs, max_new_tokens=2, num_beams=2)
+    assert not model._forward_pre_hooks and not model._forward_hooks  # the text row's hooks are gone

@@ -187,12 +187,16 @@ class TextRow:
         return output
 
     @contextlib.contextmanager
-    def attached(self, model: nn.Module) -> Iterator[None]:
+    def attached(self, adapter: VLMAdapter) -> Iterator[None]:
+        """The hooks on ``adapter.model`` for the block; a capture block open around it records row 0 only."""
+        model, state = adapter.model, adapter.state
         handles = [model.register_forward_pre_hook(self.pre_hook, with_kwargs=True),
                    model.register_forward_hook(self.hook, with_kwargs=True)]
+        saved, state.capture_batch = state.capture_batch, state.capture_batch or 1
         try:
             yield
         finally:
+            state.capture_batch = saved
             for handle in handles:
                 handle.remove()
 
@@ -250,19 +254,16 @@ class Painter:
         positions = self.adapter.grid_positions(inputs)
         self.last = {"selection": selection, "positions": positions, "head_weights": heads}
         adapter = self.adapter
-        if not self.gamma:
-            with adapter.fused_elsewhere(), adapter.boost(self.layers, weight, heads):
-                return original(*args, **kwargs)
-        text = TextRow(adapter, inputs, self.gamma)
-        kwargs["logits_processor"] = list(kwargs.pop("logits_processor", None) or []) + [text]
-        weight = torch.cat([weight, torch.zeros_like(weight)])  # the text row is never boosted
-        state = adapter.state
-        saved, state.capture_batch = state.capture_batch, state.capture_batch or 1  # a capture keeps row 0
-        try:
-            with text.attached(adapter.model), adapter.fused_elsewhere(), adapter.boost(self.layers, weight, heads):
-                return original(*args, **kwargs)
-        finally:
-            state.capture_batch = saved
+        with contextlib.ExitStack() as stack:
+            if self.gamma:
+                text = TextRow(adapter, inputs, self.gamma)
+                kwargs["logits_processor"] = list(kwargs.pop("logits_processor", None) or []) + [text]
+                weight = torch.cat([weight, torch.zeros_like(weight)])  # the text row is never boosted
+                stack.enter_context(text.attached(adapter))
+            if self.alpha or self.beta:  # at zero strength the layers stay as they are: the plain model
+                stack.enter_context(adapter.fused_elsewhere())
+                stack.enter_context(adapter.boost(self.layers, weight, heads))
+            return original(*args, **kwargs)
 
 
 @contextlib.contextmanager
