@@ -123,6 +123,22 @@ def test_batched_passes_end_at_each_rows_eos():
         torch.testing.assert_close(maps, ref_maps, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("build", [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_qwen2_vl, id="qwen2_vl")])
+def test_carve_static_cache_equals_dynamic(build):
+    """compile=True runs a static KV cache (compiled on a GPU only): the captured rows then span the whole
+    cache, padded keys included; the maps, mask and answers equal the default path's."""
+    model, processor = build()
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    kwargs = dict(layers=[0, 2], max_new_tokens=4, top_p=0.3, regions=1)
+    dynamic = carve(model, processor, image, "what is this ?", **kwargs)
+    static = carve(model, processor, image, "what is this ?", compile=True, **kwargs)
+    torch.testing.assert_close(static.task_maps, dynamic.task_maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(static.general_maps, dynamic.general_maps, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(static.mask, dynamic.mask)
+    assert (static.answer, static.task_answer, static.general_answer) == \
+        (dynamic.answer, dynamic.task_answer, dynamic.general_answer)
+
+
 def test_carve_bad_input(tmp_path):
     model, processor = tiny_llava()
     image = Image.new("RGB", (30, 30))
@@ -130,6 +146,8 @@ def test_carve_bad_input(tmp_path):
         carve(model, processor, image, "   ", layers=[0])
     with pytest.raises(ValueError, match="top_p"):
         carve(model, processor, image, "what ?", layers=[0], top_p=0.0)
+    with pytest.raises(ValueError, match="needs use_cache"):
+        carve(model, processor, image, "what ?", layers=[0], compile=True, use_cache=False)
     with pytest.raises(ValueError, match="3 decoder layers"):
         carve(model, processor, image, "what ?")  # the default layers 20..25 do not exist in a 3-layer model
     broken = tmp_path / "broken.png"

@@ -82,3 +82,18 @@ def test_gpu_carve_cached_equals_uncached(llava, family):
     torch.testing.assert_close(cached.task_maps, uncached.task_maps, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(cached.general_maps, uncached.general_maps, rtol=1e-4, atol=1e-6)
     assert (cached.answer, cached.task_answer) == (uncached.answer, uncached.task_answer)
+
+
+def test_gpu_carve_compiled_equals_cached(llava):
+    """compile=True on a GPU: transformers compiles the decode step (CUDA graphs); the captured rows survive the
+    graph replays (copied out after each step; rows left in CUDA-graph memory would all show the last step)
+    and the result equals the uncompiled cached run. The first calls compile (a minute or so); a second
+    question of another length must not break it."""
+    model, processor = llava
+    kwargs = dict(layers=range(2, 8), max_new_tokens=16)
+    for question in ("what is this ?", "what color is the car on the left ?"):
+        compiled = carve(model, processor, _image(400, 336), question, compile=True, **kwargs)
+        cached = carve(model, processor, _image(400, 336), question, **kwargs)
+        torch.testing.assert_close(compiled.task_maps, cached.task_maps, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(compiled.general_maps, cached.general_maps, rtol=1e-3, atol=1e-6)
+        assert (compiled.answer, compiled.task_answer) == (cached.answer, cached.task_answer)

@@ -46,6 +46,8 @@ class AttentionState:
     capture_layers: frozenset[int] = frozenset()
     rows: dict[int, list[Tensor]] = field(default_factory=dict)  # layer -> one (B, H, K) row per forward
     capture_batch: int | None = None  # record only the first rows of the batch (PAINT's text row is not kept)
+    deferred: bool = False  # rows go to `latest` (one slot per layer) and KeepCaptured appends copies
+    latest: dict[int, Tensor] = field(default_factory=dict)
     boost_layers: frozenset[int] = frozenset()
     key_weight: Tensor | None = None  # (B, K0): the boost of the last query on keys 0..K0-1
     head_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> (H,); missing layer means all 1
@@ -91,7 +93,11 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, att
         _boost_last_row(scores, weight)  # scores is a fresh tensor: changed in place
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if capture:
-        state.rows.setdefault(layer, []).append(weights[: state.capture_batch, :, -1, :].detach().float())
+        row = weights[: state.capture_batch, :, -1, :].detach().float()
+        if state.deferred:  # a compiled step: a fixed slot, copied out by KeepCaptured after the forward
+            state.latest[layer] = row
+        else:
+            state.rows.setdefault(layer, []).append(row)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
@@ -273,22 +279,28 @@ class VLMAdapter:
 
     # -- capture and boost
     @contextlib.contextmanager
-    def capture(self, layers: Iterable[int], batch: int | None = None) -> Iterator[dict[int, list[Tensor]]]:
+    def capture(self, layers: Iterable[int], batch: int | None = None,
+                deferred: bool = False) -> Iterator[dict[int, list[Tensor]]]:
         """Record the last query's attention row in each of ``layers``, once per forward pass.
 
         Yields a dict layer -> list over forward passes of (B, heads, keys) float32 rows; with a KV cache the
         list runs over generated tokens (the first entry is the prompt's last position). ``batch`` keeps only
-        the first ``batch`` rows of each forward's batch.
+        the first ``batch`` rows of each forward's batch. ``deferred`` is for compiled decode steps
+        (``torch.compile``, CUDA graphs): each forward leaves its rows in one fixed slot per layer, and the
+        :class:`KeepCaptured` logits processor, which ``generate`` calls after every forward, appends copies;
+        appending inside a compiled step would make every step compile again (the list's length is guarded)
+        and keep tensors that the next CUDA-graph replay overwrites.
         """
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()  # someone may have set another implementation since the adapter was built
         state = self.state
-        saved = state.capture_layers, state.rows, state.capture_batch
+        saved = state.capture_layers, state.rows, state.capture_batch, state.deferred, state.latest
         state.capture_layers, state.rows, state.capture_batch = layers, {}, batch
+        state.deferred, state.latest = deferred, {}
         try:
             yield state.rows
         finally:
-            state.capture_layers, state.rows, state.capture_batch = saved
+            state.capture_layers, state.rows, state.capture_batch, state.deferred, state.latest = saved
 
     @contextlib.contextmanager
     def boost(self, layers: Iterable[int], key_weight: Tensor,
@@ -330,6 +342,19 @@ class VLMAdapter:
             yield
         finally:
             self.state.enabled = saved
+
+
+class KeepCaptured:
+    """A logits processor for ``generate`` inside ``capture(..., deferred=True)``: after each forward, append a
+    copy of every layer's latest row to the captured lists."""
+
+    def __init__(self, adapter: VLMAdapter):
+        self.state = adapter.state
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for layer, row in self.state.latest.items():
+            self.state.rows.setdefault(layer, []).append(row.clone())
+        return scores
 
 
 class LlavaAdapter(VLMAdapter):

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from vizoo.vlm.attention import VLMAdapter, get_adapter
+from vizoo.vlm.attention import KeepCaptured, VLMAdapter, get_adapter
 from vizoo.vlm.images import load_image
 
 TASK_SUFFIX = " Answer the question using a single word or phrase."
@@ -137,13 +137,18 @@ def refine_image(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, tup
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def greedy_config(model: nn.Module, max_new_tokens: int):
-    """Pure greedy decoding (no sampling, no repetition penalty) ending at the model's EOS ids."""
-    from transformers import GenerationConfig
+def greedy_config(model: nn.Module, max_new_tokens: int, compile: bool = False):
+    """Pure greedy decoding (no sampling, no repetition penalty) ending at the model's EOS ids.
+
+    ``compile`` asks for a static KV cache, with which transformers compiles the decode step
+    (``torch.compile``, CUDA graphs) on a GPU; elsewhere it runs the static cache uncompiled.
+    """
+    from transformers import CompileConfig, GenerationConfig
 
     base = model.generation_config
+    extra = dict(cache_implementation="static", compile_config=CompileConfig()) if compile else {}
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=base.eos_token_id,
-                            pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id)
+                            pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id, **extra)
 
 
 def _eos_ids(model: nn.Module) -> set[int]:
@@ -152,11 +157,13 @@ def _eos_ids(model: nn.Module) -> set[int]:
 
 
 @torch.no_grad()
-def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cache: bool = True) -> Tensor:
-    """The generated token ids (1, T). ``use_cache=False`` reruns the whole sequence for every token."""
+def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cache: bool = True,
+                    compile: bool = False) -> Tensor:
+    """The generated token ids (1, T). ``use_cache=False`` reruns the whole sequence for every token;
+    ``compile`` see :func:`greedy_config`."""
     n = inputs["input_ids"].shape[1]
     if use_cache:
-        return model.generate(**inputs, generation_config=greedy_config(model, max_new_tokens))[:, n:]
+        return model.generate(**inputs, generation_config=greedy_config(model, max_new_tokens, compile))[:, n:]
     inputs, eos = dict(inputs), _eos_ids(model)
     for _ in range(max_new_tokens):
         token = model(**inputs, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
@@ -207,7 +214,7 @@ def _length(ids: Tensor, eos: set[int]) -> int:
 
 
 def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[int], max_new_tokens: int,
-                use_cache: bool = True) -> list[tuple[Tensor, Tensor]]:
+                use_cache: bool = True, compile: bool = False) -> list[tuple[Tensor, Tensor]]:
     """Greedy generation for each prompt (batch-1 processor outputs) recording, per step and layer, the
     head-mean attention of the current query over the prompt's first image on its grid.
 
@@ -215,14 +222,17 @@ def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[i
     as the rows of **one** KV-cached generation (left-padded: padded keys get weight 0 and position ids start
     after the padding), so the decode steps, bound by kernel launches at these batch sizes, are shared; each
     row's steps end at its own EOS. ``use_cache=False`` runs each prompt on its own and reruns the whole
-    sequence for every token (the official code's loop); both give the same maps (tested).
+    sequence for every token (the official code's loop); both give the same maps (tested). ``compile``
+    (cached only) uses a static cache and, on a GPU, transformers' compiled decode step.
     """
     if not use_cache:
         return [attention_maps(adapter, p, layers, max_new_tokens, use_cache=False) for p in prompts]
     model = adapter.model
     batch, pads = stack_prompts(prompts, _pad_id(model))
-    with adapter.capture(layers) as captured:
-        out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens))
+    with adapter.capture(layers, deferred=compile) as captured:
+        keep = [KeepCaptured(adapter)] if compile else []
+        out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens, compile),
+                             logits_processor=keep)
     length = batch["input_ids"].shape[1]
     generated, eos, rows = out[:, length:], _eos_ids(model), _prompt_rows(captured, length)
     results = []
@@ -295,7 +305,7 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
           steps: str = "all", lam: float = 1e-8, top_p: float = 0.2, regions: int = 3,
           region_strategy: str = "attention_sum", final: str = "both", max_new_tokens: int = 32,
           use_cache: bool = True, general_instruction: str = GENERAL_INSTRUCTION,
-          suffix: str = TASK_SUFFIX, general: CarveResult | None = None) -> CarveResult:
+          suffix: str = TASK_SUFFIX, general: CarveResult | None = None, compile: bool = False) -> CarveResult:
     """Answer ``question`` about ``image`` with CARVE (defaults are the official code's).
 
     Args:
@@ -313,6 +323,10 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
         use_cache: KV-cached generation (same result as the official uncached loop, faster).
         general: an earlier result on the same image with the same layers and ``max_new_tokens``: its
             general-instruction pass is reused (it depends on the image only), saving one of the three passes.
+        compile: static KV cache and, on a GPU, a compiled decode step (``torch.compile`` with CUDA graphs,
+            through transformers' ``generate``), for the two generations; the same results. The first call
+            for each prompt length compiles or records graphs (minutes for a 7B model); worth it over many
+            calls of one shape. Needs ``use_cache``.
     """
     question = check_question(question)
     _check_p(top_p)
@@ -326,6 +340,8 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
         raise ValueError(f"regions must be an integer >= 1, got {regions!r}")
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True (it compiles the cached decode step)")
     adapter = get_adapter(model)
     layers = adapter.check_layers(layers)
     image = load_image(image)
@@ -339,7 +355,7 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
     if general is None:
         prompts.append(adapter.inputs(processor, [image], general_instruction + suffix))
     with adapter.fused_elsewhere():  # layers outside `layers` need no scores: sdpa
-        passes = prompt_maps(adapter, prompts, layers, max_new_tokens, use_cache)
+        passes = prompt_maps(adapter, prompts, layers, max_new_tokens, use_cache, compile)
     task_maps, task_ids = passes[0]
     if general is not None:
         general_maps, general_answer = general.general_maps, general.general_answer
@@ -354,9 +370,9 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
     images = [image, refined] if final == "both" else [refined]
     final_inputs = adapter.inputs(processor, images, question + suffix)
     with adapter.fused_elsewhere():  # no capture: every layer runs sdpa
-        answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True)
+        answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True, compile=compile)
     options = dict(layers=layers, steps=steps, lam=lam, top_p=top_p, regions=regions,
                    region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens,
-                   use_cache=use_cache)
+                   use_cache=use_cache, compile=compile)
     return CarveResult(_decode(processor, answer_ids), refined, mask, saliency, maps, task_maps, general_maps,
                        box, _decode(processor, task_ids), general_answer, options)
