@@ -10,7 +10,9 @@ weighted sum) and in addition, while a :meth:`VLMAdapter.capture` or :meth:`VLMA
   keys, per head, once per forward pass (so once per generated token with the KV cache);
 * adds ``w_h * v_j * |z_j|`` to the **pre-softmax** score ``z_j`` of the last query on key ``j`` for the
   chosen layers, with a per-key weight ``v`` (zero on keys left alone) and an optional per-head weight ``w``
-  (PAINT's boost, vizoo.vlm.paint), in place on the scores (two extra kernels per layer and step);
+  (PAINT's boost, vizoo.vlm.paint): in place on the scores in prompt passes and captured steps, and as an
+  additive bias to ``sdpa`` in the other decode steps (one query: ``w_j |z_j|`` is a per-key constant
+  once ``z`` is known), which needs about half the kernels of eager attention with the boost;
 * inside a :meth:`VLMAdapter.fused_elsewhere` block, hands the layers that neither capture nor boost to
   transformers' ``sdpa`` attention, so only the layers that need the scores pay for eager attention.
 
@@ -140,7 +142,7 @@ def _boosted_decode(query: Tensor, key: Tensor, value: Tensor, attention_mask: T
 
 def _boost_last_row(scores: Tensor, weight: Tensor) -> Tensor:
     """In place, ``z_j + w_hj |z_j|`` on the last query row for the keys ``weight`` (B, H or 1, K0) covers
-    (the prompt's); two kernels (abs, addcmul), so a decode step pays little for the boost."""
+    (the prompt's); two kernels (abs, addcmul). Serves prompt passes and steps whose weights are captured."""
     n = min(weight.shape[-1], scores.shape[-1])
     last = scores[:, :, -1, :n]
     last.addcmul_(weight[..., :n], last.abs())
@@ -279,13 +281,12 @@ class VLMAdapter:
 
     # -- capture and boost
     @contextlib.contextmanager
-    def capture(self, layers: Iterable[int], batch: int | None = None,
-                deferred: bool = False) -> Iterator[dict[int, list[Tensor]]]:
+    def capture(self, layers: Iterable[int], deferred: bool = False) -> Iterator[dict[int, list[Tensor]]]:
         """Record the last query's attention row in each of ``layers``, once per forward pass.
 
         Yields a dict layer -> list over forward passes of (B, heads, keys) float32 rows; with a KV cache the
-        list runs over generated tokens (the first entry is the prompt's last position). ``batch`` keeps only
-        the first ``batch`` rows of each forward's batch. ``deferred`` is for compiled decode steps
+        list runs over generated tokens (the first entry is the prompt's last position). ``deferred`` is for
+        compiled decode steps
         (``torch.compile``, CUDA graphs): each forward leaves its rows in one fixed slot per layer, and the
         :class:`KeepCaptured` logits processor, which ``generate`` calls after every forward, appends copies;
         appending inside a compiled step would make every step compile again (the list's length is guarded)
@@ -295,7 +296,7 @@ class VLMAdapter:
         self._switch_attention()  # someone may have set another implementation since the adapter was built
         state = self.state
         saved = state.capture_layers, state.rows, state.capture_batch, state.deferred, state.latest
-        state.capture_layers, state.rows, state.capture_batch = layers, {}, batch
+        state.capture_layers, state.rows, state.capture_batch = layers, {}, None
         state.deferred, state.latest = deferred, {}
         try:
             yield state.rows
