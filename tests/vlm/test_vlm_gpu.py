@@ -13,6 +13,17 @@ from vizoo.vlm import carve, get_adapter, paint
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """CARVE batches its two prompts (two images in one vision pass) where the uncached loop runs them one by
+    one; with TF32 convolutions the two batch sizes can round differently at 1e-3, which these comparisons
+    are not about."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _image(h, w):
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
 

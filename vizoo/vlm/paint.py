@@ -37,8 +37,9 @@ patched Llama forward. The text-only sequence is not a second sequential forward
 second batch row of each forward ``generate`` makes (:class:`TextRow`): the image positions are padding that
 row 1 cannot attend to and its position ids skip them, so it computes the text-only prompt exactly (tested
 token for token against the sequential pass, greedy and sampling); a decode step of batch 2 costs about what
-one of batch 1 costs, where the second pass nearly doubled the time per token. Batch size 1 (the command loops over images). Needs a CLIP-style vision tower with a
-CLS token, so it supports the LLaVA family; Qwen-VL's vision encoder has no CLS token.
+one of batch 1 costs, where the second pass nearly doubled the time per token. Batch size 1 (the command loops
+over images). Needs a CLIP-style vision tower with a CLS token, so it supports the LLaVA family; Qwen-VL's
+vision encoder has no CLS token.
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ class TextRow:
         """(1, total) bool: the text row's visible positions (generated tokens are all visible)."""
         extra = total - self.keep.shape[1]
         if extra < 0:
-            raise ValueError(f"PAINT: a forward covers {total} positions, fewer than the prompt's {self.keep.shape[1]}")
+            raise ValueError(f"PAINT: a forward covers {total} positions, fewer than the prompt's "
+                             f"{self.keep.shape[1]}")
         return torch.cat([self.keep, self.keep.new_ones(1, extra)], 1)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
