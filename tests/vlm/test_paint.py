@@ -135,6 +135,16 @@ def test_decode_fast_path_equals_eager_boost(llava):
                               plain.scores[-1][torch.isfinite(fast.scores[-1])])  # the boost did change them
 
 
+def test_output_attentions_inside_paint(llava):
+    """Asked for, every layer's attention comes back (eager where sdpa would hide it), for the image row only."""
+    model, processor, inputs = llava
+    with paint(model, processor, gamma=0.5):
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_attentions=True,
+                             return_dict_in_generate=True)
+    n = inputs["input_ids"].shape[1]
+    assert [tuple(a.shape) for a in out.attentions[2]] == [(1, 4, 1, n + 2)] * 4
+
+
 def test_head_specific_weights(llava):
     model, processor, inputs = llava
     with paint(model, processor, layers=[2, 3], head_specific=True, gamma=0.0) as painter:

@@ -66,7 +66,7 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, att
     active = state is not None and state.enabled
     boost = active and layer in state.boost_layers and state.key_weight is not None
     capture = active and layer in state.capture_layers
-    if state is not None and state.fused_elsewhere and not (boost or capture):
+    if state is not None and state.fused_elsewhere and not (boost or capture or kwargs.get("output_attentions")):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,

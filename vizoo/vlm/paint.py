@@ -185,7 +185,7 @@ class TextRow:
         output["logits"] = output.logits[:1]
         for name in ("hidden_states", "attentions"):
             if output.get(name) is not None:
-                output[name] = tuple(t[:1] for t in output[name])
+                output[name] = tuple(None if t is None else t[:1] for t in output[name])
         return output
 
     @contextlib.contextmanager
