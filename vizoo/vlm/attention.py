@@ -216,6 +216,16 @@ class VLMAdapter:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def pad_id(self) -> int:
+        """The id that pads a batch row (from the generation or text config; 0 when neither has one)."""
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = getattr(getattr(self.config, "text_config", self.config), "pad_token_id", None)
+        if isinstance(pad, (list, tuple)):
+            pad = pad[0]
+        return 0 if pad is None else int(pad)
+
     def check_layers(self, layers: Iterable[int], what: str = "layers") -> list[int]:
         layers = sorted({int(i) for i in layers})
         if not layers:

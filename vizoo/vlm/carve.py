@@ -196,15 +196,6 @@ def stack_prompts(prompts: Sequence[dict], pad_id: int) -> tuple[dict, list[int]
     return batch, pads
 
 
-def _pad_id(model: nn.Module) -> int:
-    pad = model.generation_config.pad_token_id
-    if pad is None:
-        pad = getattr(getattr(model.config, "text_config", model.config), "pad_token_id", None)
-    if isinstance(pad, (list, tuple)):
-        pad = pad[0]
-    return 0 if pad is None else int(pad)
-
-
 def _length(ids: Tensor, eos: set[int]) -> int:
     """Tokens up to and including the first EOS (all of them without one)."""
     for t, token in enumerate(ids.tolist()):
@@ -228,7 +219,7 @@ def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[i
     if not use_cache:
         return [attention_maps(adapter, p, layers, max_new_tokens, use_cache=False) for p in prompts]
     model = adapter.model
-    batch, pads = stack_prompts(prompts, _pad_id(model))
+    batch, pads = stack_prompts(prompts, adapter.pad_id)
     with adapter.capture(layers, deferred=compile) as captured:
         keep = [KeepCaptured(adapter)] if compile else []
         out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens, compile),

@@ -137,9 +137,7 @@ class TextRow:
     def __init__(self, adapter: VLMAdapter, inputs: dict, gamma: float):
         ids = inputs["input_ids"]
         self.keep = ~adapter.marker_mask(ids)  # (1, S): the text-only sequence's tokens
-        pad = adapter.model.generation_config.pad_token_id
-        pad = getattr(adapter.config.text_config, "pad_token_id", None) if pad is None else pad
-        self.pad = int(pad[0] if isinstance(pad, (list, tuple)) else (0 if pad is None else pad))
+        self.pad = adapter.pad_id
         self.gamma = gamma
         self.text_logits: Tensor | None = None
 
