@@ -130,8 +130,9 @@ def _boosted_decode(query: Tensor, key: Tensor, value: Tensor, attention_mask: T
     in sdpa's ``attn_mask``. Four kernels (matmul, abs, addcmul, sdpa) where eager attention with the boost
     needs about nine; it never forms the softmax, so it serves only when no capture needs the weights.
     Returns (B, 1, heads, head_dim), like the attention functions."""
-    length = key.shape[-2]
-    raw = torch.matmul(query, key.transpose(2, 3)).abs_()  # (B, H, 1, K): |q . k|
+    (batch, heads, _, dim), length = query.shape, key.shape[-2]
+    raw = torch.bmm(query.reshape(batch * heads, 1, dim), key.reshape(batch * heads, length, dim).transpose(1, 2))
+    raw = raw.view(batch, heads, 1, length).abs_()  # |q . k|
     if attention_mask is None:
         bias = raw.mul_(weight[..., :length])
     else:
