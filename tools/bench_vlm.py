@@ -5,7 +5,12 @@ loop (the whole sequence per token with ``output_attentions=True``); latency (me
 ``--repeats`` runs after a warm-up) and peak GPU memory, for one 336 px image and a ``--new-tokens`` answer.
 
     python tools/bench_vlm.py --out bench_vlm.json            # on the GPU (about 14 GB of weights)
+    python tools/bench_vlm.py --compile --out bench_vlm.json  # and CARVE with a compiled decode step
+    python tools/bench_vlm.py --cases carve_cached,carve_official_style,carve_cached_compiled  # a subset
     python tools/bench_vlm.py --size tiny --device cpu         # a smoke run of the script itself
+
+Each case also reports the language model's forward passes in its (counted) warm-up run: how many, how many
+covered more than one position (prompt or whole-sequence passes), and the positions processed.
 
 Random weights never emit EOS here (it is unset), so every generation runs the full ``--new-tokens``; the
 numbers are timing and memory only. Needs transformers (the ``vlm`` extra).
@@ -65,8 +70,39 @@ def build(size: str, device: str, dtype: torch.dtype):
     return model, processor
 
 
-def measure(fn, device: str, repeats: int) -> dict:
-    fn()  # warm-up
+class Counter:
+    """Counts the language model's forward passes during one run: how many, how many of them cover more than
+    one position (prompt or whole-sequence passes), and the positions processed (batch rows x length)."""
+
+    def __init__(self, model):
+        self.layer = model.model.language_model.layers[0]
+
+    def __enter__(self):
+        self.forwards = self.multi = self.positions = 0
+        self.handle = self.layer.register_forward_pre_hook(self.hook, with_kwargs=True)
+        return self
+
+    def hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.forwards += 1
+        self.multi += int(hidden.shape[1] > 1)
+        self.positions += hidden.shape[0] * hidden.shape[1]
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def measure(fn, device: str, repeats: int, model=None, warmups: int = 1) -> dict:
+    counts = {}
+    for _ in range(warmups - 1):  # compiled cases: the first calls compile
+        fn()
+    if model is not None:
+        with Counter(model) as counter:
+            fn()  # warm-up, counted
+        counts = {"lm_forwards": counter.forwards, "lm_multi_position_forwards": counter.multi,
+                  "lm_positions": counter.positions}
+    else:
+        fn()  # warm-up
     times = []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -78,7 +114,11 @@ def measure(fn, device: str, repeats: int) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak}
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak, **counts}
+
+
+CASES = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
+         "carve_official_style", "carve_cached_compiled")
 
 
 def main(argv=None) -> int:
@@ -89,7 +129,16 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time CARVE with compile=True (static cache; on a GPU a compiled decode step with "
+                             "CUDA graphs: the warm-up compiles, which takes minutes at 7B size)")
+    parser.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)} (generate_sdpa, the "
+                                        "reference, always runs)")
     args = parser.parse_args(argv)
+    wanted = set(CASES[:-1] if not args.compile else CASES) if args.cases is None else set(args.cases.split(","))
+    if wanted - set(CASES):
+        parser.error(f"unknown --cases {sorted(wanted - set(CASES))}; known: {', '.join(CASES)}")
+    wanted.add("generate_sdpa")
 
     from vizoo.vlm import carve, get_adapter, paint
     from vizoo.vlm.carve import GENERAL_INSTRUCTION, TASK_SUFFIX, generate_greedy, greedy_config
@@ -112,10 +161,14 @@ def main(argv=None) -> int:
     results = {"config": vars(args), "prompt_tokens": int(inputs["input_ids"].shape[1]),
                "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "transformers": __import__("transformers").__version__, "torch": torch.__version__}
+    def run(name: str, fn, **kwargs) -> None:
+        if name in wanted:
+            results[name] = measure(fn, args.device, args.repeats, **kwargs)
+
     model.set_attn_implementation({"text_config": "sdpa"})
-    results["generate_sdpa"] = measure(plain, args.device, args.repeats)
-    get_adapter(model)  # the language model now runs vizoo's eager attention
-    results["generate_eager"] = measure(plain, args.device, args.repeats)
+    run("generate_sdpa", plain, model=model)
+    adapter = get_adapter(model)  # the language model now runs vizoo's eager attention
+    run("generate_eager", plain, model=model)
 
     def painted():
         with paint(model, processor):
@@ -125,14 +178,14 @@ def main(argv=None) -> int:
         with paint(model, processor, gamma=0.0):
             plain()
 
-    results["paint"] = measure(painted, args.device, args.repeats)
-    results["paint_boost_only"] = measure(boost_only, args.device, args.repeats)
-    for name, cache in (("carve_cached", True), ("carve_uncached", False)):
-        results[name] = measure(lambda: carve(model, processor, image, question, layers=layers,
-                                              max_new_tokens=args.new_tokens, use_cache=cache),
-                                args.device, args.repeats)
+    def carved(**options):
+        return lambda: carve(model, processor, image, question, layers=layers, max_new_tokens=args.new_tokens,
+                             **options)
 
-    adapter = get_adapter(model)
+    run("paint", painted, model=model)
+    run("paint_boost_only", boost_only, model=model)
+    run("carve_cached", carved(), model=model)
+    run("carve_uncached", carved(use_cache=False), model=model)
 
     @torch.no_grad()
     def official_style():
@@ -151,18 +204,29 @@ def main(argv=None) -> int:
         final = adapter.inputs(processor, [image, image], question + TASK_SUFFIX)
         generate_greedy(model, final, args.new_tokens)
 
-    results["carve_official_style"] = measure(official_style, args.device, args.repeats)
+    run("carve_official_style", official_style, model=model)
+    # not counted (a hook inside the compiled step would recompile it); three warm-ups: transformers compiles
+    # the batch-2 prompt step, the batch-1 answer step, then once more with dynamic shapes
+    try:  # an experimental path: a failure here should not lose the other cases
+        run("carve_cached_compiled", carved(compile=True), warmups=3)
+    except Exception as error:  # noqa: BLE001
+        print(f"carve_cached_compiled failed: {type(error).__name__}: {error}", file=sys.stderr)
+        results["carve_cached_compiled_error"] = f"{type(error).__name__}: {error}"
     base = results["generate_sdpa"]["seconds"]
-    print("| case | seconds | x plain sdpa | peak GiB |\n|---|---|---|---|")
-    cases = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
-             "carve_official_style")
-    for name in cases:
+    print("| case | seconds | x plain sdpa | peak GiB | LM forwards (multi-position) | LM positions |\n"
+          "|---|---|---|---|---|---|")
+    for name in (name for name in CASES if name in results):
         r = results[name]
-        print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} |")
-    print(f"PAINT / plain sdpa: {results['paint']['seconds'] / base:.2f} (target <= 1.2); "
-          f"CARVE uncached / cached: {results['carve_uncached']['seconds'] / results['carve_cached']['seconds']:.2f}"
-          f", official style / cached: "
-          f"{results['carve_official_style']['seconds'] / results['carve_cached']['seconds']:.2f} (target >= 3)")
+        counts = (f"{r['lm_forwards']} ({r['lm_multi_position_forwards']}) | {r['lm_positions']}"
+                  if "lm_forwards" in r else "- | -")
+        print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} | {counts} |")
+    seconds = {name: r["seconds"] for name, r in results.items() if isinstance(r, dict) and "seconds" in r}
+    if "paint" in seconds:
+        print(f"PAINT / plain sdpa: {seconds['paint'] / base:.2f} (target <= 1.2)")
+    for slow, fast in (("carve_official_style", "carve_cached"), ("carve_uncached", "carve_cached"),
+                       ("carve_official_style", "carve_cached_compiled")):
+        if slow in seconds and fast in seconds:
+            print(f"CARVE {slow} / {fast}: {seconds[slow] / seconds[fast]:.2f} (target >= 3)")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
-from vizoo.vlm.attention import _boost_last_row, get_adapter
+from vizoo.vlm.attention import _boost_last_row, _boosted_decode, _decode_weight, _layer_weight, get_adapter
 
 FAMILIES = [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_llava_next, id="llava_next"),
             pytest.param(tiny_qwen2_vl, id="qwen2_vl"), pytest.param(tiny_qwen2_5_vl, id="qwen2_5_vl")]
@@ -79,9 +79,31 @@ def test_image_span_and_grid():
 
 def test_boost_last_row_by_hand():
     scores = torch.tensor([[[[1.0, 1.0, 1.0], [2.0, -1.0, 0.5]], [[1.0, 1.0, 1.0], [2.0, -1.0, 0.5]]]])  # 1,2,2,3
-    out = _boost_last_row(scores, torch.tensor([[0.5, 0.5]]), torch.tensor([1.0, 0.0]))
+    weight = _layer_weight(torch.tensor([[0.5, 0.5]]), torch.tensor([1.0, 0.0]), torch.float32, scores.device)
+    assert weight.shape == (1, 2, 2)
+    out = _boost_last_row(scores.clone(), weight)
     assert out[0, 0, 1].tolist() == [3.0, -0.5, 0.5]  # z + 0.5|z| on keys 0, 1; key 2 beyond the weight
     assert torch.equal(out[0, 1], scores[0, 1]) and torch.equal(out[:, :, 0], scores[:, :, 0])
+
+
+def test_boosted_decode_by_hand():
+    """The decode-step path (sdpa with the boost as a bias) against softmax(z + mask + w|z|) v written out."""
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, n, 8, generator=g) for n in (1, 7, 7))
+    mask = torch.zeros(2, 1, 1, 7)
+    mask[1, ..., :2] = torch.finfo(torch.float32).min  # row 1 is left-padded by two keys
+    key_weight, heads, scaling = torch.rand(2, 5, generator=g), torch.tensor([1.0, 0.5, 0.0]), 8 ** -0.5
+    key_weight[1, :2] = 0.0  # padding is never boosted
+    weight = _decode_weight(key_weight, heads, scaling, 9, torch.float32, query.device)
+    assert weight.shape == (2, 3, 1, 9) and not weight[..., 5:].any()
+    out = _boosted_decode(query, key, value, mask, scaling, weight)
+    z = query @ key.transpose(2, 3) * scaling
+    w = torch.zeros(2, 3, 1, 7)
+    w[..., :5] = key_weight[:, None, None, :] * heads[None, :, None, None]  # generated keys 5, 6: no boost
+    expected = torch.softmax(z + mask + w * z.abs(), -1) @ value
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_boosted_decode(query, key, value, None, scaling, weight),
+                               (torch.softmax(z + w * z.abs(), -1) @ value).transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
 def test_boost_raises_attention_on_chosen_heads_and_keys():

@@ -7,8 +7,9 @@ from PIL import Image
 from scipy import ndimage
 
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
-from vizoo.vlm import carve
-from vizoo.vlm.carve import contrast, fuse, keep_regions, refine_image, step_weights, top_p_mask
+from vizoo.vlm import carve, get_adapter
+from vizoo.vlm.carve import (attention_maps, contrast, fuse, keep_regions, prompt_maps, refine_image, step_weights,
+                              top_p_mask)
 
 
 def test_contrast_by_hand():
@@ -99,6 +100,45 @@ def test_carve_cached_equals_uncached(build):
             carve(model, processor, image.crop((0, 0, 30, 30)), "what ?", general=cached, **kwargs)
 
 
+def test_batched_passes_end_at_each_rows_eos():
+    """Two prompts of different lengths as rows of one cached generation: each row's maps and tokens equal its
+    own uncached loop, and a row that meets EOS early keeps only its own steps."""
+    model, processor = tiny_llava()
+    adapter = get_adapter(model)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    prompts = [adapter.inputs(processor, [image], text) for text in ("what is this ?", "write a general description of the image")]
+    assert prompts[0]["input_ids"].shape[1] != prompts[1]["input_ids"].shape[1]  # one row is padded
+    free = prompt_maps(adapter, prompts, [0, 2], 6)
+    task, general = free[0][1][0].tolist(), free[1][1][0].tolist()
+    eos = next(t for t in task[1:] if t not in general)  # ends the task row only
+    model.generation_config.eos_token_id = eos
+    try:
+        batched = prompt_maps(adapter, prompts, [0, 2], 6)
+        single = [attention_maps(adapter, p, [0, 2], 6, use_cache=False) for p in prompts]
+    finally:
+        model.generation_config.eos_token_id = None
+    assert batched[0][1].shape[1] == task.index(eos) + 1 < batched[1][1].shape[1]
+    for (maps, ids), (ref_maps, ref_ids) in zip(batched, single):
+        assert torch.equal(ids, ref_ids) and maps.shape == (ids.shape[1], 2, 4, 4)
+        torch.testing.assert_close(maps, ref_maps, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_qwen2_vl, id="qwen2_vl")])
+def test_carve_static_cache_equals_dynamic(build):
+    """compile=True runs a static KV cache (compiled on a GPU only): the captured rows then span the whole
+    cache, padded keys included; the maps, mask and answers equal the default path's."""
+    model, processor = build()
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    kwargs = dict(layers=[0, 2], max_new_tokens=4, top_p=0.3, regions=1)
+    dynamic = carve(model, processor, image, "what is this ?", **kwargs)
+    static = carve(model, processor, image, "what is this ?", compile=True, **kwargs)
+    torch.testing.assert_close(static.task_maps, dynamic.task_maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(static.general_maps, dynamic.general_maps, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(static.mask, dynamic.mask)
+    assert (static.answer, static.task_answer, static.general_answer) == \
+        (dynamic.answer, dynamic.task_answer, dynamic.general_answer)
+
+
 def test_carve_bad_input(tmp_path):
     model, processor = tiny_llava()
     image = Image.new("RGB", (30, 30))
@@ -106,6 +146,8 @@ def test_carve_bad_input(tmp_path):
         carve(model, processor, image, "   ", layers=[0])
     with pytest.raises(ValueError, match="top_p"):
         carve(model, processor, image, "what ?", layers=[0], top_p=0.0)
+    with pytest.raises(ValueError, match="needs use_cache"):
+        carve(model, processor, image, "what ?", layers=[0], compile=True, use_cache=False)
     with pytest.raises(ValueError, match="3 decoder layers"):
         carve(model, processor, image, "what ?")  # the default layers 20..25 do not exist in a 3-layer model
     broken = tmp_path / "broken.png"

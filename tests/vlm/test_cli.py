@@ -77,7 +77,8 @@ def test_chair_command(workdir):
     (["--image", "{w}/0.png", "--question", "what ?", "--top-p", "1.5"], "top_p must be in"),
     (["--image", "{w}/missing.png", "--question", "what ?"], "image file not found"),
     (["--image", "{w}/0.png", "--question", "what ?", "--layers", "20-25"], "3 decoder layers"),
-], ids=["undecodable", "empty-question", "p", "missing", "layers"])
+    (["--image", "{w}/0.png", "--question", "what ?", "--compile", "--no-cache"], "--compile needs the KV cache"),
+], ids=["undecodable", "empty-question", "p", "missing", "layers", "compile-no-cache"])
 def test_carve_command_bad_input(workdir, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["carve", "--model", str(workdir / "tiny-llava"), "--out", str(workdir / "bad")]

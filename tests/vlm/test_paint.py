@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_vl
+from vlm_testlib import TwoPass, tiny_llava, tiny_llava_next, tiny_qwen2_vl
 from vizoo.vlm import get_adapter, paint
 from vizoo.vlm.paint import select_tokens
 
@@ -37,6 +37,12 @@ def test_llava_next_zero_strength_and_selection():
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), plain)
     selection = painter.last["selection"]
     assert selection.first_layer.numel() == 16 and selection.local.numel() + selection.summary.numel() >= 1
+    with paint(model, processor, gamma=0.3):  # the text row beside an any-resolution image
+        batched = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    with paint(model, processor, gamma=0.0):
+        two_pass = model.generate(**inputs, max_new_tokens=4, do_sample=False,
+                                  logits_processor=[TwoPass(get_adapter(model), inputs, 0.3)])
+    assert torch.equal(batched, two_pass)
 
 
 def test_select_tokens_by_hand():
@@ -89,6 +95,56 @@ def test_text_only_correction_equals_uncached_formula(llava):
         assert out.sequences[0, n + t] == expected.argmax()
 
 
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampling"])
+def test_batched_text_row_equals_two_pass(llava, sample):
+    """The text-only row run as a second batch row gives the tokens (and scores) of the sequential second pass,
+    with the boost on, greedy and sampling alike; a capture inside keeps the image row only."""
+    model, processor, inputs = llava
+    adapter = get_adapter(model)
+    kwargs = dict(max_new_tokens=6, do_sample=sample, output_scores=True, return_dict_in_generate=True)
+    if sample:
+        kwargs.update(top_k=0, top_p=1.0, temperature=1.0)
+    torch.manual_seed(3)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.5), adapter.capture([1, 3]) as rows:
+        batched = model.generate(**inputs, **kwargs)
+    torch.manual_seed(3)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.0):
+        reference = model.generate(**inputs, logits_processor=[TwoPass(adapter, inputs, 0.5)], **kwargs)
+    assert torch.equal(batched.sequences, reference.sequences)
+    for ours, ref in zip(batched.scores, reference.scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert len(rows[3]) == 6 and rows[3][0].shape[0] == 1 and rows[3][-1].shape[-1] == inputs["input_ids"].shape[1] + 5
+
+
+def test_decode_fast_path_equals_eager_boost(llava):
+    """Decode steps with the boost take the sdpa path unless a capture needs the weights; capturing every layer
+    forces eager attention with the boost written into the scores: the same scores and tokens."""
+    model, processor, inputs = llava
+    adapter = get_adapter(model)
+    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.1, head_specific=True):
+        fast = model.generate(**inputs, **kwargs)
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.1, head_specific=True), adapter.capture(range(4)):
+        eager = model.generate(**inputs, **kwargs)
+    assert torch.equal(fast.sequences, eager.sequences)
+    for ours, ref in zip(fast.scores, eager.scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    with paint(model, processor, alpha=0.0, beta=0.0, gamma=0.1):
+        unboosted = model.generate(**inputs, **kwargs)
+    finite = torch.isfinite(fast.scores[0]) & torch.isfinite(unboosted.scores[0])
+    assert not torch.allclose(fast.scores[0][finite], unboosted.scores[0][finite])  # the boost did change them
+
+
+def test_output_attentions_inside_paint(llava):
+    """Asked for, every layer's attention comes back (eager where sdpa would hide it), for the image row only."""
+    model, processor, inputs = llava
+    with paint(model, processor, gamma=0.5):
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_attentions=True,
+                             return_dict_in_generate=True)
+    n = inputs["input_ids"].shape[1]
+    assert [tuple(a.shape) for a in out.attentions[2]] == [(1, 4, 1, n + 2)] * 4
+
+
 def test_head_specific_weights(llava):
     model, processor, inputs = llava
     with paint(model, processor, layers=[2, 3], head_specific=True, gamma=0.0) as painter:
@@ -113,3 +169,7 @@ def test_bad_input(llava):
     text = processor(text=["USER: what is this ? ASSISTANT:"], return_tensors="pt")
     with paint(model, processor), pytest.raises(ValueError, match="pixel_values"):
         model.generate(**text, max_new_tokens=1)
+    _, _, inputs = llava
+    with paint(model, processor), pytest.raises(ValueError, match="beam search"):
+        model.generate(**inputs, max_new_tokens=2, num_beams=2)
+    assert not model._forward_pre_hooks and not model._forward_hooks  # the text row's hooks are gone

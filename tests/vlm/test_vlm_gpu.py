@@ -7,10 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_testlib import tiny_llava, tiny_qwen2_vl
+from vlm_testlib import TwoPass, tiny_llava, tiny_qwen2_vl
 from vizoo.vlm import carve, get_adapter, paint
 
 pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """CARVE batches its two prompts (two images in one vision pass) where the uncached loop runs them one by
+    one; with TF32 convolutions the two batch sizes can round differently at 1e-3, which these comparisons
+    are not about."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _image(h, w):
@@ -48,6 +59,26 @@ def test_gpu_paint_zero_is_plain(llava):
         assert torch.equal(model.generate(**inputs, max_new_tokens=32, do_sample=False), plain)
 
 
+def test_gpu_paint_text_row_and_decode_path(llava):
+    """The batched text row equals the sequential text-only pass, and the sdpa decode path with the boost equals
+    eager attention with the boost (forced by capturing every layer), on 576 image tokens."""
+    model, processor = llava
+    adapter = get_adapter(model)
+    inputs = adapter.inputs(processor, [_image(400, 336)], "please describe the image in detail .")
+    kwargs = dict(max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with paint(model, processor, gamma=0.1):
+        batched = model.generate(**inputs, **kwargs)
+    with paint(model, processor, gamma=0.0):
+        two_pass = model.generate(**inputs, logits_processor=[TwoPass(adapter, inputs, 0.1)], **kwargs)
+    with paint(model, processor, gamma=0.1), adapter.capture(range(8)):
+        eager = model.generate(**inputs, **kwargs)
+    assert torch.equal(batched.sequences, two_pass.sequences)
+    assert torch.equal(batched.sequences, eager.sequences)
+    for ours, seq, ref in zip(batched.scores, two_pass.scores, eager.scores):
+        torch.testing.assert_close(ours, seq, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_gpu_carve_cached_equals_uncached(llava, family):
     if family == "llava":
@@ -62,3 +93,18 @@ def test_gpu_carve_cached_equals_uncached(llava, family):
     torch.testing.assert_close(cached.task_maps, uncached.task_maps, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(cached.general_maps, uncached.general_maps, rtol=1e-4, atol=1e-6)
     assert (cached.answer, cached.task_answer) == (uncached.answer, uncached.task_answer)
+
+
+def test_gpu_carve_compiled_equals_cached(llava):
+    """compile=True on a GPU: transformers compiles the decode step (CUDA graphs); the captured rows survive the
+    graph replays (copied out after each step; rows left in CUDA-graph memory would all show the last step)
+    and the result equals the uncompiled cached run. The first calls compile (a minute or so); a second
+    question of another length must not break it."""
+    model, processor = llava
+    kwargs = dict(layers=range(2, 8), max_new_tokens=16)
+    for question in ("what is this ?", "what color is the car on the left ?"):
+        compiled = carve(model, processor, _image(400, 336), question, compile=True, **kwargs)
+        cached = carve(model, processor, _image(400, 336), question, **kwargs)
+        torch.testing.assert_close(compiled.task_maps, cached.task_maps, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(compiled.general_maps, cached.general_maps, rtol=1e-3, atol=1e-6)
+        assert (compiled.answer, compiled.task_answer) == (cached.answer, cached.task_answer)

@@ -2,6 +2,7 @@
 
 The tokenizer is a word-level ``tokenizers`` model over a small made-up vocabulary; the image processors are
 constructed from arguments. Each model has well under 0.2 M parameters and runs a forward in milliseconds.
+``TwoPass`` is the sequential text-only correction that PAINT's batched text row is tested against.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from vizoo.vlm.paint import contrast_scores
+
 VOCAB_SIZE = 128
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
@@ -30,6 +33,21 @@ WORDS = ("a an the is are of on in with and to this image picture photo what whe
          "not there person man woman dog cat car bus bicycle table chair cup bottle pizza cake tree sky red blue "
          "green white black two three one left right top bottom sitting standing user assistant system USER ASSISTANT you : . , ? "
          "\n").split(" ")
+
+
+class TwoPass:
+    """The straightforward text-only correction (PAINT's earlier implementation, uncached here): a second,
+    sequential forward per token over the prompt without its image tokens plus the tokens generated so far."""
+
+    def __init__(self, adapter, inputs, gamma):
+        self.adapter, self.gamma = adapter, gamma
+        self.text, self.n = adapter.text_only(inputs)["input_ids"], inputs["input_ids"].shape[1]
+
+    def __call__(self, input_ids, scores):
+        with torch.no_grad(), self.adapter.disabled():
+            ids = torch.cat([self.text, input_ids[:, self.n:]], 1)
+            text_logits = self.adapter.model(input_ids=ids, use_cache=False).logits[:, -1]
+        return contrast_scores(scores, text_logits, self.gamma)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

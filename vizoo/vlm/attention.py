@@ -10,7 +10,11 @@ weighted sum) and in addition, while a :meth:`VLMAdapter.capture` or :meth:`VLMA
   keys, per head, once per forward pass (so once per generated token with the KV cache);
 * adds ``w_h * v_j * |z_j|`` to the **pre-softmax** score ``z_j`` of the last query on key ``j`` for the
   chosen layers, with a per-key weight ``v`` (zero on keys left alone) and an optional per-head weight ``w``
-  (PAINT's boost, vizoo.vlm.paint).
+  (PAINT's boost, vizoo.vlm.paint): in place on the scores in prompt passes and captured steps, and as an
+  additive bias to ``sdpa`` in the other decode steps (one query: ``w_j |z_j|`` is a per-key constant
+  once ``z`` is known), which needs about half the kernels of eager attention with the boost;
+* inside a :meth:`VLMAdapter.fused_elsewhere` block, hands the layers that neither capture nor boost to
+  transformers' ``sdpa`` attention, so only the layers that need the scores pay for eager attention.
 
 With no block open the function is plain eager attention, so generation is unchanged (tested bit for bit).
 The vision tower keeps its own attention implementation. Fused implementations (sdpa, flash) never
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
@@ -42,42 +47,106 @@ class AttentionState:
 
     capture_layers: frozenset[int] = frozenset()
     rows: dict[int, list[Tensor]] = field(default_factory=dict)  # layer -> one (B, H, K) row per forward
+    capture_batch: int | None = None  # record only the first rows of the batch (PAINT's text row is not kept)
+    deferred: bool = False  # rows go to `latest` (one slot per layer) and KeepCaptured appends copies
+    latest: dict[int, Tensor] = field(default_factory=dict)
     boost_layers: frozenset[int] = frozenset()
     key_weight: Tensor | None = None  # (B, K0): the boost of the last query on keys 0..K0-1
     head_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> (H,); missing layer means all 1
+    layer_weight: dict[int, Tensor] = field(default_factory=dict)  # layer -> the two above, multiplied and cast
+    decode_weight: dict[int, Tensor] = field(default_factory=dict)  # the same as a bias for decode steps
     enabled: bool = True  # PAINT's text-only pass switches the boost off
+    fused_elsewhere: bool = False  # layers neither captured nor boosted run transformers' sdpa
 
 
 def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-               scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor]:
+               scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor | None]:
+    state: AttentionState | None = getattr(module, "_vizoo_state", None)
+    layer = getattr(module, "layer_idx", None)
+    active = state is not None and state.enabled
+    boost = active and layer in state.boost_layers and state.key_weight is not None
+    capture = active and layer in state.capture_layers
+    if state is not None and state.fused_elsewhere and not (boost or capture or kwargs.get("output_attentions")):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                              dropout=dropout, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` consecutive query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
+    if boost and not capture and query.shape[2] == 1 and not (dropout and module.training) \
+            and not kwargs.get("output_attentions"):
+        weight = state.decode_weight.get(layer)
+        if weight is None or weight.shape[-1] < key.shape[-2] or weight.dtype != query.dtype \
+                or weight.device != query.device:
+            weight = _decode_weight(state.key_weight, state.head_weight.get(layer), scaling, key.shape[-2] + 256,
+                                    query.dtype, query.device)
+            state.decode_weight[layer] = weight
+        return _boosted_decode(query, key, value, attention_mask, scaling, weight), None
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    state: AttentionState | None = getattr(module, "_vizoo_state", None)
-    layer = getattr(module, "layer_idx", None)
-    if state is not None and state.enabled and layer in state.boost_layers and state.key_weight is not None:
-        scores = _boost_last_row(scores, state.key_weight, state.head_weight.get(layer))
+    if boost:
+        weight = state.layer_weight.get(layer)
+        if weight is None or weight.dtype != scores.dtype or weight.device != scores.device:
+            weight = _layer_weight(state.key_weight, state.head_weight.get(layer), scores.dtype, scores.device)
+            state.layer_weight[layer] = weight
+        _boost_last_row(scores, weight)  # scores is a fresh tensor: changed in place
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if state is not None and state.enabled and layer in state.capture_layers:
-        state.rows.setdefault(layer, []).append(weights[:, :, -1, :].detach().float())
+    if capture:
+        row = weights[: state.capture_batch, :, -1, :].detach().float()
+        if state.deferred:  # a compiled step: a fixed slot, copied out by KeepCaptured after the forward
+            state.latest[layer] = row
+        else:
+            state.rows.setdefault(layer, []).append(row)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
 
 
-def _boost_last_row(scores: Tensor, key_weight: Tensor, head_weight: Tensor | None) -> Tensor:
-    """z_j + w_h * v_j * |z_j| on the last query row, for the keys the weight covers (the prompt's)."""
-    n = min(key_weight.shape[-1], scores.shape[-1])
-    last = scores[:, :, -1, :n]
-    weight = key_weight[:, None, :n].to(last.dtype)
+def _layer_weight(key_weight: Tensor, head_weight: Tensor | None, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """(B, heads or 1, K0): ``w_h * v_j`` in the scores' dtype, built once per layer and boost block."""
+    weight = key_weight[:, None, :].to(device, torch.float32)
     if head_weight is not None:
-        weight = weight * head_weight[None, :, None].to(last.dtype)
-    scores = scores.clone()
-    scores[:, :, -1, :n] = last + weight * last.abs()
+        weight = weight * head_weight[None, :, None].to(device, torch.float32)
+    return weight.to(dtype)
+
+
+def _decode_weight(key_weight: Tensor, head_weight: Tensor | None, scaling: float, length: int,
+                   dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(B, heads or 1, 1, length): ``scaling * w_h * v_j``, zero beyond the prompt's keys, for
+    :func:`_boosted_decode`; built once per layer and boost block (again only if the keys outgrow it)."""
+    weight = _layer_weight(key_weight, head_weight, torch.float32, device) * scaling
+    weight = F.pad(weight, (0, max(0, length - weight.shape[-1])))
+    return weight[:, :, None, :].to(dtype)
+
+
+def _boosted_decode(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, scaling: float,
+                    weight: Tensor) -> Tensor:
+    """Attention of one query (a decode step) with the boost, through sdpa: for keys the mask leaves visible,
+    ``z + w |z|`` is ``z`` plus the additive bias ``scaling * w |q . k|``, so the bias (with the mask) goes
+    in sdpa's ``attn_mask``. Four kernels (matmul, abs, addcmul, sdpa) where eager attention with the boost
+    needs about nine; it never forms the softmax, so it serves only when no capture needs the weights.
+    Returns (B, 1, heads, head_dim), like the attention functions."""
+    (batch, heads, _, dim), length = query.shape, key.shape[-2]
+    raw = torch.bmm(query.reshape(batch * heads, 1, dim), key.reshape(batch * heads, length, dim).transpose(1, 2))
+    raw = raw.view(batch, heads, 1, length).abs_()  # |q . k|
+    if attention_mask is None:
+        bias = raw.mul_(weight[..., :length])
+    else:
+        bias = torch.addcmul(attention_mask[:, :, :, :length], weight[..., :length], raw).to(query.dtype)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
+    return out.transpose(1, 2).contiguous()
+
+
+def _boost_last_row(scores: Tensor, weight: Tensor) -> Tensor:
+    """In place, ``z_j + w_hj |z_j|`` on the last query row for the keys ``weight`` (B, H or 1, K0) covers
+    (the prompt's); two kernels (abs, addcmul). Serves prompt passes and steps whose weights are captured."""
+    n = min(weight.shape[-1], scores.shape[-1])
+    last = scores[:, :, -1, :n]
+    last.addcmul_(weight[..., :n], last.abs())
     return scores
 
 
@@ -148,6 +217,16 @@ class VLMAdapter:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def pad_id(self) -> int:
+        """The id that pads a batch row (from the generation or text config; 0 when neither has one)."""
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = getattr(getattr(self.config, "text_config", self.config), "pad_token_id", None)
+        if isinstance(pad, (list, tuple)):
+            pad = pad[0]
+        return 0 if pad is None else int(pad)
+
     def check_layers(self, layers: Iterable[int], what: str = "layers") -> list[int]:
         layers = sorted({int(i) for i in layers})
         if not layers:
@@ -213,21 +292,27 @@ class VLMAdapter:
 
     # -- capture and boost
     @contextlib.contextmanager
-    def capture(self, layers: Iterable[int]) -> Iterator[dict[int, list[Tensor]]]:
+    def capture(self, layers: Iterable[int], deferred: bool = False) -> Iterator[dict[int, list[Tensor]]]:
         """Record the last query's attention row in each of ``layers``, once per forward pass.
 
         Yields a dict layer -> list over forward passes of (B, heads, keys) float32 rows; with a KV cache the
-        list runs over generated tokens (the first entry is the prompt's last position).
+        list runs over generated tokens (the first entry is the prompt's last position). ``deferred`` is for
+        compiled decode steps
+        (``torch.compile``, CUDA graphs): each forward leaves its rows in one fixed slot per layer, and the
+        :class:`KeepCaptured` logits processor, which ``generate`` calls after every forward, appends copies;
+        appending inside a compiled step would make every step compile again (the list's length is guarded)
+        and keep tensors that the next CUDA-graph replay overwrites.
         """
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()  # someone may have set another implementation since the adapter was built
         state = self.state
-        saved = state.capture_layers, state.rows
-        state.capture_layers, state.rows = layers, {}
+        saved = state.capture_layers, state.rows, state.capture_batch, state.deferred, state.latest
+        state.capture_layers, state.rows, state.capture_batch = layers, {}, None
+        state.deferred, state.latest = deferred, {}
         try:
             yield state.rows
         finally:
-            state.capture_layers, state.rows = saved
+            state.capture_layers, state.rows, state.capture_batch, state.deferred, state.latest = saved
 
     @contextlib.contextmanager
     def boost(self, layers: Iterable[int], key_weight: Tensor,
@@ -242,12 +327,24 @@ class VLMAdapter:
         layers = frozenset(self.check_layers(layers))
         self._switch_attention()
         state = self.state
-        saved = state.boost_layers, state.key_weight, state.head_weight
+        saved = state.boost_layers, state.key_weight, state.head_weight, state.layer_weight, state.decode_weight
         state.boost_layers, state.key_weight, state.head_weight = layers, key_weight, dict(head_weight or {})
+        state.layer_weight, state.decode_weight = {}, {}
         try:
             yield state
         finally:
-            state.boost_layers, state.key_weight, state.head_weight = saved
+            (state.boost_layers, state.key_weight, state.head_weight, state.layer_weight,
+             state.decode_weight) = saved
+
+    @contextlib.contextmanager
+    def fused_elsewhere(self) -> Iterator[None]:
+        """Inside the block, decoder layers that neither capture nor boost run transformers' ``sdpa`` attention
+        (a fused kernel; the same math up to rounding) instead of eager; with no capture or boost open, all do."""
+        saved, self.state.fused_elsewhere = self.state.fused_elsewhere, True
+        try:
+            yield
+        finally:
+            self.state.fused_elsewhere = saved
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -257,6 +354,19 @@ class VLMAdapter:
             yield
         finally:
             self.state.enabled = saved
+
+
+class KeepCaptured:
+    """A logits processor for ``generate`` inside ``capture(..., deferred=True)``: after each forward, append a
+    copy of every layer's latest row to the captured lists."""
+
+    def __init__(self, adapter: VLMAdapter):
+        self.state = adapter.state
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for layer, row in self.state.latest.items():
+            self.state.rows.setdefault(layer, []).append(row.clone())
+        return scores
 
 
 class LlavaAdapter(VLMAdapter):

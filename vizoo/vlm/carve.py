@@ -25,11 +25,16 @@ Method (faithful):
 
 Differs:
     * The generations use the KV cache (``use_cache=True``, default): transformers' ``generate`` with a pure
-      greedy configuration, one forward per token. The official code reruns the whole sequence for every
-      token; ``use_cache=False`` does that too and gives the same maps and answers (tested).
+      greedy configuration, one forward per token, and the task and general prompts run as the two
+      (left-padded) rows of **one** generation, so their decode steps, which at batch 1 or 2 are bound by
+      kernel launches rather than arithmetic, are paid once; each row stops at its own EOS. The official code
+      reruns the whole sequence for every token, one prompt after the other; ``use_cache=False`` does that too
+      and gives the same maps and answers (tested).
     * The attention comes from vizoo's eager attention function (vizoo.vlm.attention) instead of
-      ``output_attentions``, so only the chosen layers' last rows are kept.
-    * The first two passes run all layers (the paper notes they could stop after the last chosen layer).
+      ``output_attentions``, so only the chosen layers' last rows are kept; the other layers, and every layer
+      of the final answer, run transformers' ``sdpa`` (same math, fused; results equal up to rounding).
+    * The first two passes run all layers (the paper notes they could stop after the last chosen layer; the
+      greedy tokens need the logits, so vizoo does not).
     * ``general=`` reuses the general-instruction pass of an earlier question on the same image (the paper's
       appendix suggests this caching; ``vizoo carve`` does it for consecutive questions on one image).
 """
@@ -45,7 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from vizoo.vlm.attention import VLMAdapter, get_adapter
+from vizoo.vlm.attention import KeepCaptured, VLMAdapter, get_adapter
 from vizoo.vlm.images import load_image
 
 TASK_SUFFIX = " Answer the question using a single word or phrase."
@@ -132,13 +137,18 @@ def refine_image(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, tup
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def greedy_config(model: nn.Module, max_new_tokens: int):
-    """Pure greedy decoding (no sampling, no repetition penalty) ending at the model's EOS ids."""
-    from transformers import GenerationConfig
+def greedy_config(model: nn.Module, max_new_tokens: int, compile: bool = False):
+    """Pure greedy decoding (no sampling, no repetition penalty) ending at the model's EOS ids.
+
+    ``compile`` asks for a static KV cache, with which transformers compiles the decode step
+    (``torch.compile``, CUDA graphs) on a GPU; elsewhere it runs the static cache uncompiled.
+    """
+    from transformers import CompileConfig, GenerationConfig
 
     base = model.generation_config
+    extra = dict(cache_implementation="static", compile_config=CompileConfig()) if compile else {}
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=base.eos_token_id,
-                            pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id)
+                            pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id, **extra)
 
 
 def _eos_ids(model: nn.Module) -> set[int]:
@@ -147,11 +157,13 @@ def _eos_ids(model: nn.Module) -> set[int]:
 
 
 @torch.no_grad()
-def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cache: bool = True) -> Tensor:
-    """The generated token ids (1, T). ``use_cache=False`` reruns the whole sequence for every token."""
+def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cache: bool = True,
+                    compile: bool = False) -> Tensor:
+    """The generated token ids (1, T). ``use_cache=False`` reruns the whole sequence for every token;
+    ``compile`` see :func:`greedy_config`."""
     n = inputs["input_ids"].shape[1]
     if use_cache:
-        return model.generate(**inputs, generation_config=greedy_config(model, max_new_tokens))[:, n:]
+        return model.generate(**inputs, generation_config=greedy_config(model, max_new_tokens, compile))[:, n:]
     inputs, eos = dict(inputs), _eos_ids(model)
     for _ in range(max_new_tokens):
         token = model(**inputs, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
@@ -165,6 +177,70 @@ def generate_greedy(model: nn.Module, inputs: dict, max_new_tokens: int, use_cac
     return inputs["input_ids"][:, n:]
 
 
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # one entry per position
+
+
+def stack_prompts(prompts: Sequence[dict], pad_id: int) -> tuple[dict, list[int]]:
+    """One batch from batch-1 processor outputs: per-position tensors left-padded (pad id, mask 0, type 0) to
+    the longest, the others (pixel values, image sizes or grids) concatenated. Returns it and each row's
+    padding."""
+    length = max(p["input_ids"].shape[1] for p in prompts)
+    pads = [length - p["input_ids"].shape[1] for p in prompts]
+    batch = {}
+    for key in prompts[0]:
+        values = [p[key] for p in prompts]
+        if key in TOKEN_KEYS:
+            fill = pad_id if key == "input_ids" else 0
+            values = [F.pad(v, (pad, 0), value=fill) for v, pad in zip(values, pads)]
+        batch[key] = torch.cat(values)
+    return batch, pads
+
+
+def _length(ids: Tensor, eos: set[int]) -> int:
+    """Tokens up to and including the first EOS (all of them without one)."""
+    for t, token in enumerate(ids.tolist()):
+        if token in eos:
+            return t + 1
+    return ids.numel()
+
+
+def prompt_maps(adapter: VLMAdapter, prompts: Sequence[dict], layers: Sequence[int], max_new_tokens: int,
+                use_cache: bool = True, compile: bool = False) -> list[tuple[Tensor, Tensor]]:
+    """Greedy generation for each prompt (batch-1 processor outputs) recording, per step and layer, the
+    head-mean attention of the current query over the prompt's first image on its grid.
+
+    Returns one (maps (T, L, rows, cols), generated ids (1, T)) per prompt. With ``use_cache`` the prompts run
+    as the rows of **one** KV-cached generation (left-padded: padded keys get weight 0 and position ids start
+    after the padding), so the decode steps, bound by kernel launches at these batch sizes, are shared; each
+    row's steps end at its own EOS. ``use_cache=False`` runs each prompt on its own and reruns the whole
+    sequence for every token (the official code's loop); both give the same maps (tested). ``compile``
+    (cached only) uses a static cache and, on a GPU, transformers' compiled decode step.
+    """
+    if not use_cache:
+        return [attention_maps(adapter, p, layers, max_new_tokens, use_cache=False) for p in prompts]
+    model = adapter.model
+    batch, pads = stack_prompts(prompts, adapter.pad_id)
+    with adapter.capture(layers, deferred=compile) as captured:
+        keep = [KeepCaptured(adapter)] if compile else []
+        out = model.generate(**batch, generation_config=greedy_config(model, max_new_tokens, compile),
+                             logits_processor=keep)
+    length = batch["input_ids"].shape[1]
+    generated, eos, rows = out[:, length:], _eos_ids(model), _prompt_rows(captured, length)
+    results = []
+    for row, (prompt, pad) in enumerate(zip(prompts, pads)):
+        positions, grid = adapter.grid_positions(prompt) + pad, adapter.image_grid(prompt)
+        steps = _length(generated[row], eos)
+        maps = rows[:steps, :, row][..., positions]
+        results.append((maps.reshape(steps, -1, *grid).cpu(), generated[row: row + 1, :steps]))
+    return results
+
+
+def _prompt_rows(captured: dict[int, list[Tensor]], length: int) -> Tensor:
+    """(steps, layers, batch, keys): the captured rows over the first ``length`` keys, mean over heads."""
+    return torch.stack([torch.stack([r[..., :length] for r in captured[layer]]) for layer in sorted(captured)],
+                       1).mean(-2)
+
+
 def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max_new_tokens: int,
                    use_cache: bool = True) -> tuple[Tensor, Tensor]:
     """Greedy generation recording, per step and layer, the head-mean attention of the current query over the
@@ -173,10 +249,8 @@ def attention_maps(adapter: VLMAdapter, inputs: dict, layers: Sequence[int], max
     rows, cols = adapter.image_grid(inputs)
     with adapter.capture(layers) as captured:
         ids = generate_greedy(adapter.model, inputs, max_new_tokens, use_cache)
-    layers = sorted(captured)
-    maps = torch.stack([torch.stack([captured[layer][t][0].mean(0)[positions] for layer in layers])
-                        for t in range(len(captured[layers[0]]))])
-    return maps.reshape(maps.shape[0], len(layers), rows, cols).cpu(), ids
+    maps = _prompt_rows(captured, inputs["input_ids"].shape[1])[:, :, 0][..., positions]
+    return maps.reshape(maps.shape[0], -1, rows, cols).cpu(), ids
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -222,7 +296,7 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
           steps: str = "all", lam: float = 1e-8, top_p: float = 0.2, regions: int = 3,
           region_strategy: str = "attention_sum", final: str = "both", max_new_tokens: int = 32,
           use_cache: bool = True, general_instruction: str = GENERAL_INSTRUCTION,
-          suffix: str = TASK_SUFFIX, general: CarveResult | None = None) -> CarveResult:
+          suffix: str = TASK_SUFFIX, general: CarveResult | None = None, compile: bool = False) -> CarveResult:
     """Answer ``question`` about ``image`` with CARVE (defaults are the official code's).
 
     Args:
@@ -240,6 +314,10 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
         use_cache: KV-cached generation (same result as the official uncached loop, faster).
         general: an earlier result on the same image with the same layers and ``max_new_tokens``: its
             general-instruction pass is reused (it depends on the image only), saving one of the three passes.
+        compile: static KV cache and, on a GPU, a compiled decode step (``torch.compile`` with CUDA graphs,
+            through transformers' ``generate``), for the two generations; the same results. The first call
+            for each prompt length compiles or records graphs (minutes for a 7B model); worth it over many
+            calls of one shape. Needs ``use_cache``.
     """
     question = check_question(question)
     _check_p(top_p)
@@ -253,6 +331,8 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
         raise ValueError(f"regions must be an integer >= 1, got {regions!r}")
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True (it compiles the cached decode step)")
     adapter = get_adapter(model)
     layers = adapter.check_layers(layers)
     image = load_image(image)
@@ -262,13 +342,16 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
                                     and general.options.get("layers") == layers
                                     and general.options.get("max_new_tokens") == max_new_tokens):
         raise ValueError("general= must come from the same image, layers and max_new_tokens")
-    task_maps, task_ids = attention_maps(adapter, task_inputs, layers, max_new_tokens, use_cache)
+    prompts = [task_inputs]
+    if general is None:
+        prompts.append(adapter.inputs(processor, [image], general_instruction + suffix))
+    with adapter.fused_elsewhere():  # layers outside `layers` need no scores: sdpa
+        passes = prompt_maps(adapter, prompts, layers, max_new_tokens, use_cache, compile)
+    task_maps, task_ids = passes[0]
     if general is not None:
         general_maps, general_answer = general.general_maps, general.general_answer
     else:
-        general_inputs = adapter.inputs(processor, [image], general_instruction + suffix)
-        general_maps, general_ids = attention_maps(adapter, general_inputs, layers, max_new_tokens, use_cache)
-        general_answer = _decode(processor, general_ids)
+        general_maps, general_answer = passes[1][0], _decode(processor, passes[1][1])
     n = min(len(task_maps), len(general_maps))
     maps = contrast(task_maps[:n], general_maps[:n], lam)
     saliency = fuse(maps, (image.height, image.width), steps).numpy()
@@ -277,9 +360,10 @@ def carve(model: nn.Module, processor, image, question: str, *, layers: Sequence
 
     images = [image, refined] if final == "both" else [refined]
     final_inputs = adapter.inputs(processor, images, question + suffix)
-    answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True)
+    with adapter.fused_elsewhere():  # no capture: every layer runs sdpa
+        answer_ids = generate_greedy(model, final_inputs, max_new_tokens, use_cache=True, compile=compile)
     options = dict(layers=layers, steps=steps, lam=lam, top_p=top_p, regions=regions,
                    region_strategy=region_strategy, final=final, max_new_tokens=max_new_tokens,
-                   use_cache=use_cache)
+                   use_cache=use_cache, compile=compile)
     return CarveResult(_decode(processor, answer_ids), refined, mask, saliency, maps, task_maps, general_maps,
                        box, _decode(processor, task_ids), general_answer, options)

@@ -14,7 +14,8 @@ Method (faithful to the released code):
     * **Boost**, in decoder layers ``layers`` (default 2 to the last, as the code), on the last query row only,
       before the softmax: ``z + alpha |z|`` on local tokens, ``z + beta |z|`` on summary tokens, all heads alike.
     * **Text-only correction** (PAI's): the same prompt without the image runs beside the generation, with
-      the boost off, and the next-token log-probabilities become
+      the boost off (as a second row of the same forward passes, see below), and the next-token
+      log-probabilities become
       ``log p + gamma (log p - log p_text)``, keeping only tokens with ``p >= 0.1 max p``.
       ``gamma`` here is PAI's gamma minus one, so ``gamma = 0`` is no correction; the released configuration
       (PAI gamma 1.1) is ``gamma = 0.1``.
@@ -32,13 +33,17 @@ Options beyond the released code:
 
 Differs: the text-only prompt is the given prompt with its image tokens removed (PAI builds a second prompt
 from the question); the boost runs through vizoo's attention function (vizoo.vlm.attention) instead of a
-patched Llama forward. Batch size 1 (the command loops over images). Needs a CLIP-style vision tower with a
-CLS token, so it supports the LLaVA family; Qwen-VL's vision encoder has no CLS token.
+patched Llama forward. The text-only sequence is not a second sequential forward per token (as in PAI) but a
+second batch row of each forward ``generate`` makes (:class:`TextRow`): the image positions are padding that
+row 1 cannot attend to and its position ids skip them, so it computes the text-only prompt exactly (tested
+token for token against the sequential pass, greedy and sampling); a decode step of batch 2 costs about what
+one of batch 1 costs, where the second pass nearly doubled the time per token. Batch size 1 (the command loops
+over images). Needs a CLIP-style vision tower with a CLS token, so it supports the LLaVA family; Qwen-VL's
+vision encoder has no CLS token.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -105,38 +110,100 @@ def vision_scores(adapter: VLMAdapter, pixel_values: Tensor) -> tuple[Tensor, Te
     return first[:, 0, 1:].sum(0), penultimate[:, 0, 1:].sum(0), received
 
 
-class TextOnlyContrast:
-    """A transformers logits processor: ``log p + gamma (log p - log p_text)`` with p < 0.1 max p masked out.
+def contrast_scores(scores: Tensor, text_logits: Tensor, gamma: float) -> Tensor:
+    """``log p + gamma (log p - log p_text)``, with the tokens where p < 0.1 max p set to -inf."""
+    log_p = torch.log_softmax(scores.float(), -1)
+    log_text = torch.log_softmax(text_logits.float(), -1)
+    out = log_p + gamma * (log_p - log_text)
+    implausible = log_p < log_p.max(-1, keepdim=True).values + math.log(0.1)
+    return out.masked_fill(implausible, -math.inf).to(scores.dtype)
 
-    ``p_text`` comes from the same model on ``text_ids`` (the prompt without the image) followed by the tokens
-    generated so far, with the boost off and its own KV cache.
+
+class TextRow:
+    """PAINT's text-only sequence as a second batch row of the model's own forward passes.
+
+    While attached (forward hooks on the model), every forward that ``generate`` makes for its one prompt runs
+    with batch 2: row 0 is what ``generate`` asked for, row 1 the same tokens with the image tokens (and their
+    markers) replaced by padding and masked out of attention, with position ids that skip them. Row 1 therefore
+    computes exactly the prompt without its image followed by the tokens generated so far (the padded keys get
+    softmax weight 0), in the same kernel launches as row 0 and with the same (batch-2) KV cache; the forward
+    hook hands ``generate`` row 0 only and keeps row 1's next-token logits. ``generate`` itself still runs with
+    batch 1 (its logits processors, sampling and stopping are unchanged); the object is also the logits
+    processor that applies :func:`contrast_scores` with row 1's logits. At batch 1 a decode step is bound by
+    kernel launches, so the second row costs little where a second sequential forward cost nearly as much as
+    the first.
     """
 
-    def __init__(self, adapter: VLMAdapter, text_inputs: dict, prompt_length: int, gamma: float):
-        self.adapter, self.text_inputs, self.gamma = adapter, text_inputs, gamma
-        self.prompt_length = prompt_length
-        self.cache, self.seen = None, 0
+    def __init__(self, adapter: VLMAdapter, inputs: dict, gamma: float):
+        ids = inputs["input_ids"]
+        self.keep = ~adapter.marker_mask(ids)  # (1, S): the text-only sequence's tokens
+        self.pad = adapter.pad_id
+        self.gamma = gamma
+        self.text_logits: Tensor | None = None
 
-    @torch.no_grad()
-    def text_logits(self, input_ids: Tensor) -> Tensor:
-        new = input_ids[:, self.prompt_length:]
-        ids = torch.cat([self.text_inputs["input_ids"], new], 1) if self.cache is None else new[:, self.seen:]
-        total = self.text_inputs["input_ids"].shape[1] + new.shape[1]
-        mask = torch.ones(1, total, dtype=torch.long, device=input_ids.device)
-        model = self.adapter.model
-        # transformers renamed `past_key_values` to `cache` during 5.x
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        with self.adapter.disabled():
-            out = model(input_ids=ids, attention_mask=mask, use_cache=True, **{name: self.cache})
-        self.cache, self.seen = out[name], new.shape[1]
-        return out.logits[:, -1].float()
+    def _keep(self, total: int) -> Tensor:
+        """(1, total) bool: the text row's visible positions (generated tokens are all visible)."""
+        extra = total - self.keep.shape[1]
+        if extra < 0:
+            raise ValueError(f"PAINT: a forward covers {total} positions, fewer than the prompt's "
+                             f"{self.keep.shape[1]}")
+        return torch.cat([self.keep, self.keep.new_ones(1, extra)], 1)
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or ids.shape[0] != 1:
+            raise ValueError("PAINT's text-only correction needs input_ids of one prompt in every forward "
+                             "(no inputs_embeds, beam search or several return sequences)")
+        args = args[1:] if args else args
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError("PAINT's text-only correction needs a 2-D attention mask and the default dynamic "
+                             "cache (not a static or compiled cache)")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        start = int(cache.get_seq_length()) if cache is not None else 0
+        length = ids.shape[1]
+        total = start + length
+        keep = self._keep(total)
+        now = keep[:, start:]
+        kwargs["input_ids"] = torch.cat([ids, ids.masked_fill(~now, self.pad)])
+        mask = torch.ones(1, total, dtype=torch.long, device=ids.device) if mask is None else mask
+        kwargs["attention_mask"] = torch.cat([mask, mask * keep.to(mask.dtype)])
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(start, total, device=ids.device)[None]
+        text_positions = (keep.long().cumsum(-1) - 1).clamp_min(0)[:, start:]
+        kwargs["position_ids"] = torch.cat([positions, text_positions.to(positions.dtype)])
+        for name in ("token_type_ids", "mm_token_type_ids"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = torch.cat([kwargs[name], kwargs[name].masked_fill(~now, 0)])
+        return args, kwargs
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        self.text_logits = output.logits[1:, -1].float()
+        output["logits"] = output.logits[:1]
+        for name in ("hidden_states", "attentions"):
+            if output.get(name) is not None:
+                output[name] = tuple(None if t is None else t[:1] for t in output[name])
+        return output
+
+    @contextlib.contextmanager
+    def attached(self, adapter: VLMAdapter) -> Iterator[None]:
+        """The hooks on ``adapter.model`` for the block; a capture block open around it records row 0 only."""
+        model, state = adapter.model, adapter.state
+        handles = [model.register_forward_pre_hook(self.pre_hook, with_kwargs=True),
+                   model.register_forward_hook(self.hook, with_kwargs=True)]
+        saved, state.capture_batch = state.capture_batch, state.capture_batch or 1
+        try:
+            yield
+        finally:
+            state.capture_batch = saved
+            for handle in handles:
+                handle.remove()
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        log_p = torch.log_softmax(scores.float(), -1)
-        log_text = torch.log_softmax(self.text_logits(input_ids), -1)
-        out = log_p + self.gamma * (log_p - log_text)
-        implausible = log_p < log_p.max(-1, keepdim=True).values + math.log(0.1)
-        return out.masked_fill(implausible, -math.inf).to(scores.dtype)
+        if self.text_logits is None:
+            raise RuntimeError("PAINT's text row has no logits: the model's forward did not run with it attached")
+        return contrast_scores(scores, self.text_logits, self.gamma)
 
 
 class Painter:
@@ -186,12 +253,16 @@ class Painter:
         heads = self.head_weights(inputs, weight) if self.head_specific else None
         positions = self.adapter.grid_positions(inputs)
         self.last = {"selection": selection, "positions": positions, "head_weights": heads}
-        if self.gamma:
-            processors = list(kwargs.pop("logits_processor", None) or [])
-            text = self.adapter.text_only(inputs)
-            processors.append(TextOnlyContrast(self.adapter, text, inputs["input_ids"].shape[1], self.gamma))
-            kwargs["logits_processor"] = processors
-        with self.adapter.boost(self.layers, weight, heads):
+        adapter = self.adapter
+        with contextlib.ExitStack() as stack:
+            if self.gamma:
+                text = TextRow(adapter, inputs, self.gamma)
+                kwargs["logits_processor"] = list(kwargs.pop("logits_processor", None) or []) + [text]
+                weight = torch.cat([weight, torch.zeros_like(weight)])  # the text row is never boosted
+                stack.enter_context(text.attached(adapter))
+            if self.alpha or self.beta:  # at zero strength the layers stay as they are: the plain model
+                stack.enter_context(adapter.fused_elsewhere())
+                stack.enter_context(adapter.boost(self.layers, weight, heads))
             return original(*args, **kwargs)
 
 
