@@ -12,14 +12,17 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   chunk with ``tl.dot`` and masks each (query, key) pair with the exact window bounds. No attention matrix
   is stored; the forward writes the output and the log-sum-exp.
 * RPB: the bias of a (query, key) pair depends only on their offset, but a kernel-side lookup costs one
-  scalar gather per pair, several times the loads of the keys themselves. While it stays small
-  (``RPB_CHUNK_BYTES``; opt-in until timed on a GPU), the host gathers the bias once per call into exactly the blocks the kernels walk
-  (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), and the kernels read each
-  chunk's block with contiguous vector loads.
+  scalar gather per pair, several times the loads of the keys themselves, and writing the per-pair score
+  gradients for the host to reduce is a scattered store. While it stays small (``RPB_CHUNK_BYTES``; opt-in
+  until timed on a GPU), the host gathers the bias once per call into exactly the blocks the kernels walk
+  (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), the kernels read each
+  chunk's block with contiguous vector loads, and the dQ kernel adds its score gradients, summed over the
+  batch by atomics, into the same layout per tile, which the host folds into the table.
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
-  monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics anywhere.
+  monotone, from ``searchsorted`` on the tables) and accumulates dK and dV. No atomics, except in the
+  chunk-layout RPB gradient above.
 """
 from __future__ import annotations
 
@@ -96,9 +99,10 @@ def _axis_rel(length: int, kernel: int, dilation: int, stride: int, causal: bool
 
 
 def _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own: bool, device):
-    """``(pat_y, pat_x, index, NPX, NCX)``: the tile-pattern tables per axis, the flat RPB-table index of every
-    ``[pattern_y * NPX + pattern_x, chunk_y * NCX + chunk_x, own, other]`` entry (the padding slot past the
-    table's end outside windows), and the pattern and chunk counts along x."""
+    """``(pat_y, pat_x, index, NPX, NCX, tile_pattern)``: the tile-pattern tables per axis, the flat RPB-table
+    index of every ``[pattern_y * NPX + pattern_x, chunk_y * NCX + chunk_x, own, other]`` entry (the padding slot
+    past the table's end outside windows), the pattern and chunk counts along x, and the pattern of each
+    program tile (grid axis 0)."""
     return _rpb_chunk_index_cached(tuple(shape), tuple(kernel), tuple(dilation), tuple(stride), tuple(causal),
                                    cfg["TH"], cfg["TW"], cfg["KR"], cfg["KC"], keys_own, str(device))
 
@@ -114,22 +118,26 @@ def _rpb_chunk_index_cached(shape, kernel, dilation, stride, causal, TH, TW, KR,
     pad = (2 * kernel[0] - 1) * (2 * kernel[1] - 1)
     index = torch.where((ey >= 0) & (ex >= 0), ey * (2 * kernel[1] - 1) + ex, pad)
     index = index.reshape(npy * npx, ncy * ncx, TH * TW, KR * KC)
-    return pat_y.to(device), pat_x.to(device), index.to(device), npx, ncx
+    # grid axis 0 runs over (group y, group x, tile y, tile x); pat_y / pat_x are indexed group * NT + tile
+    tiles_y, tiles_x = pat_y.view(dilation[0], 1, -1, 1).long(), pat_x.view(1, dilation[1], 1, -1).long()
+    tile_pattern = (tiles_y * npx + tiles_x).reshape(-1)
+    return (pat_y.to(device), pat_x.to(device), index.to(device), npx, ncx, tile_pattern.to(device))
 
 
 def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, keys_own: bool):
-    """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), RPB_CHUNKS)``. The bias
-    goes in the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would
-    exceed ``RPB_CHUNK_BYTES``; then (and without RPB) the kernel gets the table (or ``dummy``) as it is."""
+    """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), layout)``. The bias goes in
+    the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would exceed
+    ``RPB_CHUNK_BYTES``; then (and without RPB) the kernel gets the table (or ``dummy``) as it is and ``layout``
+    is None, else it is ``_rpb_chunk_index``'s tuple."""
     if rpb_f is None:
-        return dummy, dummy, dummy, (0, 0, 0, 0), False
-    pat_y, pat_x, index, npx, ncx = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own,
-                                                     rpb_f.device)
+        return dummy, dummy, dummy, (0, 0, 0, 0), None
+    layout = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own, rpb_f.device)
+    pat_y, pat_x, index, npx, ncx, _ = layout
     heads = rpb_f.shape[0]
     if heads * index.numel() * 4 > RPB_CHUNK_BYTES:
-        return rpb_f, dummy, dummy, (0, 0, 0, 0), False
+        return rpb_f, dummy, dummy, (0, 0, 0, 0), None
     table = torch.cat([rpb_f.reshape(heads, -1), rpb_f.new_zeros(heads, 1)], dim=1)
-    return table[:, index].contiguous(), pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), True
+    return table[:, index].contiguous(), pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), layout
 
 
 def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool = False) -> dict:
@@ -235,14 +243,20 @@ def _chunk_scores(q, K, RPB, ibase, isy, isx, ky0, kx0, row_hi, col_hi, gy, gx, 
 
 
 @triton.jit
+def _chunk_blocks(BASE, slot, NCH, TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr):
+    """Pointers to chunk 0 of ``slot``'s blocks in a chunk-layout tensor ``[slots, NCH, TH*TW, KR*KC]``."""
+    own = tl.arange(0, TH * TW)
+    other = tl.arange(0, KR * KC)
+    return BASE + slot.to(tl.int64) * NCH * (TH * TW * KR * KC) + own[:, None] * (KR * KC) + other[None, :]
+
+
+@triton.jit
 def _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH: tl.constexpr, TW: tl.constexpr,
               KR: tl.constexpr, KC: tl.constexpr):
     """Pointers to chunk 0 of this program's block of the chunk-layout RPB ``[heads, NPAT, NCH, TH*TW, KR*KC]``
     (its tile pattern is the pair of per-axis patterns)."""
     pat = tl.load(PAT_Y + gy * NT_Y + ty) * NPX + tl.load(PAT_X + gx * NT_X + tx)
-    own = tl.arange(0, TH * TW)
-    other = tl.arange(0, KR * KC)
-    return RPB + (h * NPAT + pat).to(tl.int64) * NCH * (TH * TW * KR * KC) + own[:, None] * (KR * KC) + other[None, :]
+    return _chunk_blocks(RPB, h * NPAT + pat, NCH, TH, TW, KR, KC)
 
 
 @triton.jit
@@ -344,8 +358,10 @@ def _bwd_dq_kernel(
                                                GMAX_X, TH, TW)
 
     rpb_tile = RPB
+    ds_tile = DS
     if RPB_CHUNKS:
         rpb_tile = _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH, TW, KR, KC)
+        ds_tile = _chunk_blocks(DS, h * tl.num_programs(0) + tl.program_id(0), NCH, TH, TW, KR, KC)
 
     dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
     for ky0 in range(row_lo, row_hi + 1, KR):
@@ -359,7 +375,10 @@ def _bwd_dq_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-            if RPB_GRAD:  # dS of each (query, neighbour j = dy * KW + dx); reduced into d_rpb on the host
+            if RPB_GRAD and RPB_CHUNKS:  # dS summed over the batch per (tile, chunk, query, key): contiguous adds
+                chunk = (ky0 - row_lo) // KR * NCX + (kx0 - col_lo) // KC
+                tl.atomic_add(ds_tile + chunk * (TH * TW * KR * KC), ds, mask=mask)
+            elif RPB_GRAD:  # dS of each (query, neighbour j = dy * KW + dx); reduced into d_rpb on the host
                 tl.store(DS + row_off[:, None] * (KH * KW) + dy * KW + dx, ds, mask=mask)
     tl.store(DQ + base + q_off[:, None] + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)
 
@@ -532,7 +551,8 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else None
-    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    chunks = layout is not None
     strides = q2.stride()[:4]
     _launch(_fwd_kernel, grid, (plan, strides, chunks),
             (q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, bias, pat_y, pat_x, ty[0], ty[1], tx[0], tx[1], *dims,
@@ -554,27 +574,40 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     has_rpb, rpb_grad = rpb2 is not None, bool(rpb_grad)
     rpb_f = rpb2.float().contiguous() if has_rpb else None
     kk = ks[0] * ks[1]
-    if rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
+    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    chunks = layout is not None
+    if rpb_grad and chunks:  # dS summed over the batch in the chunk layout [heads, tiles, chunks, own, other]
+        ds = torch.zeros(heads * grid[0] * layout[2][0].numel(), device=q.device, dtype=torch.float32)
+    elif rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
         ds = (torch.zeros if any(causal) else torch.empty)(B * heads * H * W * kk, device=q.device,
                                                            dtype=torch.float32)
     else:
         ds = dq
-    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
     _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks),
             (q2, k2, v2, out2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1],
              *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad))
     ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
-    bias, pat_y, pat_x, counts, chunks = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, True)
-    _launch(_bwd_dkdv_kernel, grid, (plan, strides, chunks),
+    bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, True)
+    kv_chunks = kv_layout is not None
+    _launch(_bwd_dkdv_kernel, grid, (plan, strides, kv_chunks),
             (q2, k2, v2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1],
              ty[2], ty[3], tx[2], tx[3], *dims, *strides, *counts, scale, scale * LOG2E),
-            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks))
+            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=kv_chunks))
     if rpb_grad:
-        rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
-        per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
-        drpb = torch.zeros(heads, rpb_f[0].numel(), device=q.device, dtype=torch.float32)
-        drpb_out = drpb.index_add_(1, rel.reshape(-1), per_pair).reshape(rpb.shape).to(rpb.dtype)
+        table = rpb_f[0].numel()
+        drpb = torch.zeros(heads, table + 1, device=q.device, dtype=torch.float32)  # + the padding slot
+        if chunks:  # tiles -> their patterns, then each pattern's entries -> the table
+            index, tile_pattern = layout[2], layout[5]
+            per_tile = ds.view(heads, tile_pattern.numel(), -1)
+            per_pattern = per_tile.new_zeros(heads, index.shape[0], per_tile.shape[2])
+            per_pattern.index_add_(1, tile_pattern, per_tile)
+            drpb.index_add_(1, index.reshape(-1), per_pattern.view(heads, -1))
+        else:
+            rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
+            per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
+            drpb.index_add_(1, rel.reshape(-1), per_pair)
+        drpb_out = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype)
     else:
         drpb_out = q.new_empty((0,))
     return dq, dk, dv, drpb_out
