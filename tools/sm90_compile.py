@@ -9,7 +9,7 @@ count; ``--na-sweep`` prices neighborhood-attention tile configs that way before
 the GPU. The Triton version here may differ from the GPU machine's, so take the numbers as a guide.
 
     python3 tools/sm90_compile.py [--ops na,inline,contmix,depthwise,layernorm] [--rpb-chunk-bytes 8388608]
-    python3 tools/sm90_compile.py --ops na --na-shape 64x56x56x2x32 --na-sweep "fwd,8,8,2,16,4;bwd,4,8,2,16,2"
+    python3 tools/sm90_compile.py --ops na --na-shape 64x56x56x2x32 --na-kernel 7 --na-sweep "fwd,8,8,2,16,4;bwd,4,8,2,16,2"
 
 Must run without ``TRITON_INTERPRET`` in the environment (it sets it itself, after the kernels are built, so the
 ops accept CPU tensors). Exits non-zero if any kernel fails to compile.
@@ -109,11 +109,11 @@ def _leaf(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype).requires_grad_()
 
 
-def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16)):
+def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16), kernel: int = 3):
     na_triton.RPB_CHUNK_BYTES = rpb_chunk_bytes
     q, k, v = (_leaf(*shape, dtype=dtype) for _ in range(3))
-    rpb = _leaf(shape[3], 5, 5)
-    _grad(K.na2d(q, k, v, 3, rpb=rpb, backend="triton"), (q, k, v, rpb))
+    rpb = _leaf(shape[3], 2 * kernel - 1, 2 * kernel - 1)
+    _grad(K.na2d(q, k, v, kernel, rpb=rpb, backend="triton"), (q, k, v, rpb))
     _grad(K.na2d(q, k, v, 3, dilation=2, is_causal=(True, False), backend="triton"), (q, k, v))
     q1, k1, v1 = (_leaf(2, 20, 2, 16, dtype=dtype) for _ in range(3))
     _grad(K.na1d(q1, k1, v1, 5, rpb=_leaf(2, 9), backend="triton"), (q1, k1, v1))
@@ -164,12 +164,14 @@ def main() -> int:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--rpb-chunk-bytes", type=int, default=na_triton.RPB_CHUNK_BYTES)
     parser.add_argument("--na-shape", default="", help="NA only: B x H x W x heads x dim (default: small)")
+    parser.add_argument("--na-kernel", type=int, default=3, help="NA only: window size of the RPB case")
     parser.add_argument("--na-sweep", default="", help="'which,TH,TW,KR,KC,num_warps;...' (which: fwd, bwd, dkdv)")
     args = parser.parse_args()
     failed, seen = 0, set()
     for op in filter(None, args.ops.split(",")):
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
-            extra = [args.rpb_chunk_bytes] + ([tuple(map(int, args.na_shape.split("x")))] if args.na_shape else [])
+            shape = tuple(map(int, args.na_shape.split("x"))) if args.na_shape else (2, 9, 9, 2, 16)
+            extra = [args.rpb_chunk_bytes, shape, args.na_kernel]
             runs = [("default", launches_of(OPS[op], dtype, *extra) if op == "na" else launches_of(OPS[op], dtype))]
             for spec in filter(None, args.na_sweep.split(";")) if op == "na" else ():
                 which, *tile = spec.split(",")

@@ -493,7 +493,7 @@ _GEOMETRY: dict = {}
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
-           tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
+           RPB_CHUNK_BYTES, tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
     hit = _GEOMETRY.get(key)
     if hit is not None:
         return hit
@@ -501,9 +501,20 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     dev = str(q.device)
     ty = _tables(H, kernel_size[0], dilation[0], stride[0], is_causal[0], dev)
     tx = _tables(W, kernel_size[1], dilation[1], stride[1], is_causal[1], dev)
-    cfg = dict(_config(tuple(kernel_size), (H, W), dim, which, rpb))
-    for name in _OVERRIDES[which]:
-        cfg.update(CONFIG_OVERRIDE.get(name, {}))
+    def config(gathered_rpb: bool) -> dict:
+        cfg = dict(_config(tuple(kernel_size), (H, W), dim, which, gathered_rpb))
+        for name in _OVERRIDES[which]:
+            cfg.update(CONFIG_OVERRIDE.get(name, {}))
+        return cfg
+
+    cfg = config(rpb)
+    if rpb and RPB_CHUNK_BYTES:  # the bias read from the chunk layout costs few registers: plain NA's tiles,
+        plain = config(False)   # with two warps at least in the backward (one spills there, tools/sm90_compile.py)
+        if which != "fwd" and plain.get("num_warps", 4) < 2 and "num_warps" not in CONFIG_OVERRIDE.get(which, {}):
+            plain["num_warps"] = 2
+        index = _rpb_chunk_index((H, W), kernel_size, dilation, stride, is_causal, plain, which == "dkdv", dev)[2]
+        if heads * index.numel() * 4 <= RPB_CHUNK_BYTES:  # the test _rpb_args makes for this launch
+            cfg = plain
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
