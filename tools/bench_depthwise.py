@@ -69,9 +69,13 @@ def main() -> None:
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="peak HBM bandwidth, TB/s (H200: 4.8)")
     parser.add_argument("--no-channels-last", action="store_true", help="skip cuDNN's channels-last rows")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated (default %(default)s)")
+    parser.add_argument("--kernels", default="", help="comma-separated kernel sizes to time (default: all rows)")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
+    wanted = {int(k) for k in args.kernels.split(",") if k}
     for channels, side, k in SHAPES + EXTRA:
+        if wanted and k not in wanted:
+            continue
         branches = [(k, 1)] + list(DILATED_BRANCHES.get(k, ()))
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             layouts = [torch.contiguous_format] + ([] if args.no_channels_last else [torch.channels_last])
