@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     config = greedy_config(model, args.new_tokens)
     prompt = "USER: <image>\n" + question + TASK_SUFFIX + " ASSISTANT:"
     batch = processor(images=[image], text=[prompt], return_tensors="pt")
-    inputs = {k: v.to(args.device, model.dtype) if v.is_floating_point() else v.to(args.device) for k, v in batch.items()}
+    inputs = {k: v.to(args.device, model.dtype) if v.is_floating_point() else v.to(args.device)
+              for k, v in batch.items()}
     layers = list(range(20, 26)) if args.size == "7b" else [1, 2, 3]
 
     @torch.no_grad()

@@ -9,7 +9,8 @@ count; ``--na-sweep`` prices neighborhood-attention tile configs that way before
 the GPU. The Triton version here may differ from the GPU machine's, so take the numbers as a guide.
 
     python3 tools/sm90_compile.py [--ops na,inline,contmix,depthwise,layernorm] [--rpb-chunk-bytes 8388608]
-    python3 tools/sm90_compile.py --ops na --na-shape 64x56x56x2x32 --na-kernel 7 --na-sweep "fwd,8,8,2,16,4;bwd,4,8,2,16,2"
+    python3 tools/sm90_compile.py --ops na --na-shape 64x56x56x2x32 --na-kernel 7 \
+        --na-sweep "fwd,8,8,2,16,4;bwd,4,8,2,16,2"
 
 Must run without ``TRITON_INTERPRET`` in the environment (it sets it itself, after the kernels are built, so the
 ops accept CPU tensors). Exits non-zero if any kernel fails to compile.

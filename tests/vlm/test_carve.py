@@ -106,7 +106,8 @@ def test_batched_passes_end_at_each_rows_eos():
     model, processor = tiny_llava()
     adapter = get_adapter(model)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
-    prompts = [adapter.inputs(processor, [image], text) for text in ("what is this ?", "write a general description of the image")]
+    texts = ("what is this ?", "write a general description of the image")
+    prompts = [adapter.inputs(processor, [image], text) for text in texts]
     assert prompts[0]["input_ids"].shape[1] != prompts[1]["input_ids"].shape[1]  # one row is padded
     free = prompt_maps(adapter, prompts, [0, 2], 6)
     task, general = free[0][1][0].tolist(), free[1][1][0].tolist()
