@@ -306,6 +306,7 @@ def test_triton_head_dim_not_power_of_two():
     (((13, 21), (3, 5), (2, 1), (False, True)), {}),
     (((7, 10), (3, 5), (2, 1), (False, True)), {"TH": 2, "TW": 4, "KR": 1, "KC": 4}),  # several chunks per axis
     (((100,), 7, 1, False), {}),  # 1-D: 64-query tiles, several key chunks along x
+    (((7, 9), (2, 4), 1, (True, True)), {}),  # even windows, causal on both axes
 ])
 def test_triton_rpb_bias_layouts(monkeypatch, case, tiles, chunked_bias):
     """The RPB read from the host-gathered chunk layout and gathered in the kernel give the reference's values

@@ -91,7 +91,7 @@ def _axis_rel(length: int, kernel: int, dilation: int, stride: int, causal: bool
         other = (first + torch.arange(n_chunks * chunk))[None, :]
         q, k = (other, own) if keys_own else (own, other)
         qc = q.clamp(max=n - 1)
-        ok = (q < n) & (k <= last) & (k < n) & (lo_t[g][qc].long() <= k) & (k <= hi_t[g][qc].long())
+        ok = (other <= last) & (q < n) & (k < n) & (lo_t[g][qc].long() <= k) & (k <= hi_t[g][qc].long())
         rel = torch.where(ok, k - q + kernel - 1, -1)  # [tile, n_chunks * chunk]
         blocks.append(rel.view(tile, n_chunks, chunk).transpose(0, 1))
     patterns, inverse = torch.unique(torch.stack(blocks), dim=0, return_inverse=True)
