@@ -82,9 +82,8 @@ def _signature(kernel: JITFunction, values: dict):
     return signature, constants
 
 
-def compile_report(kernel: JITFunction, values: dict, options: dict) -> str:
+def compile_report(kernel: JITFunction, signature: dict, constants: dict, options: dict) -> str:
     """``Used N registers, S bytes spill stores, L bytes spill loads, M bytes shared`` of one launch on sm_90."""
-    signature, constants = _signature(kernel, values)
     compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                               options=options)
     shared = compiled.metadata.shared
@@ -147,11 +146,11 @@ OPS = {"na": run_na, "inline": run_inline, "contmix": run_contmix, "depthwise": 
        "layernorm": run_layernorm}
 
 
-def launches_of(fn, *args) -> list:
+def launches_of(fn) -> list:
     launches: list = []
     undo = _capture(launches)
     try:
-        fn(*args)
+        fn()
     finally:
         undo()
         na_triton._GEOMETRY.clear()
@@ -171,13 +170,16 @@ def main() -> int:
     failed, seen = 0, set()
     for op in filter(None, args.ops.split(",")):
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
-            shape = tuple(map(int, args.na_shape.split("x"))) if args.na_shape else (2, 9, 9, 2, 16)
-            extra = [args.rpb_chunk_bytes, shape, args.na_kernel]
-            runs = [("default", launches_of(OPS[op], dtype, *extra) if op == "na" else launches_of(OPS[op], dtype))]
+            if op == "na":
+                shape = tuple(map(int, args.na_shape.split("x"))) if args.na_shape else (2, 9, 9, 2, 16)
+                run = lambda: run_na(dtype, args.rpb_chunk_bytes, shape, args.na_kernel)  # noqa: E731
+            else:
+                run = lambda: OPS[op](dtype)  # noqa: E731
+            runs = [("default", launches_of(run))]
             for spec in filter(None, args.na_sweep.split(";")) if op == "na" else ():
                 which, *tile = spec.split(",")
                 na_triton.CONFIG_OVERRIDE[which] = dict(zip(("TH", "TW", "KR", "KC", "num_warps"), map(int, tile)))
-                runs.append((spec, launches_of(OPS[op], dtype, *extra)))
+                runs.append((spec, launches_of(run)))
                 na_triton.CONFIG_OVERRIDE[which] = {}
             for label, launches in runs:
                 for kernel, values, options in launches:
@@ -189,7 +191,7 @@ def main() -> int:
                     seen.add(key)
                     flags = {k: v for k, v in constants.items() if k.isupper()}
                     try:
-                        report = compile_report(kernel, values, options)
+                        report = compile_report(kernel, signature, constants, options)
                     except Exception as e:  # noqa: BLE001  (reported, counted, the run goes on)
                         failed += 1
                         report = f"FAILED {type(e).__name__}: {str(e)[:300]}"

@@ -124,6 +124,11 @@ def _rpb_chunk_index_cached(shape, kernel, dilation, stride, causal, TH, TW, KR,
     return (pat_y.to(device), pat_x.to(device), index.to(device), npx, ncx, tile_pattern.to(device))
 
 
+def _rpb_chunks_fit(heads: int, index: torch.Tensor) -> bool:
+    """Whether the chunk-layout bias of this index stays within ``RPB_CHUNK_BYTES`` (float32)."""
+    return heads * index.numel() * 4 <= RPB_CHUNK_BYTES
+
+
 def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, keys_own: bool):
     """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), layout)``. The bias goes in
     the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would exceed
@@ -134,7 +139,7 @@ def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, keys_o
     layout = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own, rpb_f.device)
     pat_y, pat_x, index, npx, ncx, _ = layout
     heads = rpb_f.shape[0]
-    if heads * index.numel() * 4 > RPB_CHUNK_BYTES:
+    if not _rpb_chunks_fit(heads, index):
         return rpb_f, dummy, dummy, (0, 0, 0, 0), None
     table = torch.cat([rpb_f.reshape(heads, -1), rpb_f.new_zeros(heads, 1)], dim=1)
     return table[:, index].contiguous(), pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), layout
@@ -513,7 +518,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
         if which != "fwd" and plain.get("num_warps", 4) < 2 and "num_warps" not in CONFIG_OVERRIDE.get(which, {}):
             plain["num_warps"] = 2
         index = _rpb_chunk_index((H, W), kernel_size, dilation, stride, is_causal, plain, which == "dkdv", dev)[2]
-        if heads * index.numel() * 4 <= RPB_CHUNK_BYTES:  # the test _rpb_args makes for this launch
+        if _rpb_chunks_fit(heads, index):  # then _rpb_args takes the chunk layout for this launch too
             cfg = plain
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
