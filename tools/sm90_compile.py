@@ -109,8 +109,10 @@ def _leaf(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype).requires_grad_()
 
 
-def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16), kernel: int = 3):
+def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16), kernel: int = 3, rpb_chunk_passes=None):
     na_triton.RPB_CHUNK_BYTES = rpb_chunk_bytes
+    if rpb_chunk_passes is not None:
+        na_triton.RPB_CHUNK_PASSES = tuple(rpb_chunk_passes)
     q, k, v = (_leaf(*shape, dtype=dtype) for _ in range(3))
     rpb = _leaf(shape[3], 2 * kernel - 1, 2 * kernel - 1)
     _grad(K.na2d(q, k, v, kernel, rpb=rpb, backend="triton"), (q, k, v, rpb))
@@ -163,6 +165,8 @@ def main() -> int:
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, of {', '.join(OPS)}")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--rpb-chunk-bytes", type=int, default=na_triton.RPB_CHUNK_BYTES)
+    parser.add_argument("--rpb-chunk-passes", default=",".join(na_triton.RPB_CHUNK_PASSES),
+                        help="NA launches that read the chunk-layout RPB, of fwd, bwd (dQ), dkdv")
     parser.add_argument("--na-shape", default="", help="NA only: B x H x W x heads x dim (default: small)")
     parser.add_argument("--na-kernel", type=int, default=3, help="NA only: window size of the RPB case")
     parser.add_argument("--na-sweep", default="", help="'which,TH,TW,KR,KC,num_warps;...' (which: fwd, bwd, dkdv)")
@@ -172,7 +176,8 @@ def main() -> int:
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             if op == "na":
                 shape = tuple(map(int, args.na_shape.split("x"))) if args.na_shape else (2, 9, 9, 2, 16)
-                run = lambda: run_na(dtype, args.rpb_chunk_bytes, shape, args.na_kernel)  # noqa: E731
+                run = lambda: run_na(dtype, args.rpb_chunk_bytes, shape, args.na_kernel,
+                                     [w for w in args.rpb_chunk_passes.split(",") if w])  # noqa: E731
             else:
                 run = lambda: OPS[op](dtype)  # noqa: E731
             runs = [("default", launches_of(run))]

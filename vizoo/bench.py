@@ -612,6 +612,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rpb-chunk-bytes", type=int, default=None,
                         help="override vizoo.kernels.neighborhood.triton.RPB_CHUNK_BYTES (0: the RPB is gathered "
                              "in the kernels)")
+    parser.add_argument("--rpb-chunk-passes", default=None,
+                        help="override vizoo.kernels.neighborhood.triton.RPB_CHUNK_PASSES: comma-separated NA "
+                             "launches that read the chunk-layout RPB (fwd, bwd = dQ, dkdv; default fwd)")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
     parser.add_argument("--cpu-memory", action="store_true",
@@ -645,10 +648,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if args.timm:
         return _write(dict(timm=run_timm_benchmark(args.timm, pairs, modes, batch=args.timm_batch)), args, argv)
-    if args.rpb_chunk_bytes is not None:
-        from vizoo.kernels.neighborhood import triton as _na_triton
+    from vizoo.kernels.neighborhood import triton as _na_triton
 
+    if args.rpb_chunk_bytes is not None:
         _na_triton.RPB_CHUNK_BYTES = args.rpb_chunk_bytes
+    if args.rpb_chunk_passes is not None:
+        _na_triton.RPB_CHUNK_PASSES = tuple(w for w in args.rpb_chunk_passes.split(",") if w)
     wanted = [w for w in args.cases.split(",") if w]
     cases = ([c for c in CASES if c.name in wanted] or [c for c in CASES if any(w in c.name for w in wanted)]
              if wanted else CASES)

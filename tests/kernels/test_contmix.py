@@ -138,6 +138,14 @@ def test_custom_op_opcheck():
     for use_triton in (False, True):
         torch.library.opcheck(torch.ops.vizoo.na2d_av_fwd.default, (attn, v, [3, 3], [1, 1], use_triton),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        grad_out = torch.randn_like(torch.ops.vizoo.na2d_av_fwd.default(attn, v, [3, 3], [1, 1], use_triton))
+        torch.library.opcheck(torch.ops.vizoo.na2d_av_bwd.default, (grad_out, attn, v, [3, 3], [1, 1], use_triton),
+                              test_utils=("test_faketensor",))  # the sizes and strides compiled training sees
+        # the op's gradients (its reference body runs without autograd) against autograd through the reference
+        a, x = attn.detach().requires_grad_(), v.detach().requires_grad_()
+        torch.ops.vizoo.na2d_av_fwd(a, x, [3, 3], [1, 1], use_triton).backward(grad_out)
+        want = torch.autograd.grad(na2d_av(attn, v, 3, backend="reference"), (attn, v), grad_out)
+        torch.testing.assert_close((a.grad, x.grad), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

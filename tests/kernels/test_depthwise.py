@@ -151,6 +151,14 @@ def test_custom_op_opcheck():
     for use_triton in (False, True):
         torch.library.opcheck(torch.ops.vizoo.depthwise_conv2d_fwd.default, (x, w, b, 2, use_triton),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        grad_out = torch.randn_like(torch.ops.vizoo.depthwise_conv2d_fwd.default(x, w, b, 2, use_triton))
+        torch.library.opcheck(torch.ops.vizoo.depthwise_conv2d_bwd.default, (grad_out, x, w, 2, use_triton),
+                              test_utils=("test_faketensor",))  # the sizes and strides compiled training sees
+        # the op's gradients (its reference body runs without autograd) against autograd through F.conv2d
+        leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+        torch.ops.vizoo.depthwise_conv2d_fwd(*leaves, 2, use_triton).backward(grad_out)
+        want = torch.autograd.grad(_conv(x, w, b, 2), (x, w, b), grad_out)
+        torch.testing.assert_close(tuple(t.grad for t in leaves), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -194,6 +194,9 @@ def test_custom_op_opcheck():
         (q, k, v, 0.25),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
+    out, state, means = torch.ops.vizoo.inline_fwd.default(q, k, v, 0.25)
+    torch.library.opcheck(torch.ops.vizoo.inline_bwd.default, (torch.randn_like(out), q, k, v, state, means, 0.25),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 class _InLineModule(torch.nn.Module):

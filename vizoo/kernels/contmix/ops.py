@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vizoo.kernels.contmix.reference import na2d_av_reference
+from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_reference_backward
 
 
 @torch.library.custom_op("vizoo::na2d_av_fwd", mutates_args=())
@@ -42,10 +42,7 @@ def na2d_av_bwd(grad_out: Tensor, attn: Tensor, v: Tensor, kernel_size: list[int
         from vizoo.kernels.contmix import triton as _triton
 
         return _triton.backward(grad_out, attn, v, kernel_size, dilation)
-    with torch.enable_grad():
-        a, x = attn.detach().requires_grad_(), v.detach().requires_grad_()
-        d_attn, d_v = torch.autograd.grad(na2d_av_reference(a, x, kernel_size, dilation), (a, x), grad_out)
-    return d_attn, d_v
+    return na2d_av_reference_backward(grad_out, attn, v, kernel_size, dilation)
 
 
 @na2d_av_bwd.register_fake

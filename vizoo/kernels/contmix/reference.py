@@ -63,6 +63,22 @@ def na2d_av_reference(attn: Tensor, v: Tensor, kernel_size: Sequence[int], dilat
     return out.to(v.dtype).reshape(v.shape)
 
 
+def na2d_av_reference_backward(grad_out: Tensor, attn: Tensor, v: Tensor, kernel_size: Sequence[int],
+                               dilation: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(d_attn, d_v)`` of ``na2d_av_reference`` written out, without autograd (a custom op's body runs below
+    the autograd dispatch key, so it cannot differentiate the forward): ``d_attn[n, j] = <grad_out[n],
+    v[key(n, j)]>`` and every ``attn[n, j] * grad_out[n]`` summed into ``d_v[key(n, j)]``."""
+    B, H, W, heads, dim = v.shape
+    compute = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float32
+    key = window_keys((H, W), kernel_size, dilation, v.device)
+    g = grad_out.reshape(B, H * W, heads, dim).to(compute)
+    vg = v.reshape(B, H * W, heads, dim).to(compute)[:, key]  # [B, N, K, heads, dim]
+    d_attn = torch.einsum("bnhd,bnkhd->bnhk", g, vg)
+    spread = torch.einsum("bnhk,bnhd->bnkhd", attn.reshape(B, H * W, heads, -1).to(compute), g)
+    d_v = g.new_zeros(B, H * W, heads, dim).index_add_(1, key.reshape(-1), spread.flatten(1, 2))
+    return d_attn.to(attn.dtype).reshape(attn.shape), d_v.to(v.dtype).reshape(v.shape)
+
+
 def na2d_av_unfold(attn: Tensor, v: Tensor, kernel_size: int) -> Tensor:
     """The unfold formulation (square odd kernel, dilation 1): ``F.unfold`` with zero padding gives windows
     centred on every pixel; a border pixel's clamped window is the centred window of the pixel moved inwards,

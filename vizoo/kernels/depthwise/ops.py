@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vizoo.kernels.depthwise.reference import depthwise_conv2d_reference
+from vizoo.kernels.depthwise.reference import depthwise_conv2d_reference, depthwise_conv2d_reference_backward
 
 
 @torch.library.custom_op("vizoo::depthwise_conv2d_fwd", mutates_args=())
@@ -44,10 +44,7 @@ def depthwise_conv2d_bwd(grad_out: Tensor, x: Tensor, weight: Tensor, dilation: 
         from vizoo.kernels.depthwise import triton as _triton
 
         return _triton.backward(grad_out, x, weight, dilation)
-    with torch.enable_grad():
-        xx, w = x.detach().requires_grad_(), weight.detach().requires_grad_()
-        d_x, d_w = torch.autograd.grad(depthwise_conv2d_reference(xx, w, None, dilation), (xx, w), grad_out)
-    return d_x.contiguous(), d_w, grad_out.sum((0, 2, 3)).to(weight.dtype)
+    return depthwise_conv2d_reference_backward(grad_out, x, weight, dilation)
 
 
 @depthwise_conv2d_bwd.register_fake

@@ -13,11 +13,12 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   is stored; the forward writes the output and the log-sum-exp.
 * RPB: the bias of a (query, key) pair depends only on their offset, but a kernel-side lookup costs one
   scalar gather per pair, several times the loads of the keys themselves, and writing the per-pair score
-  gradients for the host to reduce is a scattered store. While it stays small (``RPB_CHUNK_BYTES``; opt-in
-  until timed on a GPU), the host gathers the bias once per call into exactly the blocks the kernels walk
-  (``[heads, tile pattern, chunk, own, other]``; interior tiles share one pattern), the kernels read each
-  chunk's block with contiguous vector loads, and the dQ kernel adds its score gradients, summed over the
-  batch by atomics, into the same layout per tile, which the host folds into the table.
+  gradients for the host to reduce is a scattered store. While it stays small (``RPB_CHUNK_BYTES``), the
+  host gathers the bias once per call into exactly the blocks the kernels walk (``[heads, tile pattern,
+  chunk, own, other]``; interior tiles share one pattern) and the kernels read each chunk's block with
+  contiguous vector loads; with the dQ launch in ``RPB_CHUNK_PASSES`` it also adds its score gradients,
+  summed over the batch by atomics, into the same layout per tile, which the host folds into the table. By
+  default only the forward takes the layout (the one it paid off in, on an H200).
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
@@ -56,9 +57,12 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
 
 # The RPB of each (program tile, chunk) is gathered on the host into the layout the kernel walks (one contiguous
 # [TH*TW, KR*KC] block per chunk) while that table stays this small, so the kernels read it with plain vector
-# loads instead of one gather per (query, key) pair; larger problems gather in the kernel. 0 (the default until
-# its speed is measured on a GPU: `vizoo bench --rpb-chunk-bytes 8388608`) always gathers in the kernel.
-RPB_CHUNK_BYTES = 0
+# loads instead of one gather per (query, key) pair; larger problems gather in the kernel, and 0 always does.
+# RPB_CHUNK_PASSES names the launches that use it ("fwd", "bwd" = dQ, "dkdv"). On an H200 (NAT-T's stages, bf16,
+# batch 64) the chunk-layout forward took 0.62-0.73x the gathering forward's GPU time at stages 1-3, while the
+# chunk-layout backward (dS summed by atomics) took 1.5-1.8x the gathering backward's, so only the forward uses it.
+RPB_CHUNK_BYTES = 8 << 20
+RPB_CHUNK_PASSES = ("fwd",)
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,14 +133,15 @@ def _rpb_chunks_fit(heads: int, index: torch.Tensor) -> bool:
     return heads * index.numel() * 4 <= RPB_CHUNK_BYTES
 
 
-def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, keys_own: bool):
+def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, which: str):
     """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), layout)``. The bias goes in
     the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would exceed
-    ``RPB_CHUNK_BYTES``; then (and without RPB) the kernel gets the table (or ``dummy``) as it is and ``layout``
-    is None, else it is ``_rpb_chunk_index``'s tuple."""
-    if rpb_f is None:
-        return dummy, dummy, dummy, (0, 0, 0, 0), None
-    layout = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own, rpb_f.device)
+    ``RPB_CHUNK_BYTES`` or the launch (``which``) is not in ``RPB_CHUNK_PASSES``; then (and without RPB) the
+    kernel gets the table (or ``dummy``) as it is and ``layout`` is None, else it is ``_rpb_chunk_index``'s
+    tuple."""
+    if rpb_f is None or which not in RPB_CHUNK_PASSES:
+        return (dummy if rpb_f is None else rpb_f), dummy, dummy, (0, 0, 0, 0), None
+    layout = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, which == "dkdv", rpb_f.device)
     pat_y, pat_x, index, npx, ncx, _ = layout
     heads = rpb_f.shape[0]
     if not _rpb_chunks_fit(heads, index):
@@ -498,7 +503,7 @@ _GEOMETRY: dict = {}
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
-           RPB_CHUNK_BYTES, tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
+           RPB_CHUNK_BYTES, RPB_CHUNK_PASSES, tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
     hit = _GEOMETRY.get(key)
     if hit is not None:
         return hit
@@ -513,8 +518,9 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
         return cfg
 
     cfg = config(rpb)
-    if rpb and RPB_CHUNK_BYTES:  # the bias read from the chunk layout costs few registers: plain NA's tiles,
-        plain = config(False)   # with two warps at least in the backward (one spills there, tools/sm90_compile.py)
+    if rpb and RPB_CHUNK_BYTES and which in RPB_CHUNK_PASSES:
+        # the bias read from the chunk layout costs few registers: plain NA's tiles, with two warps
+        plain = config(False)   # at least in the backward (one spills there, tools/sm90_compile.py)
         if which != "fwd" and plain.get("num_warps", 4) < 2 and "num_warps" not in CONFIG_OVERRIDE.get(which, {}):
             plain["num_warps"] = 2
         index = _rpb_chunk_index((H, W), kernel_size, dilation, stride, is_causal, plain, which == "dkdv", dev)[2]
@@ -567,7 +573,7 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else None
-    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "fwd")
     chunks = layout is not None
     strides = q2.stride()[:4]
     _launch(_fwd_kernel, grid, (plan, strides, chunks),
@@ -590,7 +596,7 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     has_rpb, rpb_grad = rpb2 is not None, bool(rpb_grad)
     rpb_f = rpb2.float().contiguous() if has_rpb else None
     kk = ks[0] * ks[1]
-    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, False)
+    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "bwd")
     chunks = layout is not None
     if rpb_grad and chunks:  # dS summed over the batch in the chunk layout [heads, tiles, chunks, own, other]
         ds = torch.zeros(heads * grid[0] * layout[2][0].numel(), device=q.device, dtype=torch.float32)
@@ -604,7 +610,7 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
              *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad))
     ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
-    bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, True)
+    bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "dkdv")
     kv_chunks = kv_layout is not None
     _launch(_bwd_dkdv_kernel, grid, (plan, strides, kv_chunks),
             (q2, k2, v2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1],
@@ -623,7 +629,7 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
             rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
             per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
             drpb.index_add_(1, rel.reshape(-1), per_pair)
-        drpb_out = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype)
+        drpb_out = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype).contiguous()  # the fake op's strides
     else:
         drpb_out = q.new_empty((0,))
     return dq, dk, dv, drpb_out
