@@ -11,7 +11,12 @@ output (4 tensors), the backward reads q, k, v and dO twice-over where needed (q
 dq, dk,
 dv (8 tensors). H200 peak: 4.8 TB/s.
 
-    python tools/bench_inline.py [--check] [--json F] [--markdown F]
+The GPU-only columns sum the kernels' times from the profiler (no Python or launch overhead): at batch 1 the
+three launches of a call can take longer on the host than the kernels take on the GPU, so the wall-clock columns
+show the host's floor. ``--tune`` sweeps the launch settings (``vizoo.kernels.inline.triton.CONFIG``) one at a
+time around the defaults at N = 3136 and 65536, checking each against the reference, and prints GPU-only times.
+
+    python tools/bench_inline.py [--check] [--tune] [--json F] [--markdown F]
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 
 import torch
 
-from vizoo.bench import HBM_BYTES_PER_S, _timeit, environment, markdown_table
+from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _timeit, environment, markdown_table
 from vizoo.utils import atomic_write_text
 
 HEADS, DIM, TOKENS = 6, 32, 65536
@@ -90,7 +95,10 @@ def _bench_one(n: int) -> dict:
         row["reference fwd us"] = _timeit(lambda: ref_fn(q, k, v))
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             row["sdpa flash fwd us"] = _timeit(lambda: F.scaled_dot_product_attention(qs, ks, vs))
+    with torch.no_grad():
+        row["triton fwd GPU-only us"] = _gpu_time(lambda: triton_fn(q, k, v))
     row["triton fwd+bwd us"] = _timeit(_fwd_bwd(triton_fn, (q, k, v)))
+    row["triton fwd+bwd GPU-only us"] = _gpu_time(_fwd_bwd(triton_fn, (q, k, v)))
     row["reference fwd+bwd us"] = _timeit(_fwd_bwd(ref_fn, (q, k, v)))
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         row["sdpa flash fwd+bwd us"] = _timeit(_fwd_bwd(F.scaled_dot_product_attention, (qs, ks, vs)))
@@ -100,7 +108,52 @@ def _bench_one(n: int) -> dict:
     row["fwd+bwd TB/s"] = 12 * size / row["triton fwd+bwd us"] / 1e6
     row["fwd % HBM"] = 100 * row["fwd TB/s"] * 1e12 / HBM_BYTES_PER_S
     row["fwd+bwd % HBM"] = 100 * row["fwd+bwd TB/s"] * 1e12 / HBM_BYTES_PER_S
+    row["fwd GPU-only % HBM"] = 100 * 4 * size / (row["triton fwd GPU-only us"] * 1e-6) / HBM_BYTES_PER_S
+    row["fwd+bwd GPU-only % HBM"] = 100 * 12 * size / (row["triton fwd+bwd GPU-only us"] * 1e-6) / HBM_BYTES_PER_S
     return row
+
+
+TUNE = dict(gram_block_n=(32, 64, 128, 256), gram_programs=(264, 528, 1056, 2112), gram_warps=(2, 4, 8),
+            gram_stages=(1, 2, 3, 4), apply_block_n=(32, 64, 128, 256), apply_warps=(2, 4, 8))
+
+
+def tune(log=print, sizes=(3136, 65536)) -> list:
+    """GPU-only forward and forward+backward times of each setting in ``TUNE`` (one changed at a time, the rest
+    at their defaults), with the max error against the reference."""
+    from vizoo.kernels import inline_attn
+    from vizoo.kernels.inline import triton as tk
+
+    defaults, rows = dict(tk.CONFIG), []
+    variants = [("default", None, None)] + [(name, name, value) for name, values in TUNE.items() for value in values]
+    for n in sizes:
+        torch.manual_seed(0)
+        q, k, v = _inputs(n)
+        grad = torch.randn_like(q)
+        with torch.no_grad():
+            want = inline_attn(q, k, v, backend="reference").float()
+        for label, name, value in variants:
+            tk.CONFIG.clear()
+            tk.CONFIG.update(defaults)
+            if name is not None:
+                tk.CONFIG[name] = value
+            row = dict(N=n, setting=label if name is None else f"{name}={value}")
+            try:
+                with torch.no_grad():
+                    out = inline_attn(q, k, v, backend="triton")
+                    row["max err"] = (out.float() - want).abs().max().item()
+                    row["fwd GPU-only us"] = _gpu_time(lambda: inline_attn(q, k, v, backend="triton"))
+                fn = _fwd_bwd(lambda *t: inline_attn(*t, backend="triton"), (q, k, v))
+                row["fwd+bwd GPU-only us"] = _gpu_time(fn)
+                size = q.numel() * q.element_size()
+                row["fwd % HBM"] = 100 * 4 * size / (row["fwd GPU-only us"] * 1e-6) / HBM_BYTES_PER_S
+            except Exception as error:  # noqa: BLE001  (a setting the compiler refuses: report, go on)
+                row["error"] = f"{type(error).__name__}: {str(error)[:120]}"
+            log(row)
+            rows.append(row)
+        del grad
+    tk.CONFIG.clear()
+    tk.CONFIG.update(defaults)
+    return rows
 
 
 def bench(log=print) -> list:
@@ -116,6 +169,7 @@ def bench(log=print) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="first compare Triton with the reference")
+    parser.add_argument("--tune", action="store_true", help="only sweep the launch settings (GPU-only times)")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown table to this file")
     args = parser.parse_args(argv)
@@ -124,8 +178,9 @@ def main(argv=None) -> int:
     out = {"environment": environment()}
     if args.check:
         out["check"] = check()
-    out["bench"] = bench()
-    table = f"{out['environment']}\n\n" + markdown_table(out["bench"]) + "\n"
+    key = "tune" if args.tune else "bench"
+    out[key] = tune() if args.tune else bench()
+    table = f"{out['environment']}\n\n" + markdown_table(out[key]) + "\n"
     print(table)
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")

@@ -105,6 +105,19 @@ def test_triton_matches_reference_fp32(B, N, heads, dim):
     _compare(B, N, heads, dim, torch.float32)
 
 
+@pytest.mark.parametrize("setting", [dict(gram_block_n=32, gram_programs=8, apply_block_n=32),
+                                     dict(gram_block_n=128, gram_warps=2, gram_stages=2, apply_block_n=128,
+                                          apply_warps=8)])
+def test_triton_launch_settings(monkeypatch, setting):
+    """Other tile sizes, chunk counts and warps (what ``tools/bench_inline.py --tune`` sweeps) give the same
+    values and gradients: several chunks per (batch, head) and a partial last tile."""
+    from vizoo.kernels.inline import triton as tk
+
+    for name, value in setting.items():
+        monkeypatch.setitem(tk.CONFIG, name, value)
+    _compare(2, 150, 2, 16, torch.float32)
+
+
 def test_triton_reads_packed_qkv_views():
     _compare(2, 37, 2, 32, torch.float32, packed=True, scale=0.3)
 

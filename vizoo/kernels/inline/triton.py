@@ -26,6 +26,19 @@ import triton
 import triton.language as tl
 
 BLOCK_N = 64
+# Launch settings; 0 = the default named in the comment. ``tools/bench_inline.py --tune`` sweeps them on a GPU.
+CONFIG = dict(
+    gram_block_n=0,  # tokens per tile of _gram (BLOCK_N)
+    gram_programs=528,  # target number of _gram programs (chunks x batch*heads): about four per SM of an H200
+    gram_warps=0,  # by head dim (_num_warps)
+    gram_stages=0,  # Triton's default software pipelining
+    apply_block_n=0,  # tokens per program of _apply / _apply_bwd (BLOCK_N)
+    apply_warps=0,  # by head dim
+)
+
+
+def _setting(name: str, default: int) -> int:
+    return CONFIG[name] or default
 
 
 @triton.jit
@@ -230,10 +243,12 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
     B, N, heads, dim = a.shape
     bd = _block_d(dim)
     bh = B * heads
-    # about four programs per SM of a large GPU even at batch 1, chunks of whole tiles
-    chunks = max(1, min(triton.cdiv(N, BLOCK_N), triton.cdiv(528, bh)))
-    chunk = triton.cdiv(triton.cdiv(N, chunks), BLOCK_N) * BLOCK_N
+    # enough programs to fill a large GPU even at batch 1, chunks of whole tiles
+    block_n = _setting("gram_block_n", BLOCK_N)
+    chunks = max(1, min(triton.cdiv(N, block_n), triton.cdiv(CONFIG["gram_programs"], bh)))
+    chunk = triton.cdiv(triton.cdiv(N, chunks), block_n) * block_n
     chunks = triton.cdiv(N, chunk)
+    stages = {"num_stages": CONFIG["gram_stages"]} if CONFIG["gram_stages"] else {}
     part = torch.empty(bh, chunks, bd + 2, bd, device=a.device, dtype=torch.float32)
     _gram[(chunks, bh)](
         a,
@@ -250,9 +265,10 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
         b.stride(2),
         D=dim,
         BLOCK_D=bd,
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=block_n,
         PREC=_prec(a.dtype),
-        num_warps=_num_warps(bd),
+        num_warps=_setting("gram_warps", _num_warps(bd)),
+        **stages,
     )
     state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
     means = torch.empty(bh, 2, bd, device=a.device, dtype=torch.float32)
@@ -284,7 +300,8 @@ def forward(q, k, v, scale: float):
     bd = _block_d(dim)
     state, means = _gram_state(k, v, scale / N, center=True)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    _apply[(triton.cdiv(N, BLOCK_N), B * heads)](
+    block_n = _setting("apply_block_n", BLOCK_N)
+    _apply[(triton.cdiv(N, block_n), B * heads)](
         q,
         state,
         means,
@@ -296,9 +313,9 @@ def forward(q, k, v, scale: float):
         q.stride(2),
         D=dim,
         BLOCK_D=bd,
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=block_n,
         PREC=_prec(q.dtype),
-        num_warps=_num_warps(bd),
+        num_warps=_setting("apply_warps", _num_warps(bd)),
     )
     return out, state, means
 
@@ -311,7 +328,8 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     bd = _block_d(dim)
     g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=t.dtype) for t in (q, k, v))
-    _apply_bwd[(triton.cdiv(N, BLOCK_N), B * heads)](
+    block_n = _setting("apply_block_n", BLOCK_N)
+    _apply_bwd[(triton.cdiv(N, block_n), B * heads)](
         grad_out,
         k,
         v,
@@ -332,8 +350,8 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         v.stride(2),
         D=dim,
         BLOCK_D=bd,
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=block_n,
         PREC=_prec(q.dtype),
-        num_warps=_num_warps(bd),
+        num_warps=_setting("apply_warps", _num_warps(bd)),
     )
     return dq, dk, dv
