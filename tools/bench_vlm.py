@@ -92,7 +92,35 @@ class Counter:
         self.handle.remove()
 
 
-def measure(fn, device: str, repeats: int, model=None, warmups: int = 1) -> dict:
+def host_profile(fn, device: str) -> dict:
+    """One call of ``fn`` under ``torch.profiler``: wall seconds, the GPU's summed kernel time, kernel launches,
+    dispatched aten operations and host-device synchronisations (a decode step bound by the host shows GPU time
+    far below wall time, and each extra operation or sync per step adds to the wall)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_time_total > 0 and e.key.startswith(("void", "triton", "_", "ampere",
+                                                                                   "sm90", "cutlass", "flash"))]
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                     "cudaEventSynchronize"))
+    copies = sum(e.count for e in events if e.key.startswith("cudaMemcpy"))
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"wall_s": wall, "gpu_kernel_s": sum(e.device_time_total for e in kernels) / 1e6,
+            "kernel_launches": sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                        "cudaLaunchKernelExC")),
+            "aten_ops": sum(e.count for e in events if e.key.startswith("aten::")),
+            "syncs": syncs, "memcpy_calls": copies,
+            "top_self_cpu": [(e.key, e.count, round(e.self_cpu_time_total / 1e3, 2)) for e in top]}
+
+
+def measure(fn, device: str, repeats: int, model=None, warmups: int = 1, profile: bool = False) -> dict:
     counts = {}
     for _ in range(warmups - 1):  # compiled cases: the first calls compile
         fn()
@@ -114,7 +142,8 @@ def measure(fn, device: str, repeats: int, model=None, warmups: int = 1) -> dict
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak, **counts}
+    extra = {"profile": host_profile(fn, device)} if profile else {}
+    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak, **counts, **extra}
 
 
 CASES = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
@@ -129,6 +158,9 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one more call per case: GPU kernel time against wall time, kernel "
+                             "launches, aten operations, host-device syncs, the top operations by host time")
     parser.add_argument("--compile", action="store_true",
                         help="also time CARVE with compile=True (static cache; on a GPU a compiled decode step with "
                              "CUDA graphs: the warm-up compiles, which takes minutes at 7B size)")
@@ -164,7 +196,7 @@ def main(argv=None) -> int:
                "transformers": __import__("transformers").__version__, "torch": torch.__version__}
     def run(name: str, fn, **kwargs) -> None:
         if name in wanted:
-            results[name] = measure(fn, args.device, args.repeats, **kwargs)
+            results[name] = measure(fn, args.device, args.repeats, profile=args.profile, **kwargs)
 
     model.set_attn_implementation({"text_config": "sdpa"})
     run("generate_sdpa", plain, model=model)
@@ -221,6 +253,15 @@ def main(argv=None) -> int:
         counts = (f"{r['lm_forwards']} ({r['lm_multi_position_forwards']}) | {r['lm_positions']}"
                   if "lm_forwards" in r else "- | -")
         print(f"| {name} | {r['seconds']:.3f} | {r['seconds'] / base:.2f} | {r['peak_gib']:.1f} | {counts} |")
+    if args.profile:
+        print("\n| case | wall s | GPU kernel s | kernel launches | aten ops | syncs | memcpy calls |\n"
+              "|---|---|---|---|---|---|---|")
+        for name in (name for name in CASES if "profile" in results.get(name, {})):
+            p = results[name]["profile"]
+            print(f"| {name} | {p['wall_s']:.3f} | {p['gpu_kernel_s']:.3f} | {p['kernel_launches']} | "
+                  f"{p['aten_ops']} | {p['syncs']} | {p['memcpy_calls']} |")
+        for name in (name for name in CASES if "profile" in results.get(name, {})):
+            print(f"{name}: top host time (op, calls, ms): {results[name]['profile']['top_self_cpu']}")
     seconds = {name: r["seconds"] for name, r in results.items() if isinstance(r, dict) and "seconds" in r}
     if "paint" in seconds:
         print(f"PAINT / plain sdpa: {seconds['paint'] / base:.2f} (target <= 1.2)")
