@@ -124,6 +124,10 @@ def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16), kernel: int = 3,
 def run_inline(dtype):
     q, k, v = (_leaf(2, 49, 2, 32, dtype=dtype) for _ in range(3))
     _grad(K.inline_attn(q, k, v, backend="triton"), (q, k, v))
+    from vizoo.kernels.inline import local_residual_add
+
+    out, v_grid, taps = _leaf(2, 50, 64, dtype=dtype), _leaf(2, 49, 64, dtype=dtype), _leaf(2, 9 * 64)
+    _grad(local_residual_add(out, v_grid, taps, (7, 7), 1, backend="triton"), (out, v_grid, taps))
 
 
 def run_contmix(dtype):

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import difflib
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator

@@ -308,3 +308,108 @@ def test_flop_counter_counts_the_custom_ops_by_formula():
         torch.ops.vizoo.inline_bwd(out, q, q, q, state, means, 0.25)
     assert fwd.get_total_flops() == 4 * B * N * heads * dim * dim
     assert bwd.get_total_flops() == 2 * fwd.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------- the local residual
+def brute_local_residual(taps, v):
+    """The local residual written out per pixel and tap (float64): ``sum_{ky,kx} taps[b, 9c + 3ky + kx] *
+    v[b, y + ky - 1, x + kx - 1, c]``, zero outside the grid."""
+    B, H, W, C = v.shape
+    t = taps.double().reshape(B, C, 3, 3)
+    out = torch.zeros(B, H, W, C, dtype=torch.float64)
+    for y in range(H):
+        for x in range(W):
+            for ky in range(3):
+                for kx in range(3):
+                    yy, xx = y + ky - 1, x + kx - 1
+                    if 0 <= yy < H and 0 <= xx < W:
+                        out[:, y, x] += t[:, :, ky, kx] * v[:, yy, xx].double()
+    return out
+
+
+def test_local_residual_reference_matches_brute_force():
+    from vizoo.kernels.inline.reference import local_residual
+
+    v, taps = torch.randn(2, 4, 5, 3, dtype=torch.float64), torch.randn(2, 27, 1, dtype=torch.float64)
+    torch.testing.assert_close(local_residual(taps, v), brute_local_residual(taps, v))
+
+
+@pytest.mark.parametrize("B,H,W,C,prefix", [(2, 5, 7, 40, 1), (1, 3, 3, 8, 0), (3, 9, 4, 64, 2), (1, 10, 10, 33, 0)])
+def test_local_residual_add_triton_matches_reference(B, H, W, C, prefix):
+    """The fused kernel against the reference: the sum, and the gradients of out, v (read in place from a packed
+    qkv view, as the layers pass it) and the taps; non-square grids, prefix tokens, channels not a multiple of the
+    tile, several pixel tiles."""
+    from vizoo.kernels.inline import local_residual_add
+
+    out = torch.randn(B, prefix + H * W, C, device=DEVICE, requires_grad=True)
+    qkv = torch.randn(B, prefix + H * W, 3, C, device=DEVICE, requires_grad=True)
+    taps = torch.randn(B, 9 * C, 1, device=DEVICE, requires_grad=True)
+    grad = torch.randn(B, prefix + H * W, C, device=DEVICE)
+    results = {}
+    for backend in ("reference", "triton"):
+        y = local_residual_add(out, qkv[:, prefix:, 2], taps, (H, W), prefix, backend=backend)
+        results[backend] = [y, *torch.autograd.grad(y, (out, qkv, taps), grad)]
+    for name, want, got in zip(("sum", "d_out", "d_qkv", "d_taps"), results["reference"], results["triton"]):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+    assert torch.equal(results["triton"][0][:, :prefix], out[:, :prefix].detach())
+
+
+def test_local_residual_add_triton_half():
+    from vizoo.kernels.inline import local_residual_add
+
+    out, v = (torch.randn(2, 1 + 36, 24, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    taps = torch.randn(2, 9 * 24, device=DEVICE)  # float32 taps with bfloat16 values, as an fp32 MLP gives them
+    got = local_residual_add(out, v[:, 1:], taps, (6, 6), 1, backend="triton")
+    want = local_residual_add(out.float(), v[:, 1:].float(), taps, (6, 6), 1, backend="reference")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+
+
+def test_local_residual_custom_ops_opcheck():
+    out = torch.randn(2, 1 + 12, 8, device=DEVICE, requires_grad=True)
+    v = torch.randn(2, 12, 8, device=DEVICE, requires_grad=True)
+    taps = torch.randn(2, 72, device=DEVICE, requires_grad=True)
+    args = (out, v, taps, [3, 4], 1)
+    torch.library.opcheck(torch.ops.vizoo.inline_local_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.vizoo.inline_local_bwd.default, (torch.randn_like(out), v, taps, [3, 4], 1),
+                          test_utils=("test_faketensor",))
+
+
+@pytest.mark.parametrize("call,match", [
+    pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4), _q(1, 36), (3, 3), 0), "prefix", id="token-count"),
+    pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4), _q(1, 35), (3, 3), 1), "taps", id="taps"),
+    pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4, 1), _q(1, 36), (3, 3), 1), "3 dims", id="rank"),
+    pytest.param(lambda f: f(_q(1, 10, 4).int(), _q(1, 9, 4), _q(1, 36), (3, 3), 1), "dtype", id="dtype"),
+])
+def test_local_residual_add_bad_arguments(call, match):
+    from vizoo.kernels.inline import local_residual_add
+
+    with pytest.raises(ValueError, match=match):
+        call(local_residual_add)
+
+
+@pytest.mark.parametrize("name,kwargs", [("inline_deit_tiny", dict(img_size=32, patch_size=8, depth=2)),
+                                         ("inline_pvt_tiny", dict(img_size=64))])
+def test_inline_models_fused_local_residual_matches(monkeypatch, name, kwargs):
+    """InLine models with the local residual forced onto the fused Triton kernel give the reference logits (the
+    layers hand it V as a view into their qkv / kv projection, and a class token in DeiT)."""
+    import timm
+
+    from vizoo.backbones import inline as layers
+    from vizoo.kernels.inline import local_residual_add
+
+    calls = []
+
+    def fused(*args, backend=None):
+        calls.append(backend)
+        return local_residual_add(*args, backend="triton")
+
+    model = timm.create_model(name, **kwargs).to(DEVICE).eval()
+    x = torch.randn(2, 3, kwargs["img_size"], kwargs["img_size"], device=DEVICE)
+    with torch.no_grad():
+        want = model(x)
+        monkeypatch.setattr(layers, "local_residual_add", fused)
+        got = model(x)
+    assert calls
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -1,6 +1,5 @@
 """The probing engine: lr selection on validation, prefix checks, bad inputs, the optimizers, one pass for all."""
 
-import math
 
 import pytest
 import torch

@@ -23,13 +23,13 @@ ones).
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import checkpoint_seq, register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vizoo.kernels import inline_attn
+from vizoo.kernels.inline import local_residual_add
 
 __all__ = [
     "InLineAttention",
@@ -38,7 +38,6 @@ __all__ = [
     "TokenStage",
     "HierarchicalMixin",
     "inline_mix",
-    "local_residual",
     "residual_mlp",
     "check_image_size",
 ]
@@ -52,18 +51,6 @@ def residual_mlp(dim: int, num_heads: int) -> nn.Sequential:
         nn.GELU(),
         nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads),
     )
-
-
-def local_residual(taps: Tensor, v: Tensor) -> Tensor:
-    """Per-sample depthwise 3x3 convolution of ``v`` ``[B, H, W, C]`` with ``taps`` ``[B, 9C, 1]`` (the output
-    of ``residual_mlp`` on the mean token). Returns ``[B, H, W, C]``. The batch folds into the channels, so
-    one
-    grouped convolution applies every sample's own kernels."""
-    B, H, W, C = v.shape
-    taps = taps.reshape(B * C, 1, 3, 3)
-    v = v.permute(0, 3, 1, 2).reshape(1, B * C, H, W)
-    out = F.conv2d(v, taps.to(v.dtype), None, padding=1, groups=B * C)
-    return out.reshape(B, C, H, W).permute(0, 2, 3, 1)
 
 
 @torch.jit.ignore
@@ -154,6 +141,19 @@ class InLineAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, grid_size={self.grid_size}"
 
 
+# On CUDA, the local residual and its addition to the global term run as one Triton kernel (reading V where the
+# qkv projection left it) while FUSED_LOCAL_RESIDUAL is set; otherwise as PyTorch's grouped convolution with the
+# batch folded into the channels (two layout copies, the convolution, the addition). Off until the fused kernel
+# is timed on a GPU against the convolution.
+FUSED_LOCAL_RESIDUAL = False
+
+
+@torch.jit.ignore
+def _add_local_residual(out: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int) -> Tensor:
+    backend = "triton" if out.is_cuda and FUSED_LOCAL_RESIDUAL else "reference"
+    return local_residual_add(out, v, taps, grid_size, prefix, backend=backend)
+
+
 def inline_mix(
     q: Tensor, k: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int, scale: float
 ) -> Tensor:
@@ -162,10 +162,7 @@ def inline_mix(
     C = heads * dim
     H, W = grid_size
     out = _global(q, k, v, scale).reshape(B, N, C)
-    res = local_residual(taps, v[:, prefix:].reshape(B, H, W, C)).reshape(B, H * W, C).to(out.dtype)
-    if prefix > 0:
-        return torch.cat([out[:, :prefix], out[:, prefix:] + res], 1)
-    return out + res
+    return _add_local_residual(out, v[:, prefix:].reshape(B, H * W, C), taps, grid_size, prefix)
 
 
 @register_notrace_module

@@ -111,3 +111,57 @@ class TritonInLine(torch.autograd.Function):
         q, k, v, state, means = ctx.saved_tensors
         dq, dk, dv = _triton.backward(grad_out, q, k, v, state, means, ctx.scale)
         return dq, dk, dv, None
+
+
+# ------------------------------------------------------------------------------------- the local residual
+@torch.library.custom_op("vizoo::inline_local_fwd", mutates_args=())
+def inline_local_fwd(out: Tensor, v: Tensor, taps: Tensor, grid_size: list[int], prefix: int) -> Tensor:
+    """``out`` plus the local residual of ``v`` on its last ``H*W`` tokens (Triton; contiguous, out's dtype)."""
+    from vizoo.kernels.inline import triton as _triton
+
+    return _triton.local_forward(out, v, taps, grid_size, prefix)
+
+
+@inline_local_fwd.register_fake
+def _(out, v, taps, grid_size, prefix):
+    return torch.empty(out.shape, device=out.device, dtype=out.dtype)
+
+
+@torch.library.custom_op("vizoo::inline_local_bwd", mutates_args=())
+def inline_local_bwd(grad: Tensor, v: Tensor, taps: Tensor, grid_size: list[int],
+                     prefix: int) -> tuple[Tensor, Tensor]:
+    """``(dv, dtaps)`` of ``inline_local_fwd``."""
+    from vizoo.kernels.inline import triton as _triton
+
+    return _triton.local_backward(grad, v, taps, grid_size, prefix)
+
+
+@inline_local_bwd.register_fake
+def _(grad, v, taps, grid_size, prefix):
+    return (torch.empty(v.shape, device=v.device, dtype=v.dtype),
+            torch.empty(taps.shape, device=taps.device, dtype=taps.dtype))
+
+
+def _local_setup_context(ctx, inputs, output):
+    _, v, taps, grid_size, prefix = inputs
+    ctx.save_for_backward(v, taps)
+    ctx.options = (grid_size, prefix)
+
+
+def _local_backward(ctx, grad):
+    v, taps = ctx.saved_tensors
+    dv, dtaps = inline_local_bwd(grad.contiguous(), v, taps, *ctx.options)
+    return grad, dv, dtaps, None, None
+
+
+inline_local_fwd.register_autograd(_local_backward, setup_context=_local_setup_context)
+
+
+@register_flop_formula(torch.ops.vizoo.inline_local_fwd)
+def _inline_local_fwd_flops(out_shape_, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 9 * math.prod(v_shape)  # a multiply and an add per tap and element, as a depthwise conv counts
+
+
+@register_flop_formula(torch.ops.vizoo.inline_local_bwd)
+def _inline_local_bwd_flops(grad_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 2 * 9 * math.prod(v_shape)

@@ -19,6 +19,7 @@ forming the ``N x N`` matrix, in O(N d^2):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -31,3 +32,25 @@ def inline_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     state = (k - k.mean(-2, keepdim=True)).transpose(-1, -2) @ v * (scale / n)
     out = q @ state + v.mean(-2, keepdim=True)
     return out.transpose(1, 2).to(dtype)
+
+
+def local_residual(taps: Tensor, v: Tensor) -> Tensor:
+    """InLine's local residual: a per-sample depthwise 3x3 convolution (zero padding, no bias) of ``v``
+    ``[B, H, W, C]`` with ``taps`` ``[B, 9C]`` or ``[B, 9C, 1]`` (entry ``9c + 3 ky + kx`` is channel c's tap at
+    row ky, column kx). Returns ``[B, H, W, C]`` in v's dtype. The batch folds into the channels, so one grouped
+    convolution applies every sample's own kernels."""
+    B, H, W, C = v.shape
+    kernels = taps.reshape(B * C, 1, 3, 3).to(v.dtype)
+    out = F.conv2d(v.permute(0, 3, 1, 2).reshape(1, B * C, H, W), kernels, None, padding=1, groups=B * C)
+    return out.reshape(B, C, H, W).permute(0, 2, 3, 1)
+
+
+def local_residual_add(out: Tensor, v: Tensor, taps: Tensor, grid_size: tuple, prefix: int) -> Tensor:
+    """``out`` ``[B, prefix + H*W, C]`` with the local residual of ``v`` ``[B, H*W, C]`` added to its last
+    ``H*W`` tokens (the prefix tokens unchanged), in out's dtype."""
+    B, N, C = out.shape
+    H, W = grid_size
+    res = local_residual(taps, v.reshape(B, H, W, C)).reshape(B, H * W, C).to(out.dtype)
+    if prefix > 0:
+        return torch.cat([out[:, :prefix], out[:, prefix:] + res], 1)
+    return out + res

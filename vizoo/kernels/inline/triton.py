@@ -355,3 +355,107 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         num_warps=_setting("apply_warps", _num_warps(bd)),
     )
     return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------- the local residual
+# ``out + local_residual(taps, v)`` in one pass: each program reads its tile of tokens from ``out`` and the 3x3
+# neighbourhoods of ``v`` (channels last, as the qkv projection leaves them: no layout copies) and writes the sum.
+# The backward is one launch per (batch, channel tile): it walks the image once, writing dV (the transposed
+# filter over the output gradient) and summing the taps' gradients.
+LOCAL_BLOCK_P = 64
+LOCAL_BLOCK_C = 32
+
+
+@triton.jit
+def _local_fwd(OUT, V, TAPS, Y, N, H, W, C, PREFIX, so_b, so_n, sv_b, sv_n,
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mask = (n < N)[:, None] & cmask[None, :]
+    p = tl.maximum(n - PREFIX, 0)
+    pixel = (n >= PREFIX) & (n < N)
+    y = p // W
+    x = p % W
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for t in tl.static_range(9):
+        yy = y + (t // 3 - 1)
+        xx = x + (t % 3 - 1)
+        ok = pixel & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        src = (yy * W + xx).to(tl.int64)
+        vv = tl.load(V + b * sv_b + src[:, None] * sv_n + c[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+        w = tl.load(TAPS + b * 9 * C + c * 9 + t, mask=cmask, other=0.0)
+        acc += vv.to(tl.float32) * w.to(tl.float32)[None, :]
+    n64 = n.to(tl.int64)
+    o = tl.load(OUT + b * so_b + n64[:, None] * so_n + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + (b * N + n64)[:, None] * C + c[None, :], (o + acc).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _local_bwd(G, V, TAPS, DV, DTAPS, H, W, C, PREFIX, sg_b, sg_n, sv_b, sv_n,
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    taps_row = tl.arange(0, 16)  # the 9 taps, padded to a power of two
+    d_taps = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+    HW = H * W
+    for p0 in range(0, HW, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pmask = p < HW
+        y = p // W
+        x = p % W
+        p64 = p.to(tl.int64)
+        g = tl.load(G + b * sg_b + (PREFIX + p64)[:, None] * sg_n + c[None, :],
+                    mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        dv = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for t in tl.static_range(9):
+            dy = t // 3 - 1
+            dx = t % 3 - 1
+            w = tl.load(TAPS + b * 9 * C + c * 9 + t, mask=cmask, other=0.0).to(tl.float32)
+            # dV at p gets tap t's weight times the output gradient at the pixel that read p through tap t
+            ys, xs = y - dy, x - dx
+            ok = pmask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+            src = (PREFIX + ys * W + xs).to(tl.int64)
+            gs = tl.load(G + b * sg_b + src[:, None] * sg_n + c[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0)
+            dv += gs.to(tl.float32) * w[None, :]
+            # tap t's gradient: the output gradient at p times the value tap t read for p
+            yv, xv = y + dy, x + dx
+            ok = pmask & (yv >= 0) & (yv < H) & (xv >= 0) & (xv < W)
+            src = (yv * W + xv).to(tl.int64)
+            vv = tl.load(V + b * sv_b + src[:, None] * sv_n + c[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0)
+            d_taps += tl.where(taps_row[:, None] == t, tl.sum(g * vv.to(tl.float32), 0)[None, :], 0.0)
+        tl.store(DV + (b * HW + p64)[:, None] * C + c[None, :], dv.to(DV.dtype.element_ty),
+                 mask=pmask[:, None] & cmask[None, :])
+    tl.store(DTAPS + b * 9 * C + c[None, :] * 9 + taps_row[:, None], d_taps.to(DTAPS.dtype.element_ty),
+             mask=(taps_row[:, None] < 9) & cmask[None, :])
+
+
+def local_forward(out, v, taps, grid_size, prefix: int):
+    """``out`` ``[B, N, C]`` plus the local residual of ``v`` ``[B, H*W, C]`` (``taps`` ``[B, 9C]``) on its
+    last ``H*W`` tokens; contiguous, out's dtype."""
+    out, v, taps = _last_contiguous(out), _last_contiguous(v), taps.contiguous()
+    B, N, C = out.shape
+    H, W = grid_size
+    y = torch.empty((B, N, C), device=out.device, dtype=out.dtype)
+    grid = (triton.cdiv(N, LOCAL_BLOCK_P), B, triton.cdiv(C, LOCAL_BLOCK_C))
+    _local_fwd[grid](out, v, taps, y, N, H, W, C, prefix, out.stride(0), out.stride(1), v.stride(0), v.stride(1),
+                     BLOCK_P=LOCAL_BLOCK_P, BLOCK_C=LOCAL_BLOCK_C, num_warps=8)
+    return y
+
+
+def local_backward(grad, v, taps, grid_size, prefix: int):
+    """``(dv, dtaps)`` of :func:`local_forward` (the gradient of ``out`` is ``grad`` itself): dv ``[B, H*W, C]``
+    in v's dtype, dtaps ``[B, 9C]`` in the taps' dtype, both contiguous."""
+    grad, v, taps = _last_contiguous(grad), _last_contiguous(v), taps.contiguous()
+    B, HW, C = v.shape
+    H, W = grid_size
+    dv = torch.empty((B, HW, C), device=v.device, dtype=v.dtype)
+    dtaps = torch.empty((B, 9 * C), device=taps.device, dtype=taps.dtype)
+    _local_bwd[(B, triton.cdiv(C, LOCAL_BLOCK_C))](grad, v, taps, dv, dtaps, H, W, C, prefix, grad.stride(0),
+                                                   grad.stride(1), v.stride(0), v.stride(1),
+                                                   BLOCK_P=LOCAL_BLOCK_P, BLOCK_C=LOCAL_BLOCK_C, num_warps=8)
+    return dv, dtaps

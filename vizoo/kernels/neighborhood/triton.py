@@ -503,7 +503,8 @@ _GEOMETRY: dict = {}
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
-           RPB_CHUNK_BYTES, RPB_CHUNK_PASSES, tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
+           RPB_CHUNK_BYTES, RPB_CHUNK_PASSES,
+           tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
     hit = _GEOMETRY.get(key)
     if hit is not None:
         return hit
