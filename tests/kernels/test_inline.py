@@ -413,3 +413,27 @@ def test_inline_models_fused_local_residual_matches(monkeypatch, name, kwargs):
         got = model(x)
     assert calls
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,H,W,C,prefix", [(64, 14, 14, 192, 1), (32, 56, 56, 64, 0), (16, 7, 7, 512, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_local_residual_add_gpu(B, H, W, C, prefix, dtype):
+    """The fused local residual at InLine-DeiT-T's and InLine-PVT's real shapes, values and gradients."""
+    from vizoo.kernels.inline import local_residual_add
+
+    out = torch.randn(B, prefix + H * W, C, device="cuda", dtype=dtype, requires_grad=True)
+    qkv = torch.randn(B, prefix + H * W, 3, C, device="cuda", dtype=dtype, requires_grad=True)
+    taps = (0.3 * torch.randn(B, 9 * C, 1, device="cuda", dtype=dtype)).requires_grad_()
+    grad = torch.randn_like(out)
+    results = {}
+    for backend in ("reference", "triton"):
+        y = local_residual_add(out, qkv[:, prefix:, 2], taps, (H, W), prefix, backend=backend)
+        results[backend] = [y, *torch.autograd.grad(y, (out, qkv, taps), grad)]
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
+    for name, want, got in zip(("sum", "d_out", "d_qkv", "d_taps"), results["reference"], results["triton"]):
+        if name == "d_taps" and dtype == torch.bfloat16:  # sums over H*W products: compare relative to the scale
+            torch.testing.assert_close(got.float(), want.float(), atol=0.02 * want.float().abs().max().item(),
+                                       rtol=0.02, msg=name)
+        else:
+            torch.testing.assert_close(got.float(), want.float(), **tol, msg=name)
