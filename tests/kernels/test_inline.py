@@ -360,6 +360,7 @@ def test_local_residual_custom_ops_opcheck():
     pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4), _q(1, 35), (3, 3), 1), "taps", id="taps"),
     pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4, 1), _q(1, 36), (3, 3), 1), "3 dims", id="rank"),
     pytest.param(lambda f: f(_q(1, 10, 4).int(), _q(1, 9, 4), _q(1, 36), (3, 3), 1), "dtype", id="dtype"),
+    pytest.param(lambda f: f(_q(1, 10, 4), _q(1, 9, 4), _q(1, 36), (3, 3), -1), "prefix must be", id="prefix"),
 ])
 def test_local_residual_add_bad_arguments(call, match):
     from vizoo.kernels.inline import local_residual_add

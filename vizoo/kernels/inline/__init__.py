@@ -130,6 +130,8 @@ def local_residual_add(out: Tensor, v: Tensor, taps: Tensor, grid_size, prefix: 
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if dims is not None and t.dim() != dims:
             raise ValueError(f"local_residual_add expects {name} with {dims} dims, got shape {tuple(t.shape)}")
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"prefix must be an int >= 0, got {prefix!r}")
     H, W = (int(s) for s in grid_size)
     B, N, C = out.shape
     if N != prefix + H * W or tuple(v.shape) != (B, H * W, C):
