@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vizoo.backbones.overlock import DILATED_BRANCHES
 from vizoo.kernels.depthwise import depthwise_conv2d
+from vizoo.kernels.depthwise import triton as _dw_triton
 
 BATCH = 256
 SHAPES = [(64, 56, 17), (128, 28, 15), (256, 14, 13), (512, 7, 7)]  # (channels, map side, K) of stages 1-4
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="skip cuDNN's channels-last rows")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated (default %(default)s)")
     parser.add_argument("--kernels", default="", help="comma-separated kernel sizes to time (default: all rows)")
+    parser.add_argument("--direct", action="store_true",
+                        help="also time the Triton op on its CUDA-core kernels (method 'direct')")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     wanted = {int(k) for k in args.kernels.split(",") if k}
@@ -85,18 +88,23 @@ def main() -> None:
                 weights = [torch.randn(channels, 1, kk, kk, device="cuda", dtype=dtype, requires_grad=True)
                            for kk, _ in branches]
                 rows = [("cuDNN", _cudnn)] + ([("Triton", _triton)] if layout == torch.contiguous_format else [])
+                if args.direct and layout == torch.contiguous_format:
+                    rows.append(("direct", _triton))  # the same op with DIRECT_MAX_KERNEL raised, below
                 for name, conv in rows:
+                    saved = _dw_triton.DIRECT_MAX_KERNEL  # "direct": forward and backward on the CUDA-core kernels
+                    _dw_triton.DIRECT_MAX_KERNEL = 10**6 if name == "direct" else saved
                     t = _time_case(conv, x, weights, branches)
                     layout_name = "NHWC" if layout == torch.channels_last else "NCHW"
                     line = (f"C={channels} {side}x{side} K={k} {str(dtype)[6:]:8s} {layout_name} {name:6s}: "
                             f"deploy fwd {t[0]:7.2f} ms, fwd+bwd {t[1]:7.2f} ms | train-form fwd {t[2]:7.2f} ms, "
                             f"fwd+bwd {t[3]:7.2f} ms")
-                    if name == "Triton":
+                    if name in ("Triton", "direct"):
                         nbytes = x.numel() * x.element_size()
                         hbm = [n * nbytes / (ms * 1e-3) / (args.hbm_tbps * 1e12) for n, ms in ((2, t[0]), (6, t[1]))]
                         with torch.no_grad():
-                            err = (_triton(x, weights[0], 1).float() - _cudnn(x, weights[0], 1).float()).abs().max()
+                            err = (conv(x, weights[0], 1).float() - _cudnn(x, weights[0], 1).float()).abs().max()
                         line += f" | HBM deploy fwd {hbm[0]:5.1%}, fwd+bwd {hbm[1]:5.1%} | max |diff| {err:.1e}"
+                    _dw_triton.DIRECT_MAX_KERNEL = saved
                     print(line, flush=True)
 
 

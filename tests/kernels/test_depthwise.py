@@ -66,6 +66,21 @@ def test_halo_wider_than_the_tensor_core_tile_falls_back_to_the_direct_kernels()
     _compare(1, 2, (5, 6), 3, 57)  # halo 2 * 57 > 112
 
 
+def test_small_kernels_route_to_the_direct_kernels(monkeypatch):
+    """With ``DIRECT_MAX_KERNEL = 3`` the op's 3x3 forward and both gradients run the CUDA-core kernels (and match
+    F.conv2d); a 5x5 conv keeps the tensor-core ones."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    monkeypatch.setattr(_triton, "DIRECT_MAX_KERNEL", 3)
+    methods, real = [], _triton._correlate
+    monkeypatch.setattr(_triton, "_correlate", lambda *a: methods.append(a[-1]) or real(*a))
+    _compare(2, 3, (9, 7), 3, 1)
+    assert methods == ["direct", "direct"]  # forward, input gradient
+    methods.clear()
+    _compare(2, 3, (9, 7), 5, 1)
+    assert methods == ["auto", "auto"]
+
+
 def test_direct_kernels_match_conv2d():
     """The CUDA-core kernels (one tile load per tap) that serve wide halos, called directly at a small halo."""
     from vizoo.kernels.depthwise import triton as _triton

@@ -61,6 +61,14 @@ def _prune_rows(configs, named_args, **kwargs):
 
 # weight gradient: image-chunk count aims at about this many programs in all (C x chunks)
 _WGRAD_PROGRAMS = 2048
+# "auto" runs kernels at most this wide on the CUDA-core kernels ("direct") and the others that fit as band-matrix
+# products ("rows"). 0 sends every kernel that fits to "rows" until the two are timed against each other at 3x3 on
+# a GPU (`tools/bench_depthwise.py --direct`), where the band wastes most of its multiplies.
+DIRECT_MAX_KERNEL = 0
+
+
+def _method(method: str, kernel_size: int) -> str:
+    return "direct" if method == "auto" and kernel_size <= DIRECT_MAX_KERNEL else method
 
 
 @triton.autotune(configs=_CONFIGS, key=["H", "W", "KS", "DIL"])
@@ -274,7 +282,7 @@ def _correlate(x, weight, bias, dilation, method="auto"):
 def forward(x, weight, bias, dilation, method="auto"):
     """``[B, C, H, W]`` depthwise "same" conv of x (any float dtype Triton loads; accumulates in float32)."""
     bias = bias.contiguous() if bias is not None else None
-    return _correlate(x.contiguous(), weight.contiguous(), bias, dilation, method)
+    return _correlate(x.contiguous(), weight.contiguous(), bias, dilation, _method(method, weight.shape[-1]))
 
 
 def _wgrad_tile(H: int, W: int) -> tuple:
@@ -290,6 +298,7 @@ def backward(grad_out, x, weight, dilation, method="auto"):
     B, C, H, W = x.shape
     k = weight.shape[-1]
     pad = dilation * (k - 1) // 2
+    method = _method(method, k)
     d_x = _correlate(grad_out, weight.flip(-1, -2).contiguous(), None, dilation, method)
     chunks = min(B, max(1, triton.cdiv(_WGRAD_PROGRAMS, C)))
     b_per = triton.cdiv(B, chunks)
