@@ -14,7 +14,8 @@ dv (8 tensors). H200 peak: 4.8 TB/s.
 The GPU-only columns sum the kernels' times from the profiler (no Python or launch overhead): at batch 1 the
 three launches of a call can take longer on the host than the kernels take on the GPU, so the wall-clock columns
 show the host's floor. ``--tune`` sweeps the launch settings (``vizoo.kernels.inline.triton.CONFIG``) one at a
-time around the defaults at N = 3136 and 65536, checking each against the reference, and prints GPU-only times.
+time around the defaults at N = 196, 3136 and 65536 (``fused`` applies at 196, where every (batch, head) is one
+chunk), checking each against the reference, and prints GPU-only times.
 
     python tools/bench_inline.py [--check] [--tune] [--json F] [--markdown F]
 """
@@ -114,10 +115,10 @@ def _bench_one(n: int) -> dict:
 
 
 TUNE = dict(gram_block_n=(32, 64, 128, 256), gram_programs=(264, 528, 1056, 2112), gram_warps=(2, 4, 8),
-            gram_stages=(1, 2, 3, 4), apply_block_n=(32, 64, 128, 256), apply_warps=(2, 4, 8))
+            gram_stages=(1, 2, 3, 4), apply_block_n=(32, 64, 128, 256), apply_warps=(2, 4, 8), fused=(1,))
 
 
-def tune(log=print, sizes=(3136, 65536)) -> list:
+def tune(log=print, sizes=(196, 3136, 65536)) -> list:
     """GPU-only forward and forward+backward times of each setting in ``TUNE`` (one changed at a time, the rest
     at their defaults), with the max error against the reference."""
     from vizoo.kernels import inline_attn

@@ -124,6 +124,14 @@ def run_na(dtype, rpb_chunk_bytes: int, shape=(2, 9, 9, 2, 16), kernel: int = 3,
 def run_inline(dtype):
     q, k, v = (_leaf(2, 49, 2, 32, dtype=dtype) for _ in range(3))
     _grad(K.inline_attn(q, k, v, backend="triton"), (q, k, v))
+    from vizoo.kernels.inline import triton as inline_triton
+
+    saved = dict(inline_triton.CONFIG)
+    inline_triton.CONFIG.update(fused=1, gram_programs=1)  # the one-launch kernels
+    try:
+        _grad(K.inline_attn(q, k, v, backend="triton"), (q, k, v))
+    finally:
+        inline_triton.CONFIG.update(saved)
     from vizoo.kernels.inline import local_residual_add
 
     out, v_grid, taps = _leaf(2, 50, 64, dtype=dtype), _leaf(2, 49, 64, dtype=dtype), _leaf(2, 9 * 64)

@@ -118,6 +118,21 @@ def test_triton_launch_settings(monkeypatch, setting):
     _compare(2, 150, 2, 16, torch.float32)
 
 
+@pytest.mark.parametrize("B,N,heads,dim,packed", [(2, 150, 2, 16, False), (3, 37, 1, 24, False), (2, 70, 2, 32, True)])
+def test_triton_fused_single_launch(monkeypatch, B, N, heads, dim, packed):
+    """The one-launch kernels (``CONFIG["fused"]``, taken for 16-bit inputs when each (batch, head) gets one chunk)
+    give the reference's values and gradients: several token tiles, a head dim below its padding, packed qkv views.
+    float16 here (the interpreter's bfloat16 dots are wrong); the GPU test covers bfloat16."""
+    from vizoo.kernels.inline import triton as tk
+
+    monkeypatch.setitem(tk.CONFIG, "fused", 1)
+    monkeypatch.setitem(tk.CONFIG, "gram_programs", 1)  # one chunk per (batch, head) at any size
+    taken, real = [], tk._fused
+    monkeypatch.setattr(tk, "_fused", lambda *a: taken.append(real(*a)) or taken[-1])
+    _compare(B, N, heads, dim, torch.float16, atol=2e-2, rtol=2e-2, packed=packed)
+    assert taken and all(taken)
+
+
 def test_triton_reads_packed_qkv_views():
     _compare(2, 37, 2, 32, torch.float32, packed=True, scale=0.3)
 
@@ -417,3 +432,14 @@ def test_local_residual_add_gpu(B, H, W, C, prefix, dtype):
                                        rtol=0.02, msg=name)
         else:
             torch.testing.assert_close(got.float(), want.float(), **tol, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,N,heads", [(256, 197, 3), (64, 197, 6), (128, 50, 12)])
+def test_triton_fused_single_launch_gpu(monkeypatch, B, N, heads):
+    """The one-launch kernels at InLine-DeiT's shapes (bf16, head dim 32; one chunk per (batch, head))."""
+    from vizoo.kernels.inline import triton as tk
+
+    monkeypatch.setitem(tk.CONFIG, "fused", 1)
+    assert tk._fused(N, B * heads, 32, torch.bfloat16)
+    _compare(B, N, heads, 32, torch.bfloat16, atol=2e-2, rtol=2e-2, device="cuda", packed=True)

@@ -34,6 +34,10 @@ CONFIG = dict(
     gram_stages=0,  # Triton's default software pipelining
     apply_block_n=0,  # tokens per program of _apply / _apply_bwd (BLOCK_N)
     apply_warps=0,  # by head dim
+    # one launch per direction (_fused_fwd / _fused_bwd: a program per (batch, head) walks its tokens twice) when
+    # the chunked path would give every (batch, head) a single chunk anyway and the head dim is at most 64; off
+    # until timed on a GPU against the three launches
+    fused=0,
 )
 
 
@@ -224,6 +228,83 @@ def _apply_bwd(
     tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _fused_fwd(Q, K, V, OUT, STATE, MEANS, N, HEADS, sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, factor,
+               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """One (batch, head): the state from all its keys and values, then ``out = Q M + mean V``; also stores M and
+    the means for the backward (the layouts of ``_finalize``)."""
+    bh = tl.program_id(0)
+    b = (bh // HEADS).to(tl.int64)
+    h = bh % HEADS
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    k_ptr, v_ptr = K + b * sk_b + h * sk_h, V + b * sv_b + h * sv_h
+    acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+    sum_k = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sum_v = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for off in range(0, N, BLOCK_N):
+        r64 = (off + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (r64 < N)[:, None] & cmask[None, :]
+        k = tl.load(k_ptr + r64[:, None] * sk_n + cols[None, :], mask=mask, other=0.0)
+        v = tl.load(v_ptr + r64[:, None] * sv_n + cols[None, :], mask=mask, other=0.0)
+        acc = tl.dot(tl.trans(k), v, acc, input_precision=PREC)
+        sum_k += tl.sum(k.to(tl.float32), 0)
+        sum_v += tl.sum(v.to(tl.float32), 0)
+    k_mean, v_mean = sum_k / N, sum_v / N
+    m = (acc - sum_k[:, None] * v_mean[None, :]) * factor
+    sbh = bh.to(tl.int64)
+    tl.store(STATE + sbh * BLOCK_D * BLOCK_D + cols[:, None] * BLOCK_D + cols[None, :], m)
+    tl.store(MEANS + sbh * 2 * BLOCK_D + cols, k_mean)
+    tl.store(MEANS + (sbh * 2 + 1) * BLOCK_D + cols, v_mean)
+    q_ptr, o_ptr = Q + b * sq_b + h * sq_h, OUT + b * N * HEADS * D + h * D
+    for off in range(0, N, BLOCK_N):
+        r64 = (off + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (r64 < N)[:, None] & cmask[None, :]
+        out = tl.dot(_load_tile(q_ptr, r64, sq_n, cols, mask), m, input_precision=PREC) + v_mean[None, :]
+        tl.store(o_ptr + r64[:, None] * (HEADS * D) + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fused_bwd(DO, Q, K, V, STATE, MEANS, DQ, DK, DV, N, HEADS, sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n,
+               sv_h, factor, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """One (batch, head): ``G = factor Q^T dO`` from all its tokens, then ``_apply_bwd``'s dQ, dK, dV."""
+    bh = tl.program_id(0)
+    b = (bh // HEADS).to(tl.int64)
+    h = bh % HEADS
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    dense = b * N * HEADS * D + h * D
+    q_ptr = Q + b * sq_b + h * sq_h
+    g = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+    sum_do = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for off in range(0, N, BLOCK_N):
+        r64 = (off + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (r64 < N)[:, None] & cmask[None, :]
+        q = tl.load(q_ptr + r64[:, None] * sq_n + cols[None, :], mask=mask, other=0.0)
+        do = tl.load(DO + dense + r64[:, None] * (HEADS * D) + cols[None, :], mask=mask, other=0.0)
+        g = tl.dot(tl.trans(q), do, g, input_precision=PREC)
+        sum_do += tl.sum(do.to(tl.float32), 0)
+    g = g * factor
+    g_t = tl.trans(g)
+    do_mean = sum_do / N
+    sbh = bh.to(tl.int64)
+    m_t = tl.load(STATE + sbh * BLOCK_D * BLOCK_D + cols[None, :] * BLOCK_D + cols[:, None])  # M^T
+    k_mean = tl.load(MEANS + sbh * 2 * BLOCK_D + cols)
+    v_mean = tl.load(MEANS + (sbh * 2 + 1) * BLOCK_D + cols)
+    k_ptr, v_ptr = K + b * sk_b + h * sk_h, V + b * sv_b + h * sv_h
+    for off in range(0, N, BLOCK_N):
+        r64 = (off + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (r64 < N)[:, None] & cmask[None, :]
+        do = _load_tile(DO + dense, r64, HEADS * D, cols, mask)
+        k = _load_tile(k_ptr, r64, sk_n, cols, mask) - k_mean[None, :]
+        v = _load_tile(v_ptr, r64, sv_n, cols, mask) - v_mean[None, :]
+        offs = dense + r64[:, None] * (HEADS * D) + cols[None, :]
+        tl.store(DQ + offs, tl.dot(do, m_t, input_precision=PREC).to(DQ.dtype.element_ty), mask=mask)
+        tl.store(DK + offs, tl.dot(v, g_t, input_precision=PREC).to(DK.dtype.element_ty), mask=mask)
+        dv = tl.dot(k, g, input_precision=PREC) + do_mean[None, :]
+        tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=mask)
+
+
 def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -292,12 +373,33 @@ def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _fused(N: int, bh: int, bd: int, dtype: torch.dtype) -> bool:
+    """Whether a call takes the one-launch kernels (``CONFIG["fused"]``): the chunked gram would give each
+    (batch, head) one chunk, and the states fit one program's registers (16-bit inputs, head dim at most 64; in
+    float32 the backward spills on sm_90)."""
+    if not CONFIG["fused"] or bd > 64 or dtype == torch.float32:
+        return False
+    return min(triton.cdiv(N, _setting("gram_block_n", BLOCK_N)), triton.cdiv(CONFIG["gram_programs"], bh)) == 1
+
+
+def _strides(*tensors) -> tuple:
+    return tuple(stride for t in tensors for stride in t.stride()[:3])
+
+
 def forward(q, k, v, scale: float):
     """Returns ``out`` (contiguous, q's dtype), the state ``M`` ``[B*heads, BD, BD]`` and the means of K and V
     ``[B*heads, 2, BD]`` (float32, zero-padded to ``BD``), which the backward reuses."""
     q, k, v = (_last_contiguous(t) for t in (q, k, v))
     B, N, heads, dim = q.shape
     bd = _block_d(dim)
+    if _fused(N, B * heads, bd, q.dtype):
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+        state = torch.empty(B * heads, bd, bd, device=q.device, dtype=torch.float32)
+        means = torch.empty(B * heads, 2, bd, device=q.device, dtype=torch.float32)
+        _fused_fwd[(B * heads,)](q, k, v, out, state, means, N, heads, *_strides(q, k, v), scale / N, D=dim,
+                                 BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N), PREC=_prec(q.dtype),
+                                 num_warps=_setting("apply_warps", _num_warps(bd)))
+        return out, state, means
     state, means = _gram_state(k, v, scale / N, center=True)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     block_n = _setting("apply_block_n", BLOCK_N)
@@ -326,8 +428,13 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     grad_out = grad_out.contiguous()
     B, N, heads, dim = q.shape
     bd = _block_d(dim)
-    g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=t.dtype) for t in (q, k, v))
+    if _fused(N, B * heads, bd, q.dtype):
+        _fused_bwd[(B * heads,)](grad_out, q, k, v, state, means, dq, dk, dv, N, heads, *_strides(q, k, v),
+                                 scale / N, D=dim, BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N),
+                                 PREC=_prec(q.dtype), num_warps=_setting("apply_warps", _num_warps(bd)))
+        return dq, dk, dv
+    g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     block_n = _setting("apply_block_n", BLOCK_N)
     _apply_bwd[(triton.cdiv(N, block_n), B * heads)](
         grad_out,
