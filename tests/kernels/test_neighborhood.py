@@ -301,7 +301,8 @@ def test_triton_head_dim_not_power_of_two():
     _compare((7, 7), 3, 1, 1, False, True, torch.float32, dim=24)
 
 
-@pytest.mark.parametrize("passes", [("fwd", "bwd", "dkdv"), ("fwd", "dkdv"), ("fwd",), ()])
+@pytest.mark.parametrize("passes", [("fwd", "bwd", "dkdv", "dsum"), ("fwd", "bwd", "dkdv"), ("fwd", "dkdv"), ("fwd",),
+                                    ()])
 @pytest.mark.parametrize("case,tiles", [
     (((13, 21), (3, 5), (2, 1), (False, True)), {}),
     (((7, 10), (3, 5), (2, 1), (False, True)), {"TH": 2, "TW": 4, "KR": 1, "KC": 4}),  # several chunks per axis
@@ -309,8 +310,9 @@ def test_triton_head_dim_not_power_of_two():
     (((7, 9), (2, 4), 1, (True, True)), {}),  # even windows, causal on both axes
 ])
 def test_triton_rpb_bias_layouts(monkeypatch, case, tiles, passes):
-    """The RPB read from the host-gathered chunk layout (in the launches named) and gathered in the kernel give
-    the reference's values and gradients, also with small tiles (several patterns and chunks per axis)."""
+    """The RPB read from the host-gathered chunk layout (in the launches named; with "dsum" the score gradients
+    summed in that layout by atomics) and gathered in the kernel give the reference's values and gradients, also
+    with small tiles (several patterns and chunks per axis)."""
     from vizoo.kernels.neighborhood import triton as tri
 
     monkeypatch.setattr(tri, "RPB_CHUNK_BYTES", 8 << 20)

@@ -16,8 +16,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("args", [[], ["--ops", "na", "--rpb-chunk-passes", "fwd,bwd,dkdv"]],
-                         ids=["all-ops", "na-chunk-layout-rpb"])
+@pytest.mark.parametrize("args", [[], ["--ops", "na", "--rpb-chunk-passes", "fwd,bwd,dkdv"],
+                                  ["--ops", "na", "--rpb-chunk-passes", "fwd,bwd,dkdv,dsum", "--dtypes", "bfloat16"]],
+                         ids=["all-ops", "na-chunk-layout-rpb", "na-chunk-layout-rpb-atomics"])
 def test_every_kernel_compiles_for_sm90(args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "sm90_compile.py"), *args], capture_output=True,

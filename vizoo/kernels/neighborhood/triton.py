@@ -16,8 +16,9 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   gradients for the host to reduce is a scattered store. While it stays small (``RPB_CHUNK_BYTES``), the
   host gathers the bias once per call into exactly the blocks the kernels walk (``[heads, tile pattern,
   chunk, own, other]``; interior tiles share one pattern) and the kernels read each chunk's block with
-  contiguous vector loads; with the dQ launch in ``RPB_CHUNK_PASSES`` it also adds its score gradients,
-  summed over the batch by atomics, into the same layout per tile, which the host folds into the table. By
+  contiguous vector loads; with ``"dsum"`` in ``RPB_CHUNK_PASSES`` the dQ kernel also adds its score
+  gradients, summed over the batch by atomics, into the same layout per tile, which the host folds into the
+  table. By
   default only the forward takes the layout (the one it paid off in, on an H200).
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
@@ -58,9 +59,11 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
 # The RPB of each (program tile, chunk) is gathered on the host into the layout the kernel walks (one contiguous
 # [TH*TW, KR*KC] block per chunk) while that table stays this small, so the kernels read it with plain vector
 # loads instead of one gather per (query, key) pair; larger problems gather in the kernel, and 0 always does.
-# RPB_CHUNK_PASSES names the launches that use it ("fwd", "bwd" = dQ, "dkdv"). On an H200 (NAT-T's stages, bf16,
-# batch 64) the chunk-layout forward took 0.62-0.73x the gathering forward's GPU time at stages 1-3, while the
-# chunk-layout backward (dS summed by atomics) took 1.5-1.8x the gathering backward's, so only the forward uses it.
+# RPB_CHUNK_PASSES names the launches that read it ("fwd", "bwd" = dQ, "dkdv"), and "dsum" has the dQ launch also
+# sum the score gradients over the batch in that layout by atomics (with "bwd"; else it writes them per pair for
+# the host to sum). On an H200 (NAT-T's stages, bf16, batch 64) the chunk-layout forward took 0.62-0.73x the
+# gathering forward's GPU time at stages 1-3, while the backward with all three (reads and atomics) took 1.5-1.8x
+# the gathering backward's, so only the forward uses it; the reads without the atomics are not timed yet.
 RPB_CHUNK_BYTES = 8 << 20
 RPB_CHUNK_PASSES = ("fwd",)
 
@@ -338,7 +341,7 @@ def _bwd_dq_kernel(
     DIL_Y: tl.constexpr, DIL_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_RPB: tl.constexpr, RPB_CHUNKS: tl.constexpr, RPB_GRAD: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DS_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
 ):
     bh, h, ty, tx, gy, gx, len_y, len_x, isx, isy, ibase, sx, sy, base = _program_tile(
         H, W, HEADS, D, NT_Y, NT_X, SB, SY, SX, SH, DIL_Y, DIL_X)
@@ -371,6 +374,7 @@ def _bwd_dq_kernel(
     ds_tile = DS
     if RPB_CHUNKS:
         rpb_tile = _rpb_tile(RPB, PAT_Y, PAT_X, NPX, NPAT, NCH, gy, gx, ty, tx, h, NT_Y, NT_X, TH, TW, KR, KC)
+    if DS_CHUNKS:
         ds_tile = _chunk_blocks(DS, h * tl.num_programs(0) + tl.program_id(0), NCH, TH, TW, KR, KC)
 
     dq = tl.zeros([TH * TW, BLOCK_D], dtype=tl.float32)
@@ -385,7 +389,7 @@ def _bwd_dq_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-            if RPB_GRAD and RPB_CHUNKS:  # dS summed over the batch per (tile, chunk, query, key): contiguous adds
+            if RPB_GRAD and DS_CHUNKS:  # dS summed over the batch per (tile, chunk, query, key): contiguous adds
                 chunk = (ky0 - row_lo) // KR * NCX + (kx0 - col_lo) // KC
                 tl.atomic_add(ds_tile + chunk * (TH * TW * KR * KC), ds, mask=mask)
             elif RPB_GRAD:  # dS of each (query, neighbour j = dy * KW + dx); reduced into d_rpb on the host
@@ -599,17 +603,18 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     kk = ks[0] * ks[1]
     bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "bwd")
     chunks = layout is not None
-    if rpb_grad and chunks:  # dS summed over the batch in the chunk layout [heads, tiles, chunks, own, other]
+    ds_chunks = chunks and rpb_grad and "dsum" in RPB_CHUNK_PASSES
+    if ds_chunks:  # dS summed over the batch in the chunk layout [heads, tiles, chunks, own, other]
         ds = torch.zeros(heads * grid[0] * layout[2][0].numel(), device=q.device, dtype=torch.float32)
     elif rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
         ds = (torch.zeros if any(causal) else torch.empty)(B * heads * H * W * kk, device=q.device,
                                                            dtype=torch.float32)
     else:
         ds = dq
-    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks),
+    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks, ds_chunks),
             (q2, k2, v2, out2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1],
              *dims, *strides, *counts, scale, scale * LOG2E),
-            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad))
+            dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad, DS_CHUNKS=ds_chunks))
     ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
     bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "dkdv")
     kv_chunks = kv_layout is not None
@@ -620,7 +625,7 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     if rpb_grad:
         table = rpb_f[0].numel()
         drpb = torch.zeros(heads, table + 1, device=q.device, dtype=torch.float32)  # + the padding slot
-        if chunks:  # tiles -> their patterns, then each pattern's entries -> the table
+        if ds_chunks:  # tiles -> their patterns, then each pattern's entries -> the table
             index, tile_pattern = layout[2], layout[5]
             per_tile = ds.view(heads, tile_pattern.numel(), -1)
             per_pattern = per_tile.new_zeros(heads, index.shape[0], per_tile.shape[2])
