@@ -146,6 +146,14 @@ def run_contmix(dtype):
 def run_depthwise(dtype):
     x, w, b = _leaf(2, 8, 14, 14, dtype=dtype), _leaf(8, 1, 7, 7, dtype=dtype), _leaf(8, dtype=dtype)
     _grad(K.depthwise_conv2d(x, w, b, 2, backend="triton"), (x, w, b))
+    from vizoo.kernels.depthwise import triton as dw_triton
+
+    saved, dw_triton.DIRECT_MAX_KERNEL = dw_triton.DIRECT_MAX_KERNEL, 3  # the CUDA-core kernels at 3x3
+    try:
+        w3 = _leaf(8, 1, 3, 3, dtype=dtype)
+        _grad(K.depthwise_conv2d(x, w3, b, 1, backend="triton"), (x, w3, b))
+    finally:
+        dw_triton.DIRECT_MAX_KERNEL = saved
     x, w, b = (t.detach() for t in (x, w, b))
     out = dw_triton.forward(x, w, b, 1, method="direct")  # the CUDA-core fallback too
     dw_triton.backward(torch.ones_like(out), x, w, 1, method="direct")

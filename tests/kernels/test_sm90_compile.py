@@ -30,8 +30,8 @@ def test_every_kernel_compiles_for_sm90(args):
     expected = {"_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"}
     if not args:
         expected |= {"_gram", "_finalize", "_apply", "_apply_bwd", "_av_kernel", "_dv_kernel", "_dw_rows_kernel",
-                     "_dw_wgrad_rows_kernel", "_dw_fwd_kernel", "_dw_wgrad_kernel", "_ln_fwd_kernel",
-                     "_ln_bwd_kernel", "_local_fwd", "_local_bwd", "_fused_fwd", "_fused_bwd"}
+                     "_dw_wgrad_rows_kernel", "_dw_fwd_kernel", "_dw_wgrad_kernel", "_dw_wgrad_taps_kernel",
+                     "_ln_fwd_kernel", "_ln_bwd_kernel", "_local_fwd", "_local_bwd", "_fused_fwd", "_fused_bwd"}
     assert expected <= kernels, expected - kernels
     assert count >= len(expected)
     if args:  # the chunk-layout variants were the ones compiled

@@ -181,6 +181,37 @@ def _dw_wgrad_kernel(X, G, PART, B, C, H, W, DIL, PAD, B_PER, KS: tl.constexpr, 
 
 
 @triton.jit
+def _dw_wgrad_taps_kernel(X, G, PART, B, C, H, W, DIL, PAD, B_PER, KS: tl.constexpr, BLOCK_T: tl.constexpr,
+                          BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """``_dw_wgrad_kernel`` for small kernels (``KS * KS <= BLOCK_T <= 16``): every tap's shifted tile is one
+    ``[BLOCK_T, BLOCK_H, BLOCK_W]`` load, so the output-gradient tile is read once per image instead of once per
+    tap, and the per-tap sums stay in registers until the end."""
+    pid = tl.program_id(0)
+    c = pid % C
+    chunk = pid // C
+    t = tl.arange(0, BLOCK_T)
+    shift_y = ((t // KS) * DIL - PAD)[:, None, None]
+    shift_x = ((t % KS) * DIL - PAD)[:, None, None]
+    acc = tl.zeros([BLOCK_T, BLOCK_H, BLOCK_W], dtype=tl.float32)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    for tile in range(tl.cdiv(H, BLOCK_H) * tiles_w):
+        oy = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
+        ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+        omask = (oy < H)[:, None] & (ox < W)[None, :]
+        iy = oy[None, :, None] + shift_y  # [BLOCK_T, BLOCK_H, 1]
+        ix = ox[None, None, :] + shift_x  # [BLOCK_T, 1, BLOCK_W]
+        m = (t < KS * KS)[:, None, None] & omask[None] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        for i in range(B_PER):
+            b = chunk * B_PER + i
+            base = (b * C + c).to(tl.int64) * H * W
+            ok = b < B
+            g = tl.load(G + base + oy[:, None] * W + ox[None, :], mask=omask & ok, other=0.0)
+            v = tl.load(X + base + iy * W + ix, mask=m & ok, other=0.0)
+            acc += v.to(tl.float32) * g.to(tl.float32)[None]
+    tl.store(PART + pid.to(tl.int64) * KS * KS + t, tl.sum(tl.sum(acc, 2), 1), mask=t < KS * KS)
+
+
+@triton.jit
 def _dw_wgrad_rows_kernel(X, G, PART, B, C, H, W, DIL, PAD, B_PER, KS: tl.constexpr, BLOCK_T: tl.constexpr,
                           IMGS: tl.constexpr, ROWS: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr,
                           PRECISION: tl.constexpr):
@@ -285,10 +316,11 @@ def forward(x, weight, bias, dilation, method="auto"):
     return _correlate(x.contiguous(), weight.contiguous(), bias, dilation, _method(method, weight.shape[-1]))
 
 
-def _wgrad_tile(H: int, W: int) -> tuple:
-    """Tile of the weight-gradient kernel: up to 1024 pixels, as wide as the map allows (8 x 16 interpreted)."""
+def _wgrad_tile(H: int, W: int, pixels: int = 0) -> tuple:
+    """Tile of the weight-gradient kernels: up to ``pixels`` (default 1024; 128 interpreted), as wide as the map
+    allows (16 columns interpreted, else 64)."""
     block_w = min(16 if _INTERPRET else 64, triton.next_power_of_2(W))
-    block_h = min(triton.next_power_of_2(H), max(1, (128 if _INTERPRET else 1024) // block_w))
+    block_h = min(triton.next_power_of_2(H), max(1, (pixels or (128 if _INTERPRET else 1024)) // block_w))
     return block_h, block_w
 
 
@@ -311,6 +343,11 @@ def backward(grad_out, x, weight, dilation, method="auto"):
             x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k, BLOCK_T=triton.next_power_of_2(k * k),
             IMGS=imgs, ROWS=rows, BLOCK_O=block_o, BLOCK_E=block_e,
             PRECISION=_precision(x.dtype), num_warps=4)
+    elif k * k <= 16:
+        block_h, block_w = _wgrad_tile(H, W, pixels=128 if _INTERPRET else 256)
+        _dw_wgrad_taps_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
+                                             BLOCK_T=triton.next_power_of_2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
+                                             num_warps=4)
     else:
         block_h, block_w = _wgrad_tile(H, W)
         _dw_wgrad_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
