@@ -14,6 +14,9 @@ strides (views into a packed qkv need no copy) and accumulate in float32:
 * ``_apply``: ``out = Q M + mean V`` per tile.
 * ``_apply_bwd``: with ``G = (scale/N) Q^T dO``: ``dQ = dO M^T``, ``dK = (V - mean V) G^T`` and
   ``dV = (K - mean K) G + sum(dO) / N``, all from one read of dO, K and V.
+* ``_fused_fwd`` / ``_fused_bwd`` (``CONFIG["fused"]``): one program per (batch, head) does both passes, one
+  launch per direction and no partial sums, for calls where each (batch, head) would get a single chunk anyway.
+* ``_local_fwd`` / ``_local_bwd``: the InLine layers' local residual added to the output (below).
 
 Products of 16-bit tiles run on tensor cores with exact float32 accumulation; products with the float32
 state use TF32 for 16-bit inputs (their mantissa fits) and IEEE float32 for float32 inputs.
