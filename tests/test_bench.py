@@ -129,6 +129,12 @@ def test_timm_modes_and_models_are_checked_before_anything_runs(tmp_path, capsys
     assert main(["--timm", str(tmp_path), "--timm-modes", "channels-last", "--timm-models", "nat_tiny"]) == 2
 
 
+def test_rpb_chunk_passes_are_checked_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["--rpb-chunk-passes", "fwd,dkvd"])
+    assert "unknown dkvd; accepted: fwd, bwd, dkdv, dsum" in capsys.readouterr().err
+
+
 def test_cpu_memory_table_compares_each_model_with_its_peer():
     from vizoo.bench import cpu_memory
 

@@ -642,6 +642,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not pairs:
             known = ", ".join(p[0] for p in TIMM_PAIRS + TIMM_MORE_PAIRS)
             parser.error(f"--timm-models: none of {keep} is paired; accepted: {known}")
+    passes = None
+    if args.rpb_chunk_passes is not None:
+        passes = tuple(w for w in args.rpb_chunk_passes.split(",") if w)
+        unknown = sorted(set(passes) - {"fwd", "bwd", "dkdv", "dsum"})
+        if unknown:
+            parser.error(f"--rpb-chunk-passes: unknown {', '.join(unknown)}; accepted: fwd, bwd, dkdv, dsum")
     if args.cpu_memory:
         return _write(dict(cpu_memory=cpu_memory()), args, argv)
     if not torch.cuda.is_available():
@@ -653,8 +659,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.rpb_chunk_bytes is not None:
         _na_triton.RPB_CHUNK_BYTES = args.rpb_chunk_bytes
-    if args.rpb_chunk_passes is not None:
-        _na_triton.RPB_CHUNK_PASSES = tuple(w for w in args.rpb_chunk_passes.split(",") if w)
+    if passes is not None:
+        _na_triton.RPB_CHUNK_PASSES = passes
     wanted = [w for w in args.cases.split(",") if w]
     cases = ([c for c in CASES if c.name in wanted] or [c for c in CASES if any(w in c.name for w in wanted)]
              if wanted else CASES)
