@@ -146,6 +146,19 @@ def test_direct_kernels_match_conv2d_gpu(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels,side", [(256, 56), (512, 14)])
+def test_small_kernels_on_the_direct_kernels_gpu(monkeypatch, channels, side, dtype):
+    """3x3 convs (ResDWConv's shapes) routed to the CUDA-core kernels (``DIRECT_MAX_KERNEL = 3``), values and
+    gradients against F.conv2d."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    monkeypatch.setattr(_triton, "DIRECT_MAX_KERNEL", 3)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    _compare(16, channels, (side, side), 3, 1, dtype=dtype, device="cuda", **tol)
+
+
+@pytest.mark.gpu
 def test_autocast_runs_in_the_autocast_dtype_gpu():
     x, w, b = _inputs(2, 8, (14, 14), 7, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
