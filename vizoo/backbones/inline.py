@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from vizoo.kernels import inline_attn
 from vizoo.kernels.inline import local_residual_add
+from vizoo.kernels.inline.reference import local_residual_add as _local_reference
 
 __all__ = [
     "InLineAttention",
@@ -148,10 +149,16 @@ class InLineAttention(nn.Module):
 FUSED_LOCAL_RESIDUAL = False
 
 
+def _fused(out: Tensor) -> bool:
+    return out.is_cuda and FUSED_LOCAL_RESIDUAL
+
+
 @torch.jit.ignore
 def _add_local_residual(out: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int) -> Tensor:
-    backend = "triton" if out.is_cuda and FUSED_LOCAL_RESIDUAL else "reference"
-    return local_residual_add(out, v, taps, grid_size, prefix, backend=backend)
+    if _fused(out):
+        return local_residual_add(out, v, taps, grid_size, prefix, backend="triton")
+    # the layer builds valid arguments: the reference directly, without the public function's checks per call
+    return _local_reference(out, v, taps.reshape(out.shape[0], -1), grid_size, prefix)
 
 
 def inline_mix(

@@ -15,6 +15,9 @@ Backends: ``reference.py`` (plain PyTorch, any device, the specification) and ``
 backward, through the ``vizoo::inline_fwd`` / ``vizoo::inline_bwd`` custom ops of ``ops.py``). The public
 function
 validates its arguments, then dispatches: Triton on CUDA, the reference elsewhere, or what ``backend`` forces.
+``local_residual_add`` adds the InLine layers' local residual (a per-sample depthwise 3x3 convolution of V) to
+an attention output, in one fused Triton kernel on CUDA.
+
 The Triton kernels take head dims up to 64 in float32 and up to 128 in float16/bfloat16 (a float32 head dim of 128
 needs 288 KiB of shared memory, more than an H200 has); outside that, the default dispatch uses the reference.
 """
