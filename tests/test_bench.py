@@ -135,17 +135,17 @@ def test_rpb_chunk_passes_are_checked_before_anything_runs(capsys):
     assert "unknown dkvd; accepted: fwd, bwd, dkdv, dsum" in capsys.readouterr().err
 
 
-def test_cpu_memory_table_compares_each_model_with_its_peer():
-    from vizoo.bench import cpu_memory
+def test_memory_table_compares_each_model_with_its_peer():
+    from vizoo.bench import train_memory
 
     gib = 2**30
-    fake = {"a": dict(input=[3, 384, 384], built=1 * gib, peak=3 * gib),
-            "peer": dict(input=[3, 384, 384], built=1 * gib, peak=2 * gib)}
+    fake = {"a": dict(input=[1, 3, 384, 384], built=1 * gib, peak=3 * gib),
+            "peer": dict(input=[1, 3, 384, 384], built=1 * gib, peak=2 * gib)}
     calls = []
-    rows = cpu_memory([("a", "peer"), ("a", "peer")], log=lambda s: None,
+    rows = train_memory([("a", "peer"), ("a", "peer")], log=lambda s: None,
                       measure=lambda n: calls.append(n) or fake[n])
     assert calls == ["a", "peer"]  # each model measured once
-    assert rows[0]["input"] == "384x384" and rows[0]["step GiB"] == pytest.approx(2.0)
+    assert rows[0]["input"] == "1x3x384x384" and rows[0]["step GiB"] == pytest.approx(2.0)
     assert rows[0]["peak / peer"] == pytest.approx(1.5)
 
 

@@ -13,16 +13,19 @@ default NCHW input, bf16 AMP, batch 256, eager and ``--torchcompile``, inference
 images/s and the ratios to the peer.
 
 CPU memory: ``--cpu-memory`` measures the peak resident memory of one batch-1 CPU training step of vizoo's
-largest models beside a comparable timm model, each in a fresh subprocess (no GPU needed).
+largest models beside a comparable timm model, each in a fresh subprocess (no GPU needed). ``--gpu-memory`` does
+the same on the GPU for the ``--timm-models`` pairs (default NAT vs Swin), bf16 autocast, batch ``--timm-batch``:
+the peak CUDA memory allocated over one training step.
 
 Usage: ``vizoo bench [--check] [--tune | --host] [--models [--compile] [--profile]] [--cases A,B] [--json F]
-[--markdown F]``, ``vizoo bench --timm DIR [--timm-batch N]`` (these need a CUDA GPU), ``vizoo bench
---cpu-memory``.
+[--markdown F]``, ``vizoo bench --timm DIR [--timm-batch N]``, ``vizoo bench --gpu-memory`` (these need a CUDA
+GPU), ``vizoo bench --cpu-memory``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import platform
@@ -517,37 +520,47 @@ MEMORY_PAIRS = (
     ("dinat_iso_base.in1k", "vit_base_patch16_224"),
 )
 
-# Runs in a fresh interpreter, so that its peak resident memory (VmHWM) is this one training step's alone.
-_RSS_CHILD = r"""
+# Each runs in a fresh interpreter, so that its peak (resident CPU memory, VmHWM; or CUDA memory allocated) is this
+# one training step's alone: forward, a scalar loss, backward; bf16 autocast on the GPU.
+_MEMORY_CHILD = r"""
 import json, sys, torch, timm, vizoo
+name, device, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def status(key):
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() if key == "peak" else torch.cuda.memory_allocated()
+    key = dict(peak="VmHWM", built="VmRSS")[key]
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-name = sys.argv[1]
 torch.manual_seed(0)
-model = timm.create_model(name, pretrained=False).train()
+model = timm.create_model(name, pretrained=False).train().to(device)
 size = model.pretrained_cfg["input_size"]
-x = torch.randn(1, *size)
-built = status("VmRSS")
-model(x).float().logsumexp(-1).mean().backward()
-print(json.dumps(dict(input=list(size), built=built, peak=status("VmHWM"))))
+x = torch.randn(batch, *size, device=device)
+built = status("built")
+with torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
+    loss = model(x).float().logsumexp(-1).mean()
+loss.backward()
+print(json.dumps(dict(input=[batch, *size], built=built, peak=status("peak"))))
 """
 
 
-def peak_train_rss(name: str) -> dict:
-    """Resident memory (bytes) of a fresh process after building ``name`` (``arch.tag``: the tag's input size)
-    and its peak over one CPU training step at batch 1 (forward, backward), measured in a subprocess."""
+def peak_train_memory(name: str, device: str = "cpu", batch: int = 1) -> dict:
+    """Memory (bytes) of a fresh process after building ``name`` (``arch.tag``: the tag's input size) and its peak
+    over one training step (forward, backward), measured in a subprocess: resident memory on the CPU, CUDA memory
+    allocated on the GPU."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-c", _RSS_CHILD, name], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, name, device, str(batch)], capture_output=True,
+                          text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory run of {name} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_memory(pairs=MEMORY_PAIRS, log=print, measure: Callable[[str], dict] = peak_train_rss) -> list[dict]:
-    """Peak resident memory of one batch-1 CPU training step, each vizoo model beside its timm peer."""
+def train_memory(pairs=MEMORY_PAIRS, log=print, measure: Callable[[str], dict] = peak_train_memory) -> list[dict]:
+    """Peak memory of one training step, each vizoo model beside its timm peer (``measure(name)``: the input
+    shape, the memory once built and the peak, in bytes)."""
     gib = 2.0**30
     cache: dict = {}
     rows = []
@@ -556,7 +569,7 @@ def cpu_memory(pairs=MEMORY_PAIRS, log=print, measure: Callable[[str], dict] = p
             if name not in cache:
                 cache[name] = measure(name)
         a, b = cache[ours], cache[peer]
-        row = {"model": ours, "input": "x".join(map(str, a["input"][1:])), "peak GiB": a["peak"] / gib,
+        row = {"model": ours, "input": "x".join(map(str, a["input"])), "peak GiB": a["peak"] / gib,
                "step GiB": (a["peak"] - a["built"]) / gib, "peer": peer, "peer peak GiB": b["peak"] / gib,
                "peer step GiB": (b["peak"] - b["built"]) / gib, "peak / peer": a["peak"] / b["peak"]}
         rows.append(row)
@@ -614,12 +627,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "in the kernels)")
     parser.add_argument("--rpb-chunk-passes", default=None,
                         help="override vizoo.kernels.neighborhood.triton.RPB_CHUNK_PASSES: comma-separated NA "
-                             "launches that read the chunk-layout RPB (fwd, bwd = dQ, dkdv; default fwd), plus "
+                             "launches that read the chunk-layout RPB (fwd, bwd = dQ, dkdv; default fwd,bwd,dkdv), plus "
                              "dsum: dQ sums the score gradients in that layout by atomics")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
     parser.add_argument("--cpu-memory", action="store_true",
                         help="only measure the peak CPU memory of a batch-1 training step, vizoo vs timm (no GPU)")
+    parser.add_argument("--gpu-memory", action="store_true",
+                        help="only measure the peak GPU memory of a training step (bf16 autocast, batch "
+                             "--timm-batch) of the --timm-models and their peers")
     parser.add_argument("--timm", default=None, metavar="DIR",
                         help="only run timm's benchmark.py from this pytorch-image-models checkout on vizoo's "
                              "models and their timm peers (eager and --torchcompile, inference and training)")
@@ -633,6 +649,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.timm:  # bad paths, modes and names fail before anything runs
         timm_benchmark_script(args.timm)
+    if args.timm or args.gpu_memory:
         modes = tuple(m for m in args.timm_modes.split(",") if m)
         unknown = [m for m in modes if m not in TIMM_MODES]
         if unknown or not modes:
@@ -649,10 +666,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             parser.error(f"--rpb-chunk-passes: unknown {', '.join(unknown)}; accepted: fwd, bwd, dkdv, dsum")
     if args.cpu_memory:
-        return _write(dict(cpu_memory=cpu_memory()), args, argv)
+        return _write(dict(cpu_memory=train_memory()), args, argv)
     if not torch.cuda.is_available():
         print("vizoo bench needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.gpu_memory:
+        measure = functools.partial(peak_train_memory, device="cuda", batch=args.timm_batch)
+        return _write(dict(gpu_memory=train_memory(pairs, measure=measure)), args, argv)
     if args.timm:
         return _write(dict(timm=run_timm_benchmark(args.timm, pairs, modes, batch=args.timm_batch)), args, argv)
     from vizoo.kernels.neighborhood import triton as _na_triton
@@ -684,7 +704,7 @@ def _write(out: dict, args, argv) -> int:
     """Print the tables of ``out`` as markdown (machine and command first); write --json / --markdown."""
     out = {"environment": environment(), "command": "vizoo bench " + " ".join(argv or sys.argv[1:]), **out}
     md = [f"Machine: {out['environment']}", f"Command: `{out['command']}`", ""]
-    for key in ("check", "kernels", "models", "timm", "tune", "host", "cpu_memory"):
+    for key in ("check", "kernels", "models", "timm", "tune", "host", "cpu_memory", "gpu_memory"):
         if key in out:
             md += [f"### {key}", "", markdown_table(out[key]), ""]
     text = "\n".join(md)

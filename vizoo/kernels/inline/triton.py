@@ -33,14 +33,14 @@ BLOCK_N = 64
 CONFIG = dict(
     gram_block_n=0,  # tokens per tile of _gram (BLOCK_N)
     gram_programs=528,  # target number of _gram programs (chunks x batch*heads): about four per SM of an H200
-    gram_warps=0,  # by head dim (_num_warps)
+    gram_warps=0,  # 2 up to head dim 32, else by head dim (_num_warps)
     gram_stages=0,  # Triton's default software pipelining
     apply_block_n=0,  # tokens per program of _apply / _apply_bwd (BLOCK_N)
     apply_warps=0,  # by head dim
     # one launch per direction (_fused_fwd / _fused_bwd: a program per (batch, head) walks its tokens twice) when
-    # the chunked path would give every (batch, head) a single chunk anyway and the head dim is at most 64; off
-    # until timed on a GPU against the three launches
-    fused=0,
+    # the chunked path would give every (batch, head) a single chunk anyway and the head dim is at most 64 (on an
+    # H200 at N = 196, 334 x 6 heads of dim 32, bf16: forward 75 us against 121, forward+backward 165 against 301)
+    fused=1,
 )
 
 
@@ -351,7 +351,7 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
         BLOCK_D=bd,
         BLOCK_N=block_n,
         PREC=_prec(a.dtype),
-        num_warps=_setting("gram_warps", _num_warps(bd)),
+        num_warps=_setting("gram_warps", 2 if bd <= 32 else _num_warps(bd)),
         **stages,
     )
     state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)

@@ -19,7 +19,8 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
   contiguous vector loads; with ``"dsum"`` in ``RPB_CHUNK_PASSES`` the dQ kernel also adds its score
   gradients, summed over the batch by atomics, into the same layout per tile, which the host folds into the
   table. By
-  default only the forward takes the layout (the one it paid off in, on an H200).
+  default the three launches read the layout and dQ writes per-pair score gradients (the fastest mix on an
+  H200).
 * Backward: one kernel computes ``delta = rowsum(dO * O)`` and recomputes each query tile's probabilities to
   get dQ (and, for RPB, writes dS per (query, neighbour), which PyTorch sums into the table); a second
   kernel owns a tile of keys, walks the box of queries that attend them (the inverse windows, also
@@ -62,10 +63,11 @@ def _tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, 
 # RPB_CHUNK_PASSES names the launches that read it ("fwd", "bwd" = dQ, "dkdv"), and "dsum" has the dQ launch also
 # sum the score gradients over the batch in that layout by atomics (with "bwd"; else it writes them per pair for
 # the host to sum). On an H200 (NAT-T's stages, bf16, batch 64) the chunk-layout forward took 0.62-0.73x the
-# gathering forward's GPU time at stages 1-3, while the backward with all three (reads and atomics) took 1.5-1.8x
-# the gathering backward's, so only the forward uses it; the reads without the atomics are not timed yet.
+# gathering forward's GPU time at stages 1-3, while the backward with all three and the atomics took 1.5-1.8x
+# the gathering backward's; reading the layout in all three launches without the atomics took forward+backward
+# 826 / 493 us at stages 1 / 2 against 951 / 564 with the layout in the forward only.
 RPB_CHUNK_BYTES = 8 << 20
-RPB_CHUNK_PASSES = ("fwd",)
+RPB_CHUNK_PASSES = ("fwd", "bwd", "dkdv")
 
 
 @functools.lru_cache(maxsize=256)
