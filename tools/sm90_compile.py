@@ -35,7 +35,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 import vizoo.kernels as K  # noqa: E402
 from vizoo.kernels.contmix import triton as _contmix_triton  # noqa: E402,F401  (every kernel module now, so
-from vizoo.kernels.depthwise import triton as dw_triton  # noqa: E402           they are built as JIT functions
+from vizoo.kernels.depthwise import triton as dw_triton  # noqa: E402              they are built as JIT functions
 from vizoo.kernels.inline import triton as _inline_triton  # noqa: E402,F401    before the interpreter flag is
 from vizoo.kernels.layernorm import layer_norm  # noqa: E402
 from vizoo.kernels.layernorm import triton as _layernorm_triton  # noqa: E402,F401  set below)
@@ -132,10 +132,6 @@ def run_inline(dtype):
         _grad(K.inline_attn(q, k, v, backend="triton"), (q, k, v))
     finally:
         inline_triton.CONFIG.update(saved)
-    from vizoo.kernels.inline import local_residual_add
-
-    out, v_grid, taps = _leaf(2, 50, 64, dtype=dtype), _leaf(2, 49, 64, dtype=dtype), _leaf(2, 9 * 64)
-    _grad(local_residual_add(out, v_grid, taps, (7, 7), 1, backend="triton"), (out, v_grid, taps))
 
 
 def run_contmix(dtype):
@@ -146,14 +142,8 @@ def run_contmix(dtype):
 def run_depthwise(dtype):
     x, w, b = _leaf(2, 8, 14, 14, dtype=dtype), _leaf(8, 1, 7, 7, dtype=dtype), _leaf(8, dtype=dtype)
     _grad(K.depthwise_conv2d(x, w, b, 2, backend="triton"), (x, w, b))
-    from vizoo.kernels.depthwise import triton as dw_triton
-
-    saved, dw_triton.DIRECT_MAX_KERNEL = dw_triton.DIRECT_MAX_KERNEL, 3  # the CUDA-core kernels at 3x3
-    try:
-        w3 = _leaf(8, 1, 3, 3, dtype=dtype)
-        _grad(K.depthwise_conv2d(x, w3, b, 1, backend="triton"), (x, w3, b))
-    finally:
-        dw_triton.DIRECT_MAX_KERNEL = saved
+    w3 = _leaf(8, 1, 3, 3, dtype=dtype)  # 3x3 (DIRECT_MAX_KERNEL): the CUDA-core kernels, small-kernel wgrad
+    _grad(K.depthwise_conv2d(x, w3, b, 1, backend="triton"), (x, w3, b))
     x, w, b = (t.detach() for t in (x, w, b))
     out = dw_triton.forward(x, w, b, 1, method="direct")  # the CUDA-core fallback too
     dw_triton.backward(torch.ones_like(out), x, w, 1, method="direct")

@@ -25,13 +25,13 @@ def test_every_kernel_compiles_for_sm90(args):
                             text=True, env=env, cwd=ROOT, timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     count = int(re.search(r"(\d+) kernel variants, 0 failed", result.stdout).group(1))
-    names = r"_\w+_kernel|_gram|_finalize|_apply|_apply_bwd|_local_fwd|_local_bwd|_fused_fwd|_fused_bwd"
+    names = r"_\w+_kernel|_gram|_finalize|_apply|_apply_bwd|_fused_fwd|_fused_bwd"
     kernels = set(re.findall(rf" ({names}) \{{", result.stdout))
     expected = {"_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"}
     if not args:
         expected |= {"_gram", "_finalize", "_apply", "_apply_bwd", "_av_kernel", "_dv_kernel", "_dw_rows_kernel",
                      "_dw_wgrad_rows_kernel", "_dw_fwd_kernel", "_dw_wgrad_kernel", "_dw_wgrad_taps_kernel",
-                     "_ln_fwd_kernel", "_ln_bwd_kernel", "_local_fwd", "_local_bwd", "_fused_fwd", "_fused_bwd"}
+                     "_ln_fwd_kernel", "_ln_bwd_kernel", "_fused_fwd", "_fused_bwd"}
     assert expected <= kernels, expected - kernels
     assert count >= len(expected)
     if args:  # the chunk-layout variants were the ones compiled

@@ -29,8 +29,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vizoo.kernels import inline_attn
-from vizoo.kernels.inline import local_residual_add
-from vizoo.kernels.inline.reference import local_residual_add as _local_reference
+from vizoo.kernels.inline.reference import local_residual
 
 __all__ = [
     "InLineAttention",
@@ -142,25 +141,6 @@ class InLineAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, grid_size={self.grid_size}"
 
 
-# On CUDA, the local residual and its addition to the global term run as one Triton kernel (reading V where the
-# qkv projection left it) while FUSED_LOCAL_RESIDUAL is set; otherwise as PyTorch's grouped convolution with the
-# batch folded into the channels (two layout copies, the convolution, the addition). Off until the fused kernel
-# is timed on a GPU against the convolution.
-FUSED_LOCAL_RESIDUAL = False
-
-
-def _fused(out: Tensor) -> bool:
-    return out.is_cuda and FUSED_LOCAL_RESIDUAL
-
-
-@torch.jit.ignore
-def _add_local_residual(out: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int) -> Tensor:
-    if _fused(out):
-        return local_residual_add(out, v, taps, grid_size, prefix, backend="triton")
-    # the layer builds valid arguments: the reference directly, without the public function's checks per call
-    return _local_reference(out, v, taps.reshape(out.shape[0], -1), grid_size, prefix)
-
-
 def inline_mix(
     q: Tensor, k: Tensor, v: Tensor, taps: Tensor, grid_size: Tuple[int, int], prefix: int, scale: float
 ) -> Tensor:
@@ -169,7 +149,10 @@ def inline_mix(
     C = heads * dim
     H, W = grid_size
     out = _global(q, k, v, scale).reshape(B, N, C)
-    return _add_local_residual(out, v[:, prefix:].reshape(B, H * W, C), taps, grid_size, prefix)
+    res = local_residual(taps, v[:, prefix:].reshape(B, H, W, C)).reshape(B, H * W, C).to(out.dtype)
+    if prefix > 0:
+        return torch.cat([out[:, :prefix], out[:, prefix:] + res], 1)
+    return out + res
 
 
 @register_notrace_module

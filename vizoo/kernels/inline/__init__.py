@@ -15,8 +15,6 @@ Backends: ``reference.py`` (plain PyTorch, any device, the specification) and ``
 backward, through the ``vizoo::inline_fwd`` / ``vizoo::inline_bwd`` custom ops of ``ops.py``). The public
 function
 validates its arguments, then dispatches: Triton on CUDA, the reference elsewhere, or what ``backend`` forces.
-``local_residual_add`` adds the InLine layers' local residual (a per-sample depthwise 3x3 convolution of V) to
-an attention output, in one fused Triton kernel on CUDA.
 
 The Triton kernels take head dims up to 64 in float32 and up to 128 in float16/bfloat16 (a float32 head dim of 128
 needs 288 KiB of shared memory, more than an H200 has); outside that, the default dispatch uses the reference.
@@ -32,7 +30,6 @@ from torch import Tensor
 from vizoo.kernels._backend import check_backend
 from vizoo.kernels.inline import ops as _ops
 from vizoo.kernels.inline.reference import inline_attention as _reference
-from vizoo.kernels.inline.reference import local_residual_add as _local_reference
 from vizoo.utils import tracing
 
 BACKENDS = ("reference", "triton")
@@ -109,49 +106,4 @@ def inline_attn(
     return torch.ops.vizoo.inline_fwd(q, k, v, scale)[0]
 
 
-def local_residual_add(out: Tensor, v: Tensor, taps: Tensor, grid_size, prefix: int = 0,
-                       backend: Optional[str] = None) -> Tensor:
-    """``out`` with InLine's local residual of ``v`` added to its last ``H*W`` tokens: a per-sample depthwise
-    3x3 convolution (zero padding) of ``v`` on the ``H x W`` grid whose taps each sample brings.
-
-    Args:
-        out: ``[B, prefix + H*W, C]``, the global attention output (any strides with the channels contiguous).
-        v: ``[B, H*W, C]``, the values on the grid, row-major (a view into a packed qkv is read in place).
-        taps: ``[B, 9C]`` or ``[B, 9C, 1]``; entry ``9c + 3 ky + kx`` is channel c's tap at row ky, column kx.
-        grid_size: ``(H, W)``.
-        prefix: leading tokens of ``out`` (class token) that get no residual.
-        backend: ``None`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
-
-    Returns:
-        ``[B, prefix + H*W, C]`` in out's dtype, differentiable in out, v and taps.
-
-    Raises:
-        ValueError: shapes that do not fit together, mixed devices, an unsupported dtype or backend.
-    """
-    for name, t, dims in (("out", out, 3), ("v", v, 3), ("taps", taps, None)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if dims is not None and t.dim() != dims:
-            raise ValueError(f"local_residual_add expects {name} with {dims} dims, got shape {tuple(t.shape)}")
-    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
-        raise ValueError(f"prefix must be an int >= 0, got {prefix!r}")
-    H, W = (int(s) for s in grid_size)
-    B, N, C = out.shape
-    if N != prefix + H * W or tuple(v.shape) != (B, H * W, C):
-        raise ValueError(f"local_residual_add expects out [B, prefix + H*W, C] and v [B, H*W, C] with prefix "
-                         f"{prefix} and grid {H}x{W}, got out {tuple(out.shape)} and v {tuple(v.shape)}")
-    if taps.numel() != B * 9 * C or taps.shape[0] != B:
-        raise ValueError(f"taps must be [B, 9C] = [{B}, {9 * C}] (or [B, 9C, 1]), got {tuple(taps.shape)}")
-    if not (out.device == v.device == taps.device):
-        raise ValueError(f"out, v and taps must be on one device, got {out.device}, {v.device}, {taps.device}")
-    if backend is None:
-        backend = "triton" if out.is_cuda else "reference"
-    for t in (out, v, taps):
-        check_backend(t, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
-    taps = taps.reshape(B, 9 * C)
-    if backend == "reference":
-        return _local_reference(out, v, taps, (H, W), prefix)
-    return torch.ops.vizoo.inline_local_fwd(out, v, taps, [H, W], prefix)
-
-
-__all__ = ["inline_attn", "local_residual_add", "check_arguments", "BACKENDS"]
+__all__ = ["inline_attn", "check_arguments", "BACKENDS"]

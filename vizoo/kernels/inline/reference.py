@@ -43,14 +43,3 @@ def local_residual(taps: Tensor, v: Tensor) -> Tensor:
     kernels = taps.reshape(B * C, 1, 3, 3).to(v.dtype)
     out = F.conv2d(v.permute(0, 3, 1, 2).reshape(1, B * C, H, W), kernels, None, padding=1, groups=B * C)
     return out.reshape(B, C, H, W).permute(0, 2, 3, 1)
-
-
-def local_residual_add(out: Tensor, v: Tensor, taps: Tensor, grid_size: tuple, prefix: int) -> Tensor:
-    """``out`` ``[B, prefix + H*W, C]`` with the local residual of ``v`` ``[B, H*W, C]`` added to its last
-    ``H*W`` tokens (the prefix tokens unchanged), in out's dtype."""
-    B, N, C = out.shape
-    H, W = grid_size
-    res = local_residual(taps, v.reshape(B, H, W, C)).reshape(B, H * W, C).to(out.dtype)
-    if prefix > 0:
-        return torch.cat([out[:, :prefix], out[:, prefix:] + res], 1)
-    return out + res
