@@ -2,8 +2,10 @@
 
 timm's script builds models by name, so vizoo must be imported first; this does that and hands the arguments on.
 
-    python tools/timm_benchmark.py PATH/TO/pytorch-image-models/benchmark.py --model-list overlock_t,convnext_tiny \\
+    python tools/timm_benchmark.py PATH/TO/pytorch-image-models/benchmark.py --model-list models.txt \\
         --bench both --amp --amp-dtype bfloat16 -b 256 [--torchcompile] [--reparam] --results-file F.csv
+
+(``--model-list`` is a text file with one model name per line; ``--model NAME`` runs one model.)
 """
 import runpy
 import sys
