@@ -1,7 +1,8 @@
 """Benchmark ``na2d_av`` (OverLoCK's ContMix aggregation) on a CUDA GPU: vizoo's Triton kernels against the plain
 PyTorch forms, bf16, forward and forward+backward, with the HBM bandwidth each achieves.
 
-Contenders: ``triton`` (vizoo's fused kernels), ``gather`` (the reference: index-gather of every window then
+Contenders: ``triton`` (vizoo's fused kernels, the per-tap gather form), ``triton rows`` (the band-matrix
+kernels, ``vizoo.kernels.contmix.triton.ROWS``), ``gather`` (the reference: index-gather of every window then
 einsum), ``unfold`` (OverLoCK's own fallback formulation: ``F.unfold`` plus border re-indexing, then einsum),
 and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch formulation we have.
 Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
@@ -25,6 +26,7 @@ import torch
 
 from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, environment, markdown_table
 from vizoo.kernels import na2d_av
+from vizoo.kernels.contmix import triton as contmix_triton
 from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
 
 
@@ -58,6 +60,7 @@ def _forms(k: int) -> dict:
     unfold = lambda a, v: na2d_av_unfold(a, v, k)  # noqa: E731
     return {
         "triton": lambda a, v: na2d_av(a, v, k, backend="triton"),
+        "triton rows": lambda a, v: na2d_av(a, v, k, backend="triton"),  # with ROWS set (bench_case)
         "gather": gather,
         "unfold": unfold,
         "gather compiled": torch.compile(gather, dynamic=False),
@@ -65,16 +68,22 @@ def _forms(k: int) -> dict:
     }
 
 
-def check(case: Case) -> float:
-    """Max |triton - reference| over out, d_attn, d_v in float32 at batch 2."""
+def _rows(on: bool) -> None:
+    contmix_triton.ROWS = on
+
+
+def check(case: Case, rows: bool) -> float:
+    """Max |triton - reference| over out, d_attn, d_v in float32 at batch 2 (the band-matrix kernels if rows)."""
     attn, v = _inputs(case, 2, torch.float32)
     err = 0.0
     outs = {}
+    _rows(rows)
     for backend in ("reference", "triton"):
         out = na2d_av(attn, v, case.kernel, backend=backend)
         grad = outs.get("grad", torch.randn_like(out))
         outs["grad"] = grad
         outs[backend] = [out, *torch.autograd.grad(out, (attn, v), grad)]
+    _rows(False)
     for r, t in zip(outs["reference"], outs["triton"]):
         err = max(err, (r - t).abs().max().item())
     return err
@@ -92,6 +101,7 @@ def bench_case(case: Case, log=print) -> list[dict]:
     rows = []
     for name, fn in _forms(case.kernel).items():
         row = dict(case=case.name, batch=case.batch, form=name)
+        _rows(name == "triton rows")  # forward and backward of this form alike
         try:
             with torch.no_grad():
                 fn(attn, v)
@@ -112,10 +122,11 @@ def bench_case(case: Case, log=print) -> list[dict]:
                     "fwd+bwd HBM %": 100 * (fwd_bytes + bwd_bytes) / (both * 1e-6) / HBM_BYTES_PER_S})
         rows.append(row)
         log(json.dumps(row))
-    plain = [r for r in rows if r["form"] != "triton" and r["fwd us"] == r["fwd us"]]  # NaN: out of memory
+    _rows(False)
+    plain = [r for r in rows if not r["form"].startswith("triton") and r["fwd us"] == r["fwd us"]]  # NaN: OOM
     best_plain = {k: min(r[k] for r in plain) for k in ("fwd us", "fwd+bwd us")} if plain else None
     for r in rows:
-        if r["form"] == "triton" and best_plain and r["fwd us"] == r["fwd us"]:
+        if r["form"].startswith("triton") and best_plain and r["fwd us"] == r["fwd us"]:
             r["fwd x best plain"] = best_plain["fwd us"] / r["fwd us"]
             r["fwd+bwd x best plain"] = best_plain["fwd+bwd us"] / r["fwd+bwd us"]
     return rows
@@ -179,7 +190,9 @@ def main(argv=None) -> int:
         return 2
     print(environment())
     for case in CASES:
-        print(f"check {case.name}: max |triton - reference| (fp32) = {check(case):.2e}")
+        for rows in (False, True):
+            print(f"check {case.name}{' rows' if rows else ''}: max |triton - reference| (fp32) = "
+                  f"{check(case, rows):.2e}")
     rows = [r for case in CASES for r in bench_case(case)]
     table = f"na2d_av, bf16 ({environment()})\n\n{markdown_table(rows)}\n"
     models = bench_models(compile=args.compile) if args.models else []

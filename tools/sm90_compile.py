@@ -34,7 +34,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import vizoo.kernels as K  # noqa: E402
-from vizoo.kernels.contmix import triton as _contmix_triton  # noqa: E402,F401  (every kernel module now, so
+from vizoo.kernels.contmix import triton as _contmix_triton  # noqa: E402      (every kernel module now, so
 from vizoo.kernels.depthwise import triton as dw_triton  # noqa: E402              they are built as JIT functions
 from vizoo.kernels.inline import triton as _inline_triton  # noqa: E402,F401    before the interpreter flag is
 from vizoo.kernels.layernorm import layer_norm  # noqa: E402
@@ -137,6 +137,12 @@ def run_inline(dtype):
 def run_contmix(dtype):
     attn, v = _leaf(2, 7, 7, 2, 25, dtype=dtype), _leaf(2, 7, 7, 2, 16, dtype=dtype)
     _grad(K.na2d_av(attn, v, 5, backend="triton"), (attn, v))
+    attn, v = _leaf(2, 14, 14, 2, 169, dtype=dtype), _leaf(2, 14, 14, 2, 16, dtype=dtype)
+    saved, _contmix_triton.ROWS = _contmix_triton.ROWS, True  # the band-matrix kernels at 14x14 k=13
+    try:
+        _grad(K.na2d_av(attn, v, 13, backend="triton"), (attn, v))
+    finally:
+        _contmix_triton.ROWS = saved
 
 
 def run_depthwise(dtype):

@@ -112,8 +112,44 @@ def test_triton_matches_reference_fp16():
     _compare((6, 5), (3, 5), (1, 1), torch.float16, dim=8, atol=2e-2, rtol=2e-2)
 
 
+ROWS_CASES = [  # (H, W), (kh, kw), dim: several x tiles and both borders, even and non-square kernels, the window
+    # as wide as the image, dims below the 16-wide dot tile
+    pytest.param((6, 7), (3, 3), 8, id="6x7-k3-d8"),
+    pytest.param((5, 37), (3, 5), 4, id="5x37-k3x5-three-x-tiles"),
+    pytest.param((9, 20), (5, 13), 16, id="9x20-k5x13"),
+    pytest.param((7, 7), (7, 7), 3, id="7x7-k7-window-is-the-image"),
+    pytest.param((4, 18), (2, 4), 5, id="even-k2x4"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape,ks,dim", ROWS_CASES)
+def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype):
+    """The band-matrix kernels (``ROWS``; dilation 1) against the reference: output, d_attn, d_v. float16, not
+    bfloat16, for the 16-bit case (the interpreter's bfloat16 dots are wrong); the GPU test covers bfloat16."""
+    from vizoo.kernels.contmix import triton as tk
+
+    monkeypatch.setattr(tk, "ROWS", True)
+    taken, real = [], tk._rows
+    monkeypatch.setattr(tk, "_rows", lambda *a: taken.append(real(*a)) or taken[-1])
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    _compare(shape, ks, (1, 1), dtype, dim=dim, **tol)
+    assert taken == [True, True]  # forward and backward
+
+
+def test_rows_kernels_refuse_dilation():
+    from vizoo.kernels.contmix import triton as tk
+
+    attn, v = _inputs((8, 8), (3, 3), dtype=torch.float32, dim=4)
+    with pytest.raises(ValueError, match="dilation 1 only"):
+        tk.forward(attn.detach(), v.detach(), (3, 3), (2, 2), method="rows")
+    with pytest.raises(ValueError, match="'auto', 'gather' or 'rows'"):
+        tk.forward(attn.detach(), v.detach(), (3, 3), (1, 1), method="band")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["gather", "rows"])
 @pytest.mark.parametrize("shape,k,heads,dim,batch", [
     pytest.param((14, 14), 13, 8, 16, 8, id="T-stage3-14x14-k13"),
     pytest.param((14, 14), 5, 8, 16, 8, id="T-stage3-14x14-k5"),
@@ -121,7 +157,10 @@ def test_triton_matches_reference_fp16():
     pytest.param((56, 56), 13, 4, 16, 2, id="56x56-k13"),
     pytest.param((17, 23), 13, 3, 10, 2, id="17x23-k13-d10"),
 ])
-def test_triton_matches_reference_gpu(shape, k, heads, dim, batch, dtype):
+def test_triton_matches_reference_gpu(monkeypatch, shape, k, heads, dim, batch, method, dtype):
+    from vizoo.kernels.contmix import triton as tk
+
+    monkeypatch.setattr(tk, "ROWS", method == "rows")
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(shape, (k, k), (1, 1), dtype, device="cuda", heads=heads, dim=dim, batch=batch, **tol)
 

@@ -12,6 +12,15 @@ Same operator as ``reference.py`` (see there for the window rules). The design:
   (d_attn). Weights are read once; each value is re-read by up to ``kh * kw`` pixels, from cache.
 * d_v: a program owns ``BLOCK_P`` keys and walks the box of pixels that attend them (the inverse tables),
   reading each pixel's weight at the tap that points back at the key. Accumulation is float32 throughout.
+
+Band-matrix kernels (``method="rows"``; dilation 1 only; taken by default when ``ROWS`` is set): a program owns
+``BLOCK_X`` pixels of one image row. Windows are clamped, so along a row each pixel's first key column moves by 0
+or 1 from its neighbour's and the tile's windows together cover at most ``BLOCK_X + kw - 1`` consecutive
+columns. For each kernel row the program loads those columns of one value row as a contiguous ``[BLOCK_J, dim]``
+tile and multiplies it on tensor cores by the band matrix ``band[x, j] = attn[x, ky, j - off(x)]`` (zero outside
+the pixel's ``kw`` taps): no per-tap gather of the values. d_attn is the same product turned around (``G @
+rows^T``, each pixel's ``kw`` band entries stored back to its taps), and d_v the transposed band over the pixel
+rows and columns that attend a tile of keys (the inverse tables), again without atomics.
 """
 from __future__ import annotations
 
@@ -22,6 +31,11 @@ import triton
 import triton.language as tl
 
 from vizoo.kernels.neighborhood.reference import axis_windows
+
+# dilation-1 calls take the band-matrix kernels (``method="auto"``); off until they are timed on a GPU against the
+# gather kernels (``tools/bench_contmix.py --rows``)
+ROWS = False
+ROWS_BLOCK_X = 16  # pixels of one image row per program (a tensor-core tile needs at least 16)
 
 
 @functools.lru_cache(maxsize=256)
@@ -131,6 +145,101 @@ def _dv_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, QCX, H, W, HEADS, D, DIL_Y, DIL_
              mask=jmask[:, None] & dmask[None, :])
 
 
+@triton.jit
+def _av_rows_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
+                    BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, GRAD_ATTN: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Band-matrix form, dilation 1. ``GRAD_ATTN=False``: OUT = na2d_av(A, V). ``True``: OUT = d_attn for the
+    output gradient G."""
+    tiles_x = tl.cdiv(W, BLOCK_X)
+    y = tl.program_id(0) // tiles_x
+    x0 = (tl.program_id(0) % tiles_x) * BLOCK_X
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    xs = x0 + tl.arange(0, BLOCK_X)
+    xmask = xs < W
+    base = tl.load(FX + x0)  # the tile's first key column (windows are monotone along the row)
+    tap = tl.arange(0, BLOCK_J)[None, :] - (tl.load(FX + xs, mask=xmask, other=0) - base)[:, None]  # [X, J]
+    band_mask = xmask[:, None] & (tap >= 0) & (tap < KW)
+    cols = base + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
+    img = b.to(tl.int64) * H * W
+    row = (img + y * W + xs) * HEADS + h  # (pixel, head) rows of A, G and OUT
+    io_mask = xmask[:, None] & (offs_d < D)[None, :]
+    fy = tl.load(FY + y)
+    if GRAD_ATTN:
+        g = tl.load(G + row[:, None] * D + offs_d[None, :], mask=io_mask, other=0.0)
+    else:
+        acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
+    for ky in range(KH):
+        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
+                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
+        taps = row[:, None] * (KH * KW) + ky * KW + tap
+        if GRAD_ATTN:
+            prod = tl.dot(g.to(vals.dtype), tl.trans(vals), input_precision=PREC)  # [X, J]: <G[x], V[col j]>
+            tl.store(OUT + taps, prod.to(OUT.dtype.element_ty), mask=band_mask)
+        else:
+            band = tl.load(A + taps, mask=band_mask, other=0.0)
+            acc = tl.dot(band.to(vals.dtype), vals, acc, input_precision=PREC)
+    if not GRAD_ATTN:
+        tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def _dv_rows_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
+                    BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    """Band-matrix form of d_v, dilation 1: ``BLOCK_X`` keys of one image row; for each pixel row that attends
+    it, ``d_v += band^T @ G`` over the ``BLOCK_J`` pixel columns that can reach these keys."""
+    tiles_x = tl.cdiv(W, BLOCK_X)
+    r = tl.program_id(0) // tiles_x
+    c0 = (tl.program_id(0) % tiles_x) * BLOCK_X
+    bh = tl.program_id(1)
+    b = bh // HEADS
+    h = bh % HEADS
+    ks = c0 + tl.arange(0, BLOCK_X)
+    kmask = ks < W
+    ps = tl.load(QFX + c0) + tl.arange(0, BLOCK_J)  # pixel columns whose windows may hold these keys
+    pmask = ps < W
+    tap = ks[:, None] - tl.load(FX + ps, mask=pmask, other=0)[None, :]  # [X, J]: the tap of key k in pixel p
+    band_mask = kmask[:, None] & pmask[None, :] & (tap >= 0) & (tap < KW)
+    offs_d = tl.arange(0, BLOCK_D)
+    gmask = pmask[:, None] & (offs_d < D)[None, :]
+    img = b.to(tl.int64) * H * W
+    acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
+    qfy = tl.load(QFY + r)
+    for iy in range(tl.load(QCY + r)):
+        y = qfy + iy
+        ky = r - tl.load(FY + y)
+        prow = (img + y * W + ps) * HEADS + h  # [J]
+        band = tl.load(A + prow[None, :] * (KH * KW) + ky * KW + tap, mask=band_mask, other=0.0)
+        g = tl.load(G + prow[:, None] * D + offs_d[None, :], mask=gmask, other=0.0)
+        acc = tl.dot(band.to(g.dtype), g, acc, input_precision=PREC)
+    out_row = (img + r * W + ks) * HEADS + h
+    tl.store(DV + out_row[:, None] * D + offs_d[None, :], acc.to(DV.dtype.element_ty),
+             mask=kmask[:, None] & (offs_d < D)[None, :])
+
+
+def _rows(method: str, dilation) -> bool:
+    if method not in ("auto", "gather", "rows"):
+        raise ValueError(f"method must be 'auto', 'gather' or 'rows', got {method!r}")
+    if method == "rows" and tuple(dilation) != (1, 1):
+        raise ValueError(f"the band-matrix kernels take dilation 1 only, got {tuple(dilation)}")
+    return method == "rows" or (method == "auto" and ROWS and tuple(dilation) == (1, 1))
+
+
+def _rows_launch(v, kernel_size):
+    """Grid and block sizes of the band-matrix kernels."""
+    B, H, W, heads, dim = v.shape
+    block_x = ROWS_BLOCK_X
+    block_j = triton.next_power_of_2(block_x + kernel_size[1] - 1)
+    block_d = max(16, triton.next_power_of_2(dim))
+    prec = "ieee" if v.dtype == torch.float32 else "tf32"  # 16-bit products are exact either way
+    grid = (H * triton.cdiv(W, block_x), B * heads)
+    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=prec, num_warps=4)
+
+
 def _plan(v, kernel_size, dilation):
     B, H, W, heads, dim = v.shape
     ty = _axis_tables(H, kernel_size[0], dilation[0], str(v.device))
@@ -140,24 +249,37 @@ def _plan(v, kernel_size, dilation):
     return ty, tx, grid, block_p, block_o, block_d
 
 
-def forward(attn, v, kernel_size, dilation):
-    """``[B, H, W, heads, dim]`` output of ``na2d_av`` (contiguous inputs, any float dtype Triton loads)."""
+def forward(attn, v, kernel_size, dilation, method: str = "auto"):
+    """``[B, H, W, heads, dim]`` output of ``na2d_av`` (contiguous inputs, any float dtype Triton loads);
+    ``method``: ``"gather"``, ``"rows"`` (band matrices, dilation 1) or ``"auto"`` (rows where ``ROWS`` allows)."""
     attn, v = attn.contiguous(), v.contiguous()
     B, H, W, heads, dim = v.shape
     (fy, _, _, _), (fx, _, _, _), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
     out = torch.empty_like(v)
+    if _rows(method, dilation):
+        rows_grid, blocks = _rows_launch(v, kernel_size)
+        _av_rows_kernel[rows_grid](attn, v, v, out, fy, fx, H, W, heads, dim, KH=kernel_size[0], KW=kernel_size[1],
+                                   GRAD_ATTN=False, **blocks)
+        return out
     _av_kernel[grid](attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1], KH=kernel_size[0],
                      KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4)
     return out
 
 
-def backward(grad_out, attn, v, kernel_size, dilation):
-    """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out``."""
+def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
+    """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out`` (``method`` as in :func:`forward`)."""
     grad_out, attn, v = grad_out.contiguous(), attn.contiguous(), v.contiguous()
     B, H, W, heads, dim = v.shape
     (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
     d_attn = torch.empty_like(attn)
     d_v = torch.empty_like(v)
+    if _rows(method, dilation):
+        rows_grid, blocks = _rows_launch(v, kernel_size)
+        ks = dict(KH=kernel_size[0], KW=kernel_size[1])
+        _av_rows_kernel[rows_grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, GRAD_ATTN=True, **ks,
+                                   **blocks)
+        _dv_rows_kernel[rows_grid](attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim, **ks, **blocks)
+        return d_attn, d_v
     _av_kernel[grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1],
                      KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True,
                      num_warps=4)
