@@ -146,19 +146,22 @@ def _dv_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, QCX, H, W, HEADS, D, DIL_Y, DIL_
 
 
 @triton.jit
+def _row_tile(W, HEADS, BLOCK_X: tl.constexpr):
+    """This program's image row, first column, its ``BLOCK_X`` columns (and their mask), batch and head."""
+    tiles_x = tl.cdiv(W, BLOCK_X)
+    x0 = (tl.program_id(0) % tiles_x) * BLOCK_X
+    xs = x0 + tl.arange(0, BLOCK_X)
+    bh = tl.program_id(1)
+    return tl.program_id(0) // tiles_x, x0, xs, xs < W, bh // HEADS, bh % HEADS
+
+
+@triton.jit
 def _av_rows_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
                     BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, GRAD_ATTN: tl.constexpr,
                     PREC: tl.constexpr):
     """Band-matrix form, dilation 1. ``GRAD_ATTN=False``: OUT = na2d_av(A, V). ``True``: OUT = d_attn for the
     output gradient G."""
-    tiles_x = tl.cdiv(W, BLOCK_X)
-    y = tl.program_id(0) // tiles_x
-    x0 = (tl.program_id(0) % tiles_x) * BLOCK_X
-    bh = tl.program_id(1)
-    b = bh // HEADS
-    h = bh % HEADS
-    xs = x0 + tl.arange(0, BLOCK_X)
-    xmask = xs < W
+    y, x0, xs, xmask, b, h = _row_tile(W, HEADS, BLOCK_X)
     base = tl.load(FX + x0)  # the tile's first key column (windows are monotone along the row)
     tap = tl.arange(0, BLOCK_J)[None, :] - (tl.load(FX + xs, mask=xmask, other=0) - base)[:, None]  # [X, J]
     band_mask = xmask[:, None] & (tap >= 0) & (tap < KW)
@@ -192,14 +195,7 @@ def _dv_rows_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.cons
                     BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     """Band-matrix form of d_v, dilation 1: ``BLOCK_X`` keys of one image row; for each pixel row that attends
     it, ``d_v += band^T @ G`` over the ``BLOCK_J`` pixel columns that can reach these keys."""
-    tiles_x = tl.cdiv(W, BLOCK_X)
-    r = tl.program_id(0) // tiles_x
-    c0 = (tl.program_id(0) % tiles_x) * BLOCK_X
-    bh = tl.program_id(1)
-    b = bh // HEADS
-    h = bh % HEADS
-    ks = c0 + tl.arange(0, BLOCK_X)
-    kmask = ks < W
+    r, c0, ks, kmask, b, h = _row_tile(W, HEADS, BLOCK_X)
     ps = tl.load(QFX + c0) + tl.arange(0, BLOCK_J)  # pixel columns whose windows may hold these keys
     pmask = ps < W
     tap = ks[:, None] - tl.load(FX + ps, mask=pmask, other=0)[None, :]  # [X, J]: the tap of key k in pixel p
