@@ -627,8 +627,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "in the kernels)")
     parser.add_argument("--rpb-chunk-passes", default=None,
                         help="override vizoo.kernels.neighborhood.triton.RPB_CHUNK_PASSES: comma-separated NA "
-                             "launches that read the chunk-layout RPB (fwd, bwd = dQ, dkdv; default fwd,bwd,dkdv), plus "
-                             "dsum: dQ sums the score gradients in that layout by atomics")
+                             "launches that read the chunk-layout RPB (fwd, bwd = dQ, dkdv; default fwd,bwd,dkdv), "
+                             "plus dsum: dQ sums the score gradients in that layout by atomics")
     parser.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the markdown tables to this file")
     parser.add_argument("--cpu-memory", action="store_true",
