@@ -135,6 +135,12 @@ def test_rpb_chunk_passes_are_checked_before_anything_runs(capsys):
     assert "unknown dkvd; accepted: fwd, bwd, dkdv, dsum" in capsys.readouterr().err
 
 
+def test_gpu_memory_models_are_checked_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["--gpu-memory", "--timm-models", "nat_tinyy"])
+    assert "none of ['nat_tinyy'] is paired; accepted: nat_tiny" in capsys.readouterr().err
+
+
 def test_memory_table_compares_each_model_with_its_peer():
     from vizoo.bench import train_memory
 
