@@ -151,8 +151,8 @@ def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, which:
     heads = rpb_f.shape[0]
     if not _rpb_chunks_fit(heads, index):
         return rpb_f, dummy, dummy, (0, 0, 0, 0), None
-    table = torch.cat([rpb_f.reshape(heads, -1), rpb_f.new_zeros(heads, 1)], dim=1)
-    return table[:, index].contiguous(), pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), layout
+    table = torch.nn.functional.pad(rpb_f.reshape(heads, -1), (0, 1))  # a zero past the end: outside the window
+    return table[:, index], pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), layout
 
 
 def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool = False) -> dict:
