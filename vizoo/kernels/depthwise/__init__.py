@@ -7,7 +7,8 @@ Block (Ding et al., arXiv 2311.15599) run such convolutions with K = 17/15/13/7 
 cuDNN serves them with a direct kernel on CUDA cores that re-reads the input for every tap (about 1.5 T
 multiply-adds/s on an H200, far from the memory bound). The fused Triton kernels (``triton.py``) turn each kernel
 row into one banded matrix product on tensor cores, so a row tile plus its halo is loaded once for all taps of
-that row, in the forward and both gradients (CUDA-core kernels take halos wider than 112 columns).
+that row, in the forward and both gradients (CUDA-core kernels take halos wider than 112 columns and 3x3
+kernels).
 
 The public function validates its arguments, then runs the plain PyTorch reference (``reference.py``,
 ``F.conv2d``) or the Triton kernels (through the ``vizoo::depthwise_conv2d_fwd`` / ``_bwd`` custom ops of

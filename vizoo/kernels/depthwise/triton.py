@@ -22,9 +22,11 @@ here the taps of one kernel row become one matrix product on tensor cores, so a 
   is the sum of P along the diagonal ``j - o = kx * d``. Each program writes one partial row per (image chunk,
   channel) and one ``sum`` over the chunks finishes: no atomics (deterministic), and the partial buffer
   (``chunks x C x k*k`` floats) does not depend on the tile. The bias gradient is ``g.sum((0, 2, 3))``.
-* Fallback for halos wider than 112 columns (``BLOCK_E`` would exceed 128): CUDA-core kernels that load the
+* CUDA-core kernels (``method="direct"``) for halos wider than 112 columns (``BLOCK_E`` would exceed 128) and
+  for kernels up to ``DIRECT_MAX_KERNEL`` (3x3, where the band would waste most of its multiplies): they load the
   shifted ``BLOCK_H x BLOCK_W`` tile once per tap (``_dw_fwd_kernel``, tile autotuned; the repeated loads of the
-  tile plus halo hit the L1 cache) and a per-tap weight-gradient reduction (``_dw_wgrad_kernel``).
+  tile plus halo hit the L1 cache); the weight gradient reduces per tap (``_dw_wgrad_kernel``), or for kernels up
+  to 3x3 all taps from one read of the output gradient (``_dw_wgrad_taps_kernel``).
 
 Accumulation is float32 throughout; outputs are cast to the input's dtype.
 """
