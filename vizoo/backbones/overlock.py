@@ -112,9 +112,9 @@ class LayerScale2d(nn.Module):
 
 # On CUDA, depthwise convs at least TRITON_DEPTHWISE_MIN_KERNEL wide run vizoo's Triton kernel: cuDNN runs these
 # kernels on CUDA cores far below the memory bound. On an H200 (bf16, batch 256; docs/benchmarks.md) the Triton
-# kernel was 3.6x cuDNN's forward and 4.1x its forward+backward at stage 1's 17x17 train form, and 1.6x cuDNN's
-# forward and forward+backward at the 3x3 convs of stage 1 (``ResDWConv``, 56x56, 256 channels), so every
-# depthwise conv takes it; ``TRITON_DEPTHWISE = False`` (or a larger minimum) sends them back to cuDNN.
+# kernel was 3.6x cuDNN's forward and 4.1x its forward+backward at stage 1's 17x17 train form, and 1.9x cuDNN's
+# forward+backward at the 3x3 convs of stage 1 (``ResDWConv``, 56x56, 256 channels; its CUDA-core kernels), so
+# every depthwise conv takes it; ``TRITON_DEPTHWISE = False`` (or a larger minimum) sends them back to cuDNN.
 TRITON_DEPTHWISE = True
 TRITON_DEPTHWISE_MIN_KERNEL = 3
 
