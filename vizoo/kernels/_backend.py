@@ -1,4 +1,5 @@
-"""The backend checks every kernel op makes once it knows which backend runs it."""
+"""The backend checks every kernel op makes once it knows which backend runs it, and what the Triton kernels
+share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from typing import Collection
 import torch
 
 from vizoo.utils import unknown_name_error
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s ``input_precision`` for inputs of ``dtype``: IEEE float32 for float32 (TF32 would lose
+    mantissa); 16-bit inputs multiply exactly on tensor cores whatever the setting, so ``"tf32"`` (the default)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def check_backend(t: torch.Tensor, backend: str, backends: Collection[str], triton_dtypes: Collection[torch.dtype],

@@ -30,10 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
+from vizoo.kernels._backend import dot_precision
 from vizoo.kernels.neighborhood.reference import axis_windows
 
 # dilation-1 calls take the band-matrix kernels (``method="auto"``); off until they are timed on a GPU against the
-# gather kernels (``tools/bench_contmix.py --rows``)
+# gather kernels (``tools/bench_contmix.py`` times both: the ``triton`` and ``triton rows`` forms)
 ROWS = False
 ROWS_BLOCK_X = 16  # pixels of one image row per program (a tensor-core tile needs at least 16)
 
@@ -231,9 +232,8 @@ def _rows_launch(v, kernel_size):
     block_x = ROWS_BLOCK_X
     block_j = triton.next_power_of_2(block_x + kernel_size[1] - 1)
     block_d = max(16, triton.next_power_of_2(dim))
-    prec = "ieee" if v.dtype == torch.float32 else "tf32"  # 16-bit products are exact either way
     grid = (H * triton.cdiv(W, block_x), B * heads)
-    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=prec, num_warps=4)
+    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(v.dtype), num_warps=4)
 
 
 def _plan(v, kernel_size, dilation):

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vizoo.kernels._backend import dot_precision
+
 BLOCK_N = 64
 # Launch settings; 0 = the default named in the comment. ``tools/bench_inline.py --tune`` sweeps them on a GPU.
 CONFIG = dict(
@@ -307,10 +309,6 @@ def _fused_bwd(DO, Q, K, V, STATE, MEANS, DQ, DK, DV, N, HEADS, sq_b, sq_n, sq_h
         tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=mask)
 
 
-def _prec(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -349,7 +347,7 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
         D=dim,
         BLOCK_D=bd,
         BLOCK_N=block_n,
-        PREC=_prec(a.dtype),
+        PREC=dot_precision(a.dtype),
         num_warps=_setting("gram_warps", 2 if bd <= 32 else _num_warps(bd)),
         **stages,
     )
@@ -399,7 +397,7 @@ def forward(q, k, v, scale: float):
         state = torch.empty(B * heads, bd, bd, device=q.device, dtype=torch.float32)
         means = torch.empty(B * heads, 2, bd, device=q.device, dtype=torch.float32)
         _fused_fwd[(B * heads,)](q, k, v, out, state, means, N, heads, *_strides(q, k, v), scale / N, D=dim,
-                                 BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N), PREC=_prec(q.dtype),
+                                 BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N), PREC=dot_precision(q.dtype),
                                  num_warps=_setting("apply_warps", _num_warps(bd)))
         return out, state, means
     state, means = _gram_state(k, v, scale / N, center=True)
@@ -418,7 +416,7 @@ def forward(q, k, v, scale: float):
         D=dim,
         BLOCK_D=bd,
         BLOCK_N=block_n,
-        PREC=_prec(q.dtype),
+        PREC=dot_precision(q.dtype),
         num_warps=_setting("apply_warps", _num_warps(bd)),
     )
     return out, state, means
@@ -434,7 +432,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     if _fused(N, B * heads, bd, q.dtype):
         _fused_bwd[(B * heads,)](grad_out, q, k, v, state, means, dq, dk, dv, N, heads, *_strides(q, k, v),
                                  scale / N, D=dim, BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N),
-                                 PREC=_prec(q.dtype), num_warps=_setting("apply_warps", _num_warps(bd)))
+                                 PREC=dot_precision(q.dtype), num_warps=_setting("apply_warps", _num_warps(bd)))
         return dq, dk, dv
     g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     block_n = _setting("apply_block_n", BLOCK_N)
@@ -460,7 +458,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         D=dim,
         BLOCK_D=bd,
         BLOCK_N=block_n,
-        PREC=_prec(q.dtype),
+        PREC=dot_precision(q.dtype),
         num_warps=_setting("apply_warps", _num_warps(bd)),
     )
     return dq, dk, dv

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vizoo.kernels._backend import dot_precision
 from vizoo.kernels.neighborhood.reference import _cached_indices, axis_windows
 
 LOG2E = 1.4426950408889634
@@ -537,7 +538,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
     common = dict(DIL_Y=dilation[0], DIL_X=dilation[1], KH=kernel_size[0], KW=kernel_size[1],
-                  BLOCK_D=max(16, _pow2(dim)), PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+                  BLOCK_D=max(16, _pow2(dim)), PRECISION=dot_precision(q.dtype))
     meta, launch = _split(cfg)
     common.update(meta)
     common.update(launch)
