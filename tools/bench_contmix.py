@@ -28,6 +28,7 @@ from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, e
 from vizoo.kernels import na2d_av
 from vizoo.kernels.contmix import triton as contmix_triton
 from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
+from vizoo.utils import atomic_write_text
 
 
 @dataclass
@@ -200,11 +201,9 @@ def main(argv=None) -> int:
         table += f"\nbackbones, bf16 autocast, batch 256, 224\n\n{markdown_table(models)}\n"
     print(table)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
+        atomic_write_text(args.markdown, table)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"kernels": rows, "models": models}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"kernels": rows, "models": models}, indent=1))
     return 0
 
 
