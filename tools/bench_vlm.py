@@ -22,11 +22,12 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from vizoo.utils import atomic_write_text
 
 
 def build(size: str, device: str, dtype: torch.dtype):
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
         if slow in seconds and fast in seconds:
             print(f"CARVE {slow} / {fast}: {seconds[slow] / seconds[fast]:.2f} (target >= 3)")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     return 0
 
 

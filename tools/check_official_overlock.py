@@ -160,11 +160,12 @@ def main(argv=None) -> int:
         rows.append(check(module, name))
         print(rows[-1], flush=True)
     from vizoo.bench import markdown_table
+    from vizoo.utils import atomic_write_text
 
     table = markdown_table(rows)
     print(table)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
     return 0
 
 
