@@ -1,8 +1,9 @@
 """Benchmark ``na2d_av`` (OverLoCK's ContMix aggregation) on a CUDA GPU: vizoo's Triton kernels against the plain
 PyTorch forms, bf16, forward and forward+backward, with the HBM bandwidth each achieves.
 
-Contenders: ``triton`` (vizoo's fused kernels, the per-tap gather form), ``triton rows`` (the band-matrix
-kernels, ``vizoo.kernels.contmix.triton.ROWS``), ``gather`` (the reference: index-gather of every window then
+Contenders: ``triton`` (vizoo's fused kernels as shipped: ``vizoo.kernels.contmix.triton.ROWS_PASSES`` picks the
+kernels per pass; the band-matrix kernels by default), ``triton gather`` (the per-tap gather kernels, which
+dilated calls take), ``gather`` (the reference: index-gather of every window then
 einsum), ``unfold`` (OverLoCK's own fallback formulation: ``F.unfold`` plus border re-indexing, then einsum),
 and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch formulation we have.
 Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
@@ -61,7 +62,7 @@ def _forms(k: int) -> dict:
     unfold = lambda a, v: na2d_av_unfold(a, v, k)  # noqa: E731
     return {
         "triton": lambda a, v: na2d_av(a, v, k, backend="triton"),
-        "triton rows": lambda a, v: na2d_av(a, v, k, backend="triton"),  # with ROWS set (bench_case)
+        "triton gather": lambda a, v: na2d_av(a, v, k, backend="triton"),  # ROWS_PASSES set by bench_case
         "gather": gather,
         "unfold": unfold,
         "gather compiled": torch.compile(gather, dynamic=False),
@@ -69,8 +70,11 @@ def _forms(k: int) -> dict:
     }
 
 
-def _rows(on: bool) -> None:
-    contmix_triton.ROWS = on
+DEFAULT_PASSES = contmix_triton.ROWS_PASSES
+
+
+def _rows(passes: tuple) -> None:
+    contmix_triton.ROWS_PASSES = passes
 
 
 def check(case: Case, rows: bool) -> float:
@@ -78,13 +82,13 @@ def check(case: Case, rows: bool) -> float:
     attn, v = _inputs(case, 2, torch.float32)
     err = 0.0
     outs = {}
-    _rows(rows)
+    _rows(("fwd", "bwd") if rows else ())
     for backend in ("reference", "triton"):
         out = na2d_av(attn, v, case.kernel, backend=backend)
         grad = outs.get("grad", torch.randn_like(out))
         outs["grad"] = grad
         outs[backend] = [out, *torch.autograd.grad(out, (attn, v), grad)]
-    _rows(False)
+    _rows(DEFAULT_PASSES)
     for r, t in zip(outs["reference"], outs["triton"]):
         err = max(err, (r - t).abs().max().item())
     return err
@@ -102,7 +106,7 @@ def bench_case(case: Case, log=print) -> list[dict]:
     rows = []
     for name, fn in _forms(case.kernel).items():
         row = dict(case=case.name, batch=case.batch, form=name)
-        _rows(name == "triton rows")  # forward and backward of this form alike
+        _rows(() if name == "triton gather" else DEFAULT_PASSES)
         try:
             with torch.no_grad():
                 fn(attn, v)
@@ -123,7 +127,7 @@ def bench_case(case: Case, log=print) -> list[dict]:
                     "fwd+bwd HBM %": 100 * (fwd_bytes + bwd_bytes) / (both * 1e-6) / HBM_BYTES_PER_S})
         rows.append(row)
         log(json.dumps(row))
-    _rows(False)
+    _rows(DEFAULT_PASSES)
     plain = [r for r in rows if not r["form"].startswith("triton") and r["fwd us"] == r["fwd us"]]  # NaN: OOM
     best_plain = {k: min(r[k] for r in plain) for k in ("fwd us", "fwd+bwd us")} if plain else None
     for r in rows:

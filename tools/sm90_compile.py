@@ -135,14 +135,16 @@ def run_inline(dtype):
 
 
 def run_contmix(dtype):
-    attn, v = _leaf(2, 7, 7, 2, 25, dtype=dtype), _leaf(2, 7, 7, 2, 16, dtype=dtype)
-    _grad(K.na2d_av(attn, v, 5, backend="triton"), (attn, v))
-    attn, v = _leaf(2, 14, 14, 2, 169, dtype=dtype), _leaf(2, 14, 14, 2, 16, dtype=dtype)
-    saved, _contmix_triton.ROWS = _contmix_triton.ROWS, True  # the band-matrix kernels at 14x14 k=13
+    saved = _contmix_triton.ROWS_PASSES
     try:
+        _contmix_triton.ROWS_PASSES = ()  # the gather kernels (what dilated calls take)
+        attn, v = _leaf(2, 7, 7, 2, 25, dtype=dtype), _leaf(2, 7, 7, 2, 16, dtype=dtype)
+        _grad(K.na2d_av(attn, v, 5, backend="triton"), (attn, v))
+        _contmix_triton.ROWS_PASSES = ("fwd", "bwd")  # the band-matrix kernels at 14x14 k=13
+        attn, v = _leaf(2, 14, 14, 2, 169, dtype=dtype), _leaf(2, 14, 14, 2, 16, dtype=dtype)
         _grad(K.na2d_av(attn, v, 13, backend="triton"), (attn, v))
     finally:
-        _contmix_triton.ROWS = saved
+        _contmix_triton.ROWS_PASSES = saved
 
 
 def run_depthwise(dtype):

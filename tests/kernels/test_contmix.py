@@ -125,11 +125,11 @@ ROWS_CASES = [  # (H, W), (kh, kw), dim: several x tiles and both borders, even 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape,ks,dim", ROWS_CASES)
 def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype):
-    """The band-matrix kernels (``ROWS``; dilation 1) against the reference: output, d_attn, d_v. float16, not
+    """The band-matrix kernels (``ROWS_PASSES``; dilation 1) against the reference: output, d_attn, d_v. float16, not
     bfloat16, for the 16-bit case (the interpreter's bfloat16 dots are wrong); the GPU test covers bfloat16."""
     from vizoo.kernels.contmix import triton as tk
 
-    monkeypatch.setattr(tk, "ROWS", True)
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd"))
     taken, real = [], tk._rows
     monkeypatch.setattr(tk, "_rows", lambda *a: taken.append(real(*a)) or taken[-1])
     tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
@@ -160,7 +160,7 @@ def test_rows_kernels_refuse_dilation():
 def test_triton_matches_reference_gpu(monkeypatch, shape, k, heads, dim, batch, method, dtype):
     from vizoo.kernels.contmix import triton as tk
 
-    monkeypatch.setattr(tk, "ROWS", method == "rows")
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method == "rows" else ())
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(shape, (k, k), (1, 1), dtype, device="cuda", heads=heads, dim=dim, batch=batch, **tol)
 

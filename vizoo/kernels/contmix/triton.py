@@ -13,7 +13,8 @@ Same operator as ``reference.py`` (see there for the window rules). The design:
 * d_v: a program owns ``BLOCK_P`` keys and walks the box of pixels that attend them (the inverse tables),
   reading each pixel's weight at the tap that points back at the key. Accumulation is float32 throughout.
 
-Band-matrix kernels (``method="rows"``; dilation 1 only; taken by default when ``ROWS`` is set): a program owns
+Band-matrix kernels (``method="rows"``; dilation 1 only; ``method="auto"`` takes them for the passes in
+``ROWS_PASSES``): a program owns
 ``BLOCK_X`` pixels of one image row. Windows are clamped, so along a row each pixel's first key column moves by 0
 or 1 from its neighbour's and the tile's windows together cover at most ``BLOCK_X + kw - 1`` consecutive
 columns. For each kernel row the program loads those columns of one value row as a contiguous ``[BLOCK_J, dim]``
@@ -30,13 +31,16 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels._backend import dot_precision
+from vizoo.kernels._backend import cdiv, dot_precision, pow2
 from vizoo.kernels.neighborhood.reference import axis_windows
 
-# dilation-1 calls take the band-matrix kernels (``method="auto"``); off until they are timed on a GPU against the
-# gather kernels (``tools/bench_contmix.py`` times both: the ``triton`` and ``triton rows`` forms)
-ROWS = False
+# the passes ("fwd", "bwd") whose dilation-1 calls take the band-matrix kernels under ``method="auto"``, and their
+# tile. Timed on an H200 (bf16, GPU-only, 16-pixel tiles and 2 warps against the gather kernels): forward 5.0x
+# faster at 14x14 k=13 (batch 128, 8 heads of 16 channels), 2.4x at 14x14 k=5, 2.0x at 7x7 k=7 and 5.4x at 56x56
+# k=13; backward 2.4x, 1.4x, 0.95x and 3.1x. Tiles of 32 or 64 pixels and 1, 4 or 8 warps were all slower.
+ROWS_PASSES = ("fwd", "bwd")
 ROWS_BLOCK_X = 16  # pixels of one image row per program (a tensor-core tile needs at least 16)
+ROWS_WARPS = 2
 
 
 @functools.lru_cache(maxsize=256)
@@ -55,9 +59,9 @@ def _axis_tables(length: int, kernel: int, dilation: int, device: str) -> tuple:
 
 
 def _blocks(dim: int, taps: int) -> tuple:
-    block_d = triton.next_power_of_2(dim)
+    block_d = pow2(dim)
     block_p = 32
-    block_o = max(1, min(triton.next_power_of_2(taps), 8192 // (block_p * block_d)))
+    block_o = max(1, min(pow2(taps), 8192 // (block_p * block_d)))
     return block_p, block_o, block_d
 
 
@@ -218,22 +222,23 @@ def _dv_rows_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.cons
              mask=kmask[:, None] & (offs_d < D)[None, :])
 
 
-def _rows(method: str, dilation) -> bool:
+def _rows(method: str, dilation, pass_: str) -> bool:
     if method not in ("auto", "gather", "rows"):
         raise ValueError(f"method must be 'auto', 'gather' or 'rows', got {method!r}")
     if method == "rows" and tuple(dilation) != (1, 1):
         raise ValueError(f"the band-matrix kernels take dilation 1 only, got {tuple(dilation)}")
-    return method == "rows" or (method == "auto" and ROWS and tuple(dilation) == (1, 1))
+    return method == "rows" or (method == "auto" and pass_ in ROWS_PASSES and tuple(dilation) == (1, 1))
 
 
 def _rows_launch(v, kernel_size):
     """Grid and block sizes of the band-matrix kernels."""
     B, H, W, heads, dim = v.shape
     block_x = ROWS_BLOCK_X
-    block_j = triton.next_power_of_2(block_x + kernel_size[1] - 1)
-    block_d = max(16, triton.next_power_of_2(dim))
-    grid = (H * triton.cdiv(W, block_x), B * heads)
-    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(v.dtype), num_warps=4)
+    block_j = pow2(block_x + kernel_size[1] - 1)
+    block_d = max(16, pow2(dim))
+    grid = (H * cdiv(W, block_x), B * heads)
+    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(v.dtype),
+                num_warps=ROWS_WARPS)
 
 
 def _plan(v, kernel_size, dilation):
@@ -241,18 +246,19 @@ def _plan(v, kernel_size, dilation):
     ty = _axis_tables(H, kernel_size[0], dilation[0], str(v.device))
     tx = _axis_tables(W, kernel_size[1], dilation[1], str(v.device))
     block_p, block_o, block_d = _blocks(dim, kernel_size[0] * kernel_size[1])
-    grid = (triton.cdiv(H * W, block_p), B * heads)
+    grid = (cdiv(H * W, block_p), B * heads)
     return ty, tx, grid, block_p, block_o, block_d
 
 
 def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     """``[B, H, W, heads, dim]`` output of ``na2d_av`` (contiguous inputs, any float dtype Triton loads);
-    ``method``: ``"gather"``, ``"rows"`` (band matrices, dilation 1) or ``"auto"`` (rows where ``ROWS`` allows)."""
+    ``method``: ``"gather"``, ``"rows"`` (band matrices, dilation 1) or ``"auto"`` (rows for the passes in
+    ``ROWS_PASSES`` at dilation 1)."""
     attn, v = attn.contiguous(), v.contiguous()
     B, H, W, heads, dim = v.shape
     (fy, _, _, _), (fx, _, _, _), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
     out = torch.empty_like(v)
-    if _rows(method, dilation):
+    if _rows(method, dilation, "fwd"):
         rows_grid, blocks = _rows_launch(v, kernel_size)
         _av_rows_kernel[rows_grid](attn, v, v, out, fy, fx, H, W, heads, dim, KH=kernel_size[0], KW=kernel_size[1],
                                    GRAD_ATTN=False, **blocks)
@@ -269,7 +275,7 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
     d_attn = torch.empty_like(attn)
     d_v = torch.empty_like(v)
-    if _rows(method, dilation):
+    if _rows(method, dilation, "bwd"):
         rows_grid, blocks = _rows_launch(v, kernel_size)
         ks = dict(KH=kernel_size[0], KW=kernel_size[1])
         _av_rows_kernel[rows_grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, GRAD_ATTN=True, **ks,

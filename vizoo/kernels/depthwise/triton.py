@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vizoo.kernels._backend import cdiv, pow2
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # (BLOCK_H, BLOCK_W, num_warps); under the interpreter one small tile (autotuning there only costs time)
 _TILES = [(8, 8, 1), (8, 16, 2), (16, 16, 4), (16, 32, 4), (8, 64, 4)]
@@ -52,12 +54,12 @@ _ROWS_CONFIGS = [triton.Config({"ROWS": r, "IMGS": i}, num_warps=nw) for r, i, n
 
 def _prune_rows(configs, named_args, **kwargs):
     """Drop tiles that stack more rows or images than the map and batch hold (masked waste); keep one at least."""
-    rows_max, imgs_max = triton.next_power_of_2(named_args["H"]), triton.next_power_of_2(named_args["B"])
+    rows_max, imgs_max = pow2(named_args["H"]), pow2(named_args["B"])
     kept = [c for c in configs if c.kwargs["ROWS"] <= rows_max and c.kwargs["IMGS"] <= imgs_max]
     if kept:
         return kept
     rows = min(8, rows_max)
-    return [triton.Config({"ROWS": rows, "IMGS": triton.cdiv(16, rows) if rows * imgs_max < 16 else imgs_max},
+    return [triton.Config({"ROWS": rows, "IMGS": cdiv(16, rows) if rows * imgs_max < 16 else imgs_max},
                           num_warps=4)]
 
 
@@ -267,23 +269,23 @@ def _precision(dtype) -> str:
 def _rows_plan(B: int, H: int, W: int, halo: int):
     """``(IMGS, ROWS, BLOCK_O, BLOCK_E)`` of the tensor-core forward, or None when the halo is too wide for it.
 
-    BLOCK_O output columns read BLOCK_E = next_pow2(BLOCK_O + halo) input columns; the dot's work per output is
+    BLOCK_O output columns read BLOCK_E = nextpow2(BLOCK_O + halo) input columns; the dot's work per output is
     about ``2 * BLOCK_E`` per kernel row, so the narrowest tile (>= 16, the dot's minimum) that covers W with the
     least work wins. The rows and images stacked into the dot's M are autotuned for the forward; the weight
     gradient takes 8 rows per image and up to 16 images (M = 128; 64 under the interpreter)."""
     best = None
     for block_o in (16, 32, 64):
-        block_e = triton.next_power_of_2(block_o + halo)
+        block_e = pow2(block_o + halo)
         if block_e > 128:
             continue
-        cost = triton.cdiv(W, block_o) * block_o * block_e
+        cost = cdiv(W, block_o) * block_o * block_e
         if best is None or cost < best[0]:
             best = (cost, block_o, block_e)
     if best is None:
         return None
-    rows = min(8, triton.next_power_of_2(H))
-    imgs = max(1, min((64 if _INTERPRET else 128) // rows, triton.next_power_of_2(B)))
-    imgs = max(imgs, triton.cdiv(16, rows))  # the dot needs M >= 16
+    rows = min(8, pow2(H))
+    imgs = max(1, min((64 if _INTERPRET else 128) // rows, pow2(B)))
+    imgs = max(imgs, cdiv(16, rows))  # the dot needs M >= 16
     return imgs, rows, best[1], best[2]
 
 
@@ -300,14 +302,14 @@ def _correlate(x, weight, bias, dilation, method="auto"):
     plan = _rows_plan(B, H, W, 2 * pad) if method in ("auto", "rows") else None
     if plan is not None:
         _, _, block_o, block_e = plan
-        grid = lambda meta: (C * triton.cdiv(W, block_o) * triton.cdiv(H, meta["ROWS"])  # noqa: E731
-                             * triton.cdiv(B, meta["IMGS"]),)
+        grid = lambda meta: (C * cdiv(W, block_o) * cdiv(H, meta["ROWS"])  # noqa: E731
+                             * cdiv(B, meta["IMGS"]),)
         _dw_rows_kernel[grid](x, weight, bias_arg, out, B, C, H, W, dilation, pad, KS=k, HAS_BIAS=bias is not None,
                               BLOCK_O=block_o, BLOCK_E=block_e, PRECISION=_precision(x.dtype))
         return out
     if method == "rows":
         raise ValueError(f"the halo {2 * pad} is too wide for the tensor-core forward (at most 112)")
-    grid = lambda meta: (B * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)  # noqa: E731
+    grid = lambda meta: (B * C * cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]),)  # noqa: E731
     _dw_fwd_kernel[grid](x, weight, bias_arg, out, C, H, W, dilation, pad, KS=k, HAS_BIAS=bias is not None)
     return out
 
@@ -321,8 +323,8 @@ def forward(x, weight, bias, dilation, method="auto"):
 def _wgrad_tile(H: int, W: int, pixels: int = 0) -> tuple:
     """Tile of the weight-gradient kernels: up to ``pixels`` (default 1024; 128 interpreted), as wide as the map
     allows (16 columns interpreted, else 64)."""
-    block_w = min(16 if _INTERPRET else 64, triton.next_power_of_2(W))
-    block_h = min(triton.next_power_of_2(H), max(1, (pixels or (128 if _INTERPRET else 1024)) // block_w))
+    block_w = min(16 if _INTERPRET else 64, pow2(W))
+    block_h = min(pow2(H), max(1, (pixels or (128 if _INTERPRET else 1024)) // block_w))
     return block_h, block_w
 
 
@@ -334,26 +336,26 @@ def backward(grad_out, x, weight, dilation, method="auto"):
     pad = dilation * (k - 1) // 2
     method = _method(method, k)
     d_x = _correlate(grad_out, weight.flip(-1, -2).contiguous(), None, dilation, method)
-    chunks = min(B, max(1, triton.cdiv(_WGRAD_PROGRAMS, C)))
-    b_per = triton.cdiv(B, chunks)
-    chunks = triton.cdiv(B, b_per)
+    chunks = min(B, max(1, cdiv(_WGRAD_PROGRAMS, C)))
+    b_per = cdiv(B, chunks)
+    chunks = cdiv(B, b_per)
     part = torch.empty(chunks, C, k * k, device=x.device, dtype=torch.float32)
     plan = _rows_plan(b_per, H, W, 2 * pad) if method in ("auto", "rows") else None
     if plan is not None:
         imgs, rows, block_o, block_e = plan
         _dw_wgrad_rows_kernel[(chunks * C,)](
-            x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k, BLOCK_T=triton.next_power_of_2(k * k),
+            x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k, BLOCK_T=pow2(k * k),
             IMGS=imgs, ROWS=rows, BLOCK_O=block_o, BLOCK_E=block_e,
             PRECISION=_precision(x.dtype), num_warps=4)
     elif k * k <= 16:
         block_h, block_w = _wgrad_tile(H, W, pixels=128 if _INTERPRET else 256)
         _dw_wgrad_taps_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
-                                             BLOCK_T=triton.next_power_of_2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
+                                             BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
                                              num_warps=4)
     else:
         block_h, block_w = _wgrad_tile(H, W)
         _dw_wgrad_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
-                                        BLOCK_T=triton.next_power_of_2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
+                                        BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
                                         num_warps=4 if block_h * block_w >= 512 else 2)
     d_weight = part.sum(0).view_as(weight).to(weight.dtype)
     d_bias = grad_out.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)

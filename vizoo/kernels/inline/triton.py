@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels._backend import dot_precision
+from vizoo.kernels._backend import cdiv, dot_precision, pow2
 
 BLOCK_N = 64
 # Launch settings; 0 = the default named in the comment. ``tools/bench_inline.py --tune`` sweeps them on a GPU.
@@ -310,7 +310,7 @@ def _fused_bwd(DO, Q, K, V, STATE, MEANS, DQ, DK, DV, N, HEADS, sq_b, sq_n, sq_h
 
 
 def _block_d(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, pow2(dim))
 
 
 def _num_warps(block_d: int) -> int:
@@ -326,9 +326,9 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
     bh = B * heads
     # enough programs to fill a large GPU even at batch 1, chunks of whole tiles
     block_n = _setting("gram_block_n", BLOCK_N)
-    chunks = max(1, min(triton.cdiv(N, block_n), triton.cdiv(CONFIG["gram_programs"], bh)))
-    chunk = triton.cdiv(triton.cdiv(N, chunks), block_n) * block_n
-    chunks = triton.cdiv(N, chunk)
+    chunks = max(1, min(cdiv(N, block_n), cdiv(CONFIG["gram_programs"], bh)))
+    chunk = cdiv(cdiv(N, chunks), block_n) * block_n
+    chunks = cdiv(N, chunk)
     stages = {"num_stages": CONFIG["gram_stages"]} if CONFIG["gram_stages"] else {}
     part = torch.empty(bh, chunks, bd + 2, bd, device=a.device, dtype=torch.float32)
     _gram[(chunks, bh)](
@@ -353,7 +353,7 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
     )
     state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
     means = torch.empty(bh, 2, bd, device=a.device, dtype=torch.float32)
-    block_c = min(64, triton.next_power_of_2(chunks))
+    block_c = min(64, pow2(chunks))
     _finalize[(bh, bd)](
         part,
         state,
@@ -379,7 +379,7 @@ def _fused(N: int, bh: int, bd: int, dtype: torch.dtype) -> bool:
     float32 the backward spills on sm_90)."""
     if not CONFIG["fused"] or bd > 64 or dtype == torch.float32:
         return False
-    return min(triton.cdiv(N, _setting("gram_block_n", BLOCK_N)), triton.cdiv(CONFIG["gram_programs"], bh)) == 1
+    return min(cdiv(N, _setting("gram_block_n", BLOCK_N)), cdiv(CONFIG["gram_programs"], bh)) == 1
 
 
 def _strides(*tensors) -> tuple:
@@ -403,7 +403,7 @@ def forward(q, k, v, scale: float):
     state, means = _gram_state(k, v, scale / N, center=True)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     block_n = _setting("apply_block_n", BLOCK_N)
-    _apply[(triton.cdiv(N, block_n), B * heads)](
+    _apply[(cdiv(N, block_n), B * heads)](
         q,
         state,
         means,
@@ -436,7 +436,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         return dq, dk, dv
     g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     block_n = _setting("apply_block_n", BLOCK_N)
-    _apply_bwd[(triton.cdiv(N, block_n), B * heads)](
+    _apply_bwd[(cdiv(N, block_n), B * heads)](
         grad_out,
         k,
         v,

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vizoo.kernels._backend import cdiv, pow2
+
 
 @triton.jit
 def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, R, C, stride_b, stride_r, stride_c, eps,
@@ -86,7 +88,7 @@ BWD_ELEMENTS = 2048
 
 def _blocks(C: int, elements: int = 4096):
     """(BLOCK_M, BLOCK_C, num_warps) for rows of C channels, about ``elements`` per block."""
-    block_c = triton.next_power_of_2(C)
+    block_c = pow2(C)
     return max(1, min(64, elements // block_c)), block_c, 4 if block_c <= 1024 else 8
 
 
@@ -112,7 +114,7 @@ def forward(x, weight, bias, eps, out_dtype):
     if M == 0:
         return y, mean, rstd
     block_m, block_c, num_warps = _blocks(C)
-    _ln_fwd_kernel[(triton.cdiv(M, block_m),)](
+    _ln_fwd_kernel[(cdiv(M, block_m),)](
         brc, weight if weight is not None else y, bias if bias is not None else y, y, mean, rstd,
         M, brc.shape[1], C, brc.stride(0), brc.stride(1), brc.stride(2), eps,
         BLOCK_M=block_m, BLOCK_C=block_c, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -130,9 +132,9 @@ def backward(grad, x, weight, mean, rstd, param_grad: bool):
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     block_m, block_c, num_warps = _blocks(C, BWD_ELEMENTS)
     slots = 4 * (torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2)
-    programs = max(1, min(triton.cdiv(M, block_m), slots))
-    per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
-    programs = max(1, triton.cdiv(M, per_program))
+    programs = max(1, min(cdiv(M, block_m), slots))
+    per_program = cdiv(cdiv(M, programs), block_m) * block_m
+    programs = max(1, cdiv(M, per_program))
     partial = torch.empty((2, programs, C), device=x.device, dtype=torch.float32) if param_grad else dx
     if M:
         _ln_bwd_kernel[(programs,)](

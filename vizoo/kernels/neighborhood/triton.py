@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels._backend import dot_precision
+from vizoo.kernels._backend import dot_precision, pow2
 from vizoo.kernels.neighborhood.reference import _cached_indices, axis_windows
 
 LOG2E = 1.4426950408889634
@@ -171,7 +171,7 @@ def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool
         if rpb:
             return dict(TH=8, TW=8, KR=2, KC=16, num_warps=2, num_stages=1)
         return dict(TH=8, TW=8, KR=2, KC=16, num_warps=4)
-    KC = min(triton.next_power_of_2(16 + kernel[1] - 1), 32)
+    KC = min(pow2(16 + kernel[1] - 1), 32)
     return dict(TH=4, TW=16, KR=max(1, min(64 // KC, 4)), KC=KC, num_warps=4)
 
 
@@ -500,9 +500,6 @@ def _shared_strides(q, k, v):
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
 
 _GEOMETRY: dict = {}
 
@@ -538,7 +535,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
     common = dict(DIL_Y=dilation[0], DIL_X=dilation[1], KH=kernel_size[0], KW=kernel_size[1],
-                  BLOCK_D=max(16, _pow2(dim)), PRECISION=dot_precision(q.dtype))
+                  BLOCK_D=max(16, pow2(dim)), PRECISION=dot_precision(q.dtype))
     meta, launch = _split(cfg)
     common.update(meta)
     common.update(launch)
