@@ -125,7 +125,7 @@ ROWS_CASES = [  # (H, W), (kh, kw), dim: several x tiles and both borders, even 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape,ks,dim", ROWS_CASES)
 def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype):
-    """The band-matrix kernels (``ROWS_PASSES``; dilation 1) against the reference: output, d_attn, d_v. float16, not
+    """The band-matrix kernels (dilation 1) against the reference: output, d_attn, d_v. float16, not
     bfloat16, for the 16-bit case (the interpreter's bfloat16 dots are wrong); the GPU test covers bfloat16."""
     from vizoo.kernels.contmix import triton as tk
 

@@ -1,6 +1,9 @@
 """Fused ``na2d_av`` in Triton: forward, and a backward that returns d_attn and d_v without atomics.
 
-Same operator as ``reference.py`` (see there for the window rules). The design:
+Same operator as ``reference.py`` (see there for the window rules). Two sets of kernels share the host tables:
+the gather kernels (any dilation) and the band-matrix kernels (dilation 1, where they are the default: on an H200
+their forward was faster at every OverLoCK shape timed, their backward at all but 7x7, within 5% there). The
+gather kernels:
 
 * Host tables per axis (tiny, cached): ``first[p]``, the image coordinate of pixel p's first key (tap r of the
   window sits at ``first[p] + r * dilation``), and the inverse, ``qfirst[j]`` / ``qcount[j]``: the pixels whose
@@ -14,14 +17,14 @@ Same operator as ``reference.py`` (see there for the window rules). The design:
   reading each pixel's weight at the tap that points back at the key. Accumulation is float32 throughout.
 
 Band-matrix kernels (``method="rows"``; dilation 1 only; ``method="auto"`` takes them for the passes in
-``ROWS_PASSES``): a program owns
-``BLOCK_X`` pixels of one image row. Windows are clamped, so along a row each pixel's first key column moves by 0
-or 1 from its neighbour's and the tile's windows together cover at most ``BLOCK_X + kw - 1`` consecutive
-columns. For each kernel row the program loads those columns of one value row as a contiguous ``[BLOCK_J, dim]``
-tile and multiplies it on tensor cores by the band matrix ``band[x, j] = attn[x, ky, j - off(x)]`` (zero outside
-the pixel's ``kw`` taps): no per-tap gather of the values. d_attn is the same product turned around (``G @
-rows^T``, each pixel's ``kw`` band entries stored back to its taps), and d_v the transposed band over the pixel
-rows and columns that attend a tile of keys (the inverse tables), again without atomics.
+``ROWS_PASSES``, both by default): a program owns ``BLOCK_X`` pixels of one image row. Windows are clamped, so along
+a row each pixel's first key column moves by 0 or 1 from its neighbour's and the tile's windows together cover at
+most ``BLOCK_X + kw - 1`` consecutive columns. For each kernel row the program loads those columns of one value row
+as a contiguous ``[BLOCK_J, dim]`` tile and multiplies it on tensor cores by the band matrix ``band[x, j] = attn[x,
+ky, j - off(x)]`` (zero outside the pixel's ``kw`` taps): no per-tap gather of the values. d_attn is the same
+product turned around (``G @ rows^T``, each pixel's ``kw`` band entries stored back to its taps), and d_v the
+transposed band over the pixel rows and columns that attend a tile of keys (the inverse tables), again without
+atomics.
 """
 from __future__ import annotations
 
