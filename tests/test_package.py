@@ -51,3 +51,15 @@ def test_bad_input_is_one_line_error_with_exit_code_2(capsys, monkeypatch):
     monkeypatch.setenv("VIZOO_TRACEBACK", "1")
     with pytest.raises(ValueError, match="unknown model"):
         main(["fit", "--model.model_name=nat_tny", "--data.dataset=digits", "--trainer.accelerator=cpu"])
+
+
+def test_the_code_passes_the_projects_lint():
+    """``ruff check`` with the rules and line length of pyproject.toml's ``[tool.ruff]`` over the package, its
+    tools and tests (the same command a contributor runs)."""
+    from pathlib import Path
+
+    ruff = pytest.importorskip("ruff")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([ruff.find_ruff_bin(), "check", "vizoo", "tools", "tests"], cwd=root,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -33,8 +33,15 @@ from vizoo.utils import atomic_write_text
 def build(size: str, device: str, dtype: torch.dtype):
     """(model, processor): LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Llama-2-7B) or a tiny one, random weights."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     if size == "7b":
         vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,

@@ -57,7 +57,8 @@ def _read_official(path: Path) -> str:
 def load_official(path: Path):
     """Import the official models/overlock.py with the stand-ins (its timm registrations are skipped)."""
     root = Path(tempfile.mkdtemp(prefix="overlock_official_"))
-    for pkg, files in {"natten": {"functional.py": NATTEN_STANDIN}, "mmengine": {"runner.py": MMENGINE_STANDIN}}.items():
+    standins = {"natten": {"functional.py": NATTEN_STANDIN}, "mmengine": {"runner.py": MMENGINE_STANDIN}}
+    for pkg, files in standins.items():
         (root / pkg).mkdir()
         (root / pkg / "__init__.py").write_text("")
         for name, text in files.items():

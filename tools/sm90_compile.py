@@ -194,8 +194,8 @@ def main() -> int:
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             if op == "na":
                 shape = tuple(map(int, args.na_shape.split("x"))) if args.na_shape else (2, 9, 9, 2, 16)
-                run = lambda: run_na(dtype, args.rpb_chunk_bytes, shape, args.na_kernel,
-                                     [w for w in args.rpb_chunk_passes.split(",") if w])  # noqa: E731
+                passes = [w for w in args.rpb_chunk_passes.split(",") if w]
+                run = lambda: run_na(dtype, args.rpb_chunk_bytes, shape, args.na_kernel, passes)  # noqa: E731
             else:
                 run = lambda: OPS[op](dtype)  # noqa: E731
             runs = [("default", launches_of(run))]

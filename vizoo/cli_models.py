@@ -1,7 +1,6 @@
 """``vizoo models [PATTERN]``: list the registered vizoo models, and which have pretrained weights."""
 from __future__ import annotations
 
-
 from vizoo.utils import ArgumentParser
 
 

@@ -216,7 +216,8 @@ def to_official(state_dict, model):
     for name, module in model.named_modules():  # dilated.{i}.{conv,bn} -> dil_{conv,bn}_k{k}_{r}
         if isinstance(module, DilatedReparamConv):
             for i, (kk, r) in enumerate(module.branches):
-                for new, old in ((f"dilated.{i}.conv.", f"dil_conv_k{kk}_{r}."), (f"dilated.{i}.bn.", f"dil_bn_k{kk}_{r}.")):
+                renames = ((f"dilated.{i}.conv.", f"dil_conv_k{kk}_{r}."), (f"dilated.{i}.bn.", f"dil_bn_k{kk}_{r}."))
+                for new, old in renames:
                     for key in [key for key in out if key.startswith(f"{name}.{new}")]:
                         out[f"{name}.{old}{key[len(name) + len(new) + 1:]}"] = out.pop(key)
     return out

@@ -1,4 +1,5 @@
-"""The timm model contract (the methods timm's own model tests enforce), checked over every registered vizoo model on CPU at a small input size.
+"""The timm model contract (the methods timm's own model tests enforce), checked over every registered vizoo
+model on CPU at a small input size.
 
 Besides the methods, every model must trace with FX (forward, and backward in training mode; layers that cannot
 be traced register themselves with timm's ``register_notrace_module`` / ``register_notrace_function``), compile

@@ -73,7 +73,8 @@ def test_simpool(x):
 
 def test_esimpool(x):
     h = _head("esimpool", num_heads=4)
-    ln = lambda t: _ln(t, h.norm.weight, h.norm.bias, 1e-6)
+    def ln(t):
+        return _ln(t, h.norm.weight, h.norm.bias, 1e-6)
     torch.testing.assert_close(h.forward_features(x), _mha(ln(x.mean(1, keepdim=True)), ln(x), x, 4)[:, 0])
 
 
@@ -136,7 +137,8 @@ def test_cbam_train_mode():
     h = _head("cbam", reduction=4).train()
     x = torch.randn(B, 12, D, dtype=torch.float64)
     m = x.transpose(1, 2).reshape(B, D, 3, 4)                          # row-major 3 x 4 grid
-    mlp = lambda t: _lin(torch.relu(_lin(t, h.fc1)), h.fc2)
+    def mlp(t):
+        return _lin(torch.relu(_lin(t, h.fc1)), h.fc2)
     m1 = m * torch.sigmoid(mlp(m.mean((2, 3))) + mlp(m.amax((2, 3))))[:, :, None, None]
     s = F.conv2d(torch.cat([m1.mean(1, keepdim=True), m1.amax(1, keepdim=True)], 1), h.spatial_conv.weight, padding=3)
     s = (s - s.mean()) / torch.sqrt(s.var(unbiased=False) + 1e-5) * h.spatial_bn.weight + h.spatial_bn.bias

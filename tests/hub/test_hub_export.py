@@ -190,7 +190,8 @@ def test_weights_of_another_variant(exports, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     safetensors.torch.save_file(other.state_dict(), str(bad / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"shape mismatch.*stem\.conv1\.weight: file \[12, 3, 3, 3\] vs model \[8, 3, 3, 3\]"):
+    expected = r"shape mismatch.*stem\.conv1\.weight: file \[12, 3, 3, 3\] vs model \[8, 3, 3, 3\]"
+    with pytest.raises(ValueError, match=expected):
         verify_folder(bad)
 
 

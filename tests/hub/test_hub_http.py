@@ -60,8 +60,8 @@ print(json.dumps(timings))
 
 def _run(job: dict, env: dict, tmp_path, tag: str) -> tuple[dict, dict]:
     job = dict(job, outputs=str(tmp_path / f"{tag}_out.safetensors"), results=str(tmp_path / f"{tag}.json"))
-    proc = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(job)], env=env, capture_output=True, text=True, check=False,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(job)], env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(tag, "seconds per step:", proc.stdout.strip().splitlines()[-1])
     return json.loads((tmp_path / f"{tag}.json").read_text()), safetensors.torch.load_file(job["outputs"])

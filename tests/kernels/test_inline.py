@@ -7,7 +7,6 @@ marked ``gpu`` repeat the comparison at the real InLine model shapes.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -1,10 +1,10 @@
 """The probing engine under DDP (augmented protocol) on the CPU: 2 gloo processes through Lightning (``devices=2``).
 
-On the embedded ``shapes`` set at an odd split size (see ``N``). A script in the test's tmp folder runs ``run_probe`` with ``devices=2`` (Lightning's ``strategy='ddp'``
-re-launches it as rank 1); rank 0 saves the selected heads' weights and the results. The test then checks that
-both ranks exited 0, that every val/test image was scored exactly once (counts equal the split sizes, no
-DistributedSampler padding), and that the reported val/test top-1 equal a single-process evaluation of the
-same heads on the whole splits (metrics synced over ranks).
+On the embedded ``shapes`` set at an odd split size (see ``N``). A script in the test's tmp folder runs ``run_probe``
+with ``devices=2`` (Lightning's ``strategy='ddp'`` re-launches it as rank 1); rank 0 saves the selected heads' weights
+and the results. The test then checks that both ranks exited 0, that every val/test image was scored exactly once
+(counts equal the split sizes, no DistributedSampler padding), and that the reported val/test top-1 equal a
+single-process evaluation of the same heads on the whole splits (metrics synced over ranks).
 """
 
 import os
@@ -14,8 +14,8 @@ import textwrap
 
 import torch
 
-from vizoo.probe.features import BackboneSpec, create_backbone, data_config_for, extract_tokens
 from vizoo.heads import create_head
+from vizoo.probe.features import BackboneSpec, create_backbone, data_config_for, extract_tokens
 from vizoo.probe.pipeline import ProbeJob, _datamodule
 
 VIT = dict(img_size=16, patch_size=4, depth=2, embed_dim=16, num_heads=2)

@@ -7,8 +7,8 @@ import torch
 
 from vizoo.probe import cli
 from vizoo.probe.demo import DEMO_BACKBONE, DEMO_YAML, expand_model_name
-from vizoo.probe.pipeline import ProbeJob, run_probe
 from vizoo.probe.engine import HeadSpec, TrainConfig
+from vizoo.probe.pipeline import ProbeJob, run_probe
 
 DEMO_MODEL = cli.load_config(DEMO_YAML)["model"]
 

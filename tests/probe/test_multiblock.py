@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vizoo.probe.cache import load_split
 from vizoo.heads import create_head
 from vizoo.heads.linear import PlainLinear
+from vizoo.probe.cache import load_split
 from vizoo.probe.engine import HeadSpec, TrainConfig
 from vizoo.probe.multiblock import InputSpec, concat_features
 from vizoo.probe.pipeline import ProbeJob, run_probe

@@ -64,7 +64,8 @@ def test_short_training_beats_every_baseline(tmp_path, monkeypatch, one_thread):
 
     scanpath_main(["predict", "--checkpoint", str(ckpt), "--out", "pred", "--samples", "3", "--plots", "1"])
     predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    assert len(predictions) == 225 and all(len(p) == 3 and all(1 <= len(s) <= 12 for s in p) for p in predictions.values())
+    assert len(predictions) == 225
+    assert all(len(p) == 3 and all(1 <= len(s) <= 12 for s in p) for p in predictions.values())
 
 
 def test_cli_errors_and_synthesize(tmp_path):

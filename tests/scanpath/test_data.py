@@ -121,7 +121,8 @@ def test_coco_search18_reader_bad_records(tmp_path, change, message):
 def test_oat_reader_hand_written_file(tmp_path):
     crops = [np.full((4, 3, 3), v).tolist() for v in (0.0, 0.5, 1.0)]
     trials = [
-        {"layout_id": "Q1_1", "sub_id": 1, "package_target": [3], "package_seq": [1, 2, 3, 3], "question_img_feature": crops},
+        {"layout_id": "Q1_1", "sub_id": 1, "package_target": [3], "package_seq": [1, 2, 3, 3],
+         "question_img_feature": crops},
         {"layout_id": "Q1_1", "sub_id": 2, "package_target": [3], "package_seq": [2, 3], "question_img_feature": crops},
     ]
     path = tmp_path / "oat.json"

@@ -84,7 +84,8 @@ def test_multimatch_matches_multimatch_gaze_on_random_scanpaths():
         a = rng.uniform(0, 1, (n1, 2)) * size
         b = rng.uniform(0, 1, (n2, 2)) * size
         da, db = rng.uniform(0.05, 0.5, n1), rng.uniform(0.05, 0.5, n2)
-        rec = lambda p, d: np.rec.fromarrays([p[:, 0], p[:, 1], d], names="start_x,start_y,duration")
+        def rec(p, d):
+            return np.rec.fromarrays([p[:, 0], p[:, 1], d], names="start_x,start_y,duration")
         expected = mmg.docomparison(rec(a, da), rec(b, db), screensize=list(size))
         ours = multimatch(a, b, size, da, db)
         np.testing.assert_allclose([ours[k] for k in MULTIMATCH_DIMS], expected, rtol=1e-9, atol=1e-12)

@@ -78,7 +78,8 @@ def test_greedy_generation_batched_equals_single_and_follows_argmax(scenes):
 def test_sampled_generation_is_seeded_and_valid(scenes):
     model = OAT(**TINY).eval()
     batch = _batch(scenes)
-    draw = lambda: model.generate(batch, 6, sample=True, generator=torch.Generator().manual_seed(5))
+    def draw():
+        return model.generate(batch, 6, sample=True, generator=torch.Generator().manual_seed(5))
     first = draw()
     assert first == draw()
     for path, scene in zip(first, scenes):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
+
 from vizoo.vlm.attention import _boost_last_row, _boosted_decode, _decode_weight, _layer_weight, get_adapter
 
 FAMILIES = [pytest.param(tiny_llava, id="llava"), pytest.param(tiny_llava_next, id="llava_next"),

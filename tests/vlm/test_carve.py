@@ -5,11 +5,19 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-
 from vlm_testlib import tiny_llava, tiny_llava_next, tiny_qwen2_5_vl, tiny_qwen2_vl
+
 from vizoo.vlm import carve, get_adapter
-from vizoo.vlm.carve import (attention_maps, contrast, fuse, keep_regions, prompt_maps, refine_image, step_weights,
-                              top_p_mask)
+from vizoo.vlm.carve import (
+    attention_maps,
+    contrast,
+    fuse,
+    keep_regions,
+    prompt_maps,
+    refine_image,
+    step_weights,
+    top_p_mask,
+)
 
 
 def test_contrast_by_hand():

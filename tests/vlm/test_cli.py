@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from vlm_testlib import tiny_llava
+
 from vizoo.cli import main
 
 

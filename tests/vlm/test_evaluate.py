@@ -3,8 +3,16 @@ import json
 
 import pytest
 
-from vizoo.vlm.evaluate import (COCO_SYNONYMS, chair, chair_from_files, coco_mentions, pope, pope_answer,
-                                pope_from_files, singular)
+from vizoo.vlm.evaluate import (
+    COCO_SYNONYMS,
+    chair,
+    chair_from_files,
+    coco_mentions,
+    pope,
+    pope_answer,
+    pope_from_files,
+    singular,
+)
 
 
 def test_word_list():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from vlm_testlib import TwoPass, tiny_llava, tiny_llava_next, tiny_qwen2_vl
+
 from vizoo.vlm import get_adapter, paint
 from vizoo.vlm.paint import select_tokens
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from vlm_testlib import TwoPass, tiny_llava, tiny_qwen2_vl
+
 from vizoo.vlm import carve, get_adapter, paint
 
 pytestmark = pytest.mark.gpu

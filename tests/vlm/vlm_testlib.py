@@ -31,7 +31,8 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|v
 WORDS = ("a an the is are of on in with and to this image picture photo what where how many color question "
          "answer using single word or phrase write general description describe detail please help me yes no "
          "not there person man woman dog cat car bus bicycle table chair cup bottle pizza cake tree sky red blue "
-         "green white black two three one left right top bottom sitting standing user assistant system USER ASSISTANT you : . , ? "
+         "green white black two three one left right top bottom sitting standing user assistant system USER "
+         "ASSISTANT you : . , ? "
          "\n").split(" ")
 
 
@@ -134,8 +135,12 @@ def tiny_qwen2_5_vl(num_layers: int = 3, seed: int = 0):
 
 def tiny_llava_next(num_layers: int = 3, seed: int = 0):
     """(model, processor): LLaVA-NeXt with a 28 px CLIP (a 4x4 base grid) and 28/56 px any-resolution tiles."""
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor, \
-        LlavaNextProcessor
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     tokenizer = tiny_tokenizer()
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

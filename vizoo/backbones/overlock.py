@@ -67,8 +67,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, SEModule, trunc_normal_
-from timm.layers import register_notrace_function, register_notrace_module
+from timm.layers import (
+    DropPath,
+    LayerNorm2d,
+    SelectAdaptivePool2d,
+    SEModule,
+    register_notrace_function,
+    register_notrace_module,
+    trunc_normal_,
+)
 from timm.layers.grn import GlobalResponseNorm
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -77,8 +84,8 @@ from torch.utils.checkpoint import checkpoint
 
 from vizoo.hub.checkpoints import extract_state_dict
 from vizoo.kernels.contmix import na2d_av
-from vizoo.kernels.depthwise import depthwise_conv2d
 from vizoo.kernels.contmix.reference import window_rpb_index
+from vizoo.kernels.depthwise import depthwise_conv2d
 
 __all__ = ["OverLoCK", "BasicBlock", "DynamicBlock", "ContMix", "DilatedReparamConv", "checkpoint_filter_fn"]
 
@@ -336,7 +343,8 @@ class ContMix(nn.Module):
         key = self.weight_key(context).reshape(B, G, c, -1)  # [B, G, c, 49]
         affinity = torch.einsum("bngc,bgcl->bngl", q, key)
         logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
-        small, large = logits.split([self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size], dim=-1)
+        taps = [self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size]
+        small, large = logits.split(taps, dim=-1)
         attn1 = self._kernels(small, self.rpb1, self.small_kernel, h, w).reshape(B, h, w, G, -1)
         attn2 = self._kernels(large, self.rpb2, self.kernel_size, h, w).reshape(B, h, w, G, -1)
         v = x.permute(0, 2, 3, 1).reshape(B, h, w, 2, G, c)

@@ -17,7 +17,8 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, bad headers
-        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err}); remove or replace the file") from None
+        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err}); remove or replace the file") \
+            from None
 
 
 def check_image_folder(path: Path) -> None:

@@ -66,4 +66,5 @@ from vizoo.heads import (  # noqa: F401  isort: skip
     linear, ep, mhca, abmilp, simpool, clip, coca, cae, latent, cait, dinov2_block, cbam, dolg,
 )
 
-__all__ = ["ProbeHead", "create_head", "describe_heads", "get_head_class", "head_options", "list_heads", "register_head"]
+__all__ = ["ProbeHead", "create_head", "describe_heads", "get_head_class", "head_options", "list_heads",
+           "register_head"]

@@ -15,8 +15,8 @@ BatchNorm removes).
 Differs: two biases whose gradient is always zero are left out of both (vizoo = official - 2D parameters:
 7,853,032 for siglip and 7,856,104 for vjepa at D=768): the key bias shifts all logits of a query by the
 same amount (the softmax cancels it), and the MLP's output bias shifts the pooled vector by a constant
-(the head's train-mode BatchNorm removes it). V-JEPA's ``depth > 1`` (extra self-attention blocks), unused by the probing
-code, is not offered.
+(the head's train-mode BatchNorm removes it). V-JEPA's ``depth > 1`` (extra self-attention blocks), unused
+by the probing code, is not offered.
 """
 from __future__ import annotations
 

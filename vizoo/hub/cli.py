@@ -88,7 +88,8 @@ def model_from_source(
         import vizoo  # noqa: F401
 
         model = create_model(str(hp["model_name"]), pretrained=False, **kwargs)
-        load_strict(model, lightning_state_dict(ckpt, ema=ema), source=f"{path.name} ({'ema.module' if ema else 'model'}.*)")
+        prefix = "ema.module" if ema else "model"
+        load_strict(model, lightning_state_dict(ckpt, ema=ema), source=f"{path.name} ({prefix}.*)")
         names = hp.get("class_names")
         where = f"trained with `vizoo fit` (`{path.name}`"
         for key in ("epoch", "global_step"):

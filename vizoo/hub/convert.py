@@ -157,7 +157,8 @@ def convert_checkpoint(
         "unexpected": [k for k in report["unexpected"] if k not in dropped],
     }
     if any(problems.values()):
-        how = f"{module.__name__}.checkpoint_filter_fn" if filter_fn else f"no checkpoint_filter_fn in {module.__name__}"
+        name = module.__name__
+        how = f"{name}.checkpoint_filter_fn" if filter_fn else f"no checkpoint_filter_fn in {name}"
         hint = " Is it a checkpoint for another variant?" if problems["shape"] else (
             " If some keys are expected (e.g. buffers the model regenerates), pass --allow-missing / "
             "--allow-unexpected glob patterns.")
@@ -174,7 +175,8 @@ def convert_checkpoint(
                               num_tensors=len(filtered), explained_missing=explained_missing,
                               dropped_unexpected=dropped, note=getattr(module, "CONVERT_NOTE", None))
     if out_dir is not None:
-        source = f"converted from the official checkpoint `{checkpoint.name}` (sha256 {result.sha256}) by `vizoo convert`"
+        source = (f"converted from the official checkpoint `{checkpoint.name}` (sha256 {result.sha256}) by "
+                  "`vizoo convert`")
         if ema:
             source += " (EMA weights)"
         export_model(model, out_dir, label_names=label_names, metrics=metrics, source=source, repo_id=repo_id,

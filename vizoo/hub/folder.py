@@ -55,7 +55,8 @@ def check_output_folder(out_dir: str | Path, overwrite: bool) -> None:
     out = Path(out_dir)
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
-        raise ValueError(f"OUT_DIR {str(out_dir)!r} is the current folder or holds it; give a new folder, e.g. ./export")
+        raise ValueError(f"OUT_DIR {str(out_dir)!r} is the current folder or holds it; give a new folder, "
+                         "e.g. ./export")
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT_DIR {out} is a file; give a folder path")
     if not out.exists():
@@ -65,7 +66,8 @@ def check_output_folder(out_dir: str | Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace a previous export there.")
-    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in OWN_FILES or p.is_dir())
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                    if p.name not in OWN_FILES or p.is_dir())
     if others:
         shown = ", ".join(others[:8]) + (f", ... ({len(others) - 8} more)" if len(others) > 8 else "")
         raise FileExistsError(

@@ -70,12 +70,14 @@ def format_mismatch(report: Mapping[str, list], limit: int = 20) -> str:
     if report.get("shape"):
         rows = [f"{k}: file {list(a)} vs model {list(b)}" for k, a, b in report["shape"][:limit]]
         more = len(report["shape"]) - limit
-        parts.append(f"{len(report['shape'])} shape mismatch(es): " + "; ".join(rows) + (f"; ... {more} more" if more > 0 else ""))
+        parts.append(f"{len(report['shape'])} shape mismatch(es): " + "; ".join(rows)
+                     + (f"; ... {more} more" if more > 0 else ""))
     for what in ("missing", "unexpected"):
         keys = report.get(what) or []
         if keys:
             more = len(keys) - limit
-            parts.append(f"{len(keys)} {what} key(s): " + ", ".join(keys[:limit]) + (f", ... {more} more" if more > 0 else ""))
+            parts.append(f"{len(keys)} {what} key(s): " + ", ".join(keys[:limit])
+                         + (f", ... {more} more" if more > 0 else ""))
     return ". ".join(parts)
 
 
@@ -150,7 +152,8 @@ def create_model(model_name: str, pretrained: bool = True, **kwargs: Any) -> nn.
         from huggingface_hub import constants
 
         raise FileNotFoundError(
-            f"{model_name}: a file it needs is not in the Hub cache ({kwargs.get('cache_dir') or constants.HF_HUB_CACHE})"
+            f"{model_name}: a file it needs is not in the Hub cache "
+            f"({kwargs.get('cache_dir') or constants.HF_HUB_CACHE})"
             + (" and HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE else
                " and the Hub could not be reached")
             + ". Download it while online (`vizoo hub pull REPO`), or point HF_HUB_CACHE / cache_dir at a cache "
@@ -240,10 +243,10 @@ def _check_architecture(config: Mapping[str, Any], where: str) -> str:
 def verify_folder(folder: str | Path, check_forward: bool = True) -> nn.Module:
     """Check that an export folder loads back exactly; return the loaded model.
 
-    The checks: ``config.json`` parses and names a registered architecture; ``model.safetensors`` exists and is
-    valid; no pickle weights are present; the model builds from ``model_args`` and the saved ``pretrained_cfg`` and
-    loads the file strictly (every key, every shape); timm's own ``local-dir:`` loader (which also runs the family's ``pretrained_filter_fn``)
-    gives the same weights; and, if the export recorded one, the forward check reproduces.
+    The checks: ``config.json`` parses and names a registered architecture; ``model.safetensors`` exists and is valid;
+    no pickle weights are present; the model builds from ``model_args`` and the saved ``pretrained_cfg`` and loads the
+    file strictly (every key, every shape); timm's own ``local-dir:`` loader (which also runs the family's
+    ``pretrained_filter_fn``) gives the same weights; and, if the export recorded one, the forward check reproduces.
 
     Raises:
         FileNotFoundError / ValueError: naming the first check that failed.

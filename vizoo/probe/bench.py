@@ -4,11 +4,10 @@ Meant for a GPU (``python3 -m vizoo.probe.bench --device cuda``); the tests run 
 to check that it works. Everything goes through the engine as a real run does (a feature cache written in the
 cache's own format, read by the token sources, trained and validated by ``vizoo.probe.engine``):
 
-* :func:`bench_heads` - a synthetic cache of random fp16 tokens (default ViT-B/16 at 224: N=196, D=768,
-  C=1000, 16384 training samples, 4 epochs of 16 steps) held in host memory; the time of one engine run per head type (each head
-  alone) against one run with all head types together. The speed-up is ``sum of alone times / joint time``:
-  what one pass saves (each batch gathered, copied to the GPU and converted once; one optimizer step, one
-  backward for all).
+* :func:`bench_heads` - a synthetic cache of random fp16 tokens (default ViT-B/16 at 224: N=196, D=768, C=1000, 16384
+  training samples, 4 epochs of 16 steps) held in host memory; the time of one engine run per head type (each head
+  alone) against one run with all head types together. The speed-up is ``sum of alone times / joint time``: what one
+  pass saves (each batch gathered, copied to the GPU and converted once; one optimizer step, one backward for all).
 * :func:`bench_stream` - a synthetic cache on disk that the engine streams shard by shard; the rate of a
   training epoch (bytes of the cache read per second) against a plain sequential read of the same files, both after
   evicting the files from the page cache (``posix_fadvise(DONTNEED)``; a plain read of files still in memory

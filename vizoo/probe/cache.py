@@ -287,12 +287,15 @@ def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             dtype = _DTYPES[info["dtype"]]
             start, end = (8 + size + int(v) for v in info["data_offsets"])
             count = (end - start) // dtype.itemsize
-            flat = torch.frombuffer(data, dtype=dtype, count=count, offset=start) if count else torch.empty(0, dtype=dtype)
+            flat = (torch.frombuffer(data, dtype=dtype, count=count, offset=start) if count
+                    else torch.empty(0, dtype=dtype))
             tensors[name] = flat.view(info["shape"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise DamagedCacheFile(path, f"not a readable safetensors file ({err})") from None
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
+        finite = not tensor.is_floating_point() or not tensor.numel() or \
+            torch.isfinite(torch.stack(torch.aminmax(tensor))).all()
+        if not finite:
             # min and max propagate NaN and show +-inf: one pass, no temporary as large as the tensor
             raise DamagedCacheFile(path, f"{name} holds NaN or infinite values")
     return tensors, meta

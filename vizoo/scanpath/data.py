@@ -148,7 +148,8 @@ def split_scenes(
     order = np.random.default_rng(seed).permutation(len(scenes))
     n_train = round(fractions[0] * len(scenes))
     n_val = round(fractions[1] * len(scenes))
-    pick = lambda idx: [scenes[i] for i in idx]
+    def pick(idx):
+        return [scenes[i] for i in idx]
     return pick(order[:n_train]), pick(order[n_train:n_train + n_val]), pick(order[n_train + n_val:])
 
 
@@ -375,7 +376,8 @@ def scene_tensors(scene: Scene, crop_size: tuple[int, int] = (32, 32)) -> dict[s
         x0, y0 = math.floor(x0), math.floor(y0)
         x1, y1 = max(math.ceil(x1), x0 + 1), max(math.ceil(y1), y0 + 1)
         crop = image[None, :, y0:y1, x0:x1]
-        crops.append(F.interpolate(crop, size=tuple(crop_size), mode="bilinear", antialias=True, align_corners=False)[0])
+        crops.append(F.interpolate(crop, size=tuple(crop_size), mode="bilinear", antialias=True,
+                                   align_corners=False)[0])
     width, height = scene.size
     centres = torch.from_numpy(scene.centres / np.array([width, height])).float()
     return {"crops": torch.stack(crops), "centres": centres, "target": torch.tensor(scene.target)}

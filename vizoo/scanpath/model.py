@@ -241,7 +241,8 @@ class OAT(nn.Module):
         is_target = torch.zeros_like(valid)
         is_target[rows, target] = True
         objects = torch.cat([features, self.position_code(centres, torch.zeros_like(valid))], -1)
-        target_token = torch.cat([features[rows, target], self.position_code(centres[rows, target], torch.ones_like(target))], -1)
+        target_code = self.position_code(centres[rows, target], torch.ones_like(target))
+        target_token = torch.cat([features[rows, target], target_code], -1)
         tokens = torch.cat([target_token[:, None], objects], 1)
         padding = torch.cat([valid.new_zeros(b, 1), ~valid], 1)
         memory = self.transformer.encoder(tokens, src_key_padding_mask=padding)
@@ -276,7 +277,8 @@ class OAT(nn.Module):
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Cross-entropy of the next object at every step and of stopping after the last fixation."""
         logits = self(batch)
-        return F.cross_entropy(logits.flatten(0, 1), next_object_targets(batch["scanpath"]).flatten(), ignore_index=-100)
+        targets = next_object_targets(batch["scanpath"]).flatten()
+        return F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100)
 
     @torch.no_grad()
     def generate(

@@ -193,7 +193,8 @@ class ImageClassifier(L.LightningModule):
         config = getattr(datamodule, "data_config", None)
         if config:
             keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
-            checkpoint["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k in keys}
+            checkpoint["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()
+                                         if k in keys}
 
     def configure_optimizers(self):
         h = self.hparams

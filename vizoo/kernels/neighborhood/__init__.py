@@ -1,11 +1,11 @@
 """Neighborhood attention ``na1d`` / ``na2d``: NAT, DiNAT, GNA strides, causal axes, relative position bias.
 
-Public functions validate their arguments, then dispatch to the fused Triton kernel (``triton.py``, through
-the ``vizoo::na_fwd`` / ``vizoo::na_bwd`` custom ops of ``ops.py``), to the memory-lean PyTorch path
-(``chunked.py``: queries in chunks, a backward that recomputes instead of keeping per-query key copies; the
-default off CUDA) or to the plain PyTorch reference (``reference.py``, the specification). The semantics
-and the heads-last layout follow NATTEN (github.com/SHI-Labs/NATTEN, ``natten.na1d``/``na2d``), so NATTEN users can switch; unlike NATTEN >= 0.20,
-vizoo keeps NAT's relative position bias (RPB), which the published NAT/DiNAT checkpoints need.
+Public functions validate their arguments, then dispatch to the fused Triton kernel (``triton.py``, through the
+``vizoo::na_fwd`` / ``vizoo::na_bwd`` custom ops of ``ops.py``), to the memory-lean PyTorch path (``chunked.py``:
+queries in chunks, a backward that recomputes instead of keeping per-query key copies; the default off CUDA) or to the
+plain PyTorch reference (``reference.py``, the specification). The semantics and the heads-last layout follow NATTEN
+(github.com/SHI-Labs/NATTEN, ``natten.na1d``/``na2d``), so NATTEN users can switch; unlike NATTEN >= 0.20, vizoo keeps
+NAT's relative position bias (RPB), which the published NAT/DiNAT checkpoints need.
 
 Differences from NATTEN, on purpose:
 
