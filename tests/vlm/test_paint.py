@@ -1,5 +1,6 @@
 """vizoo.vlm.paint: PAINT is the plain model at zero strength, selects tokens as specified, boosts the chosen
 image tokens, and its text-only correction equals the formula computed without a cache."""
+import importlib
 import math
 
 import numpy as np
@@ -114,6 +115,35 @@ def test_batched_text_row_equals_two_pass(llava, sample):
     for ours, ref in zip(batched.scores, reference.scores):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert len(rows[3]) == 6 and rows[3][0].shape[0] == 1 and rows[3][-1].shape[-1] == inputs["input_ids"].shape[1] + 5
+
+
+def test_text_row_decode_steps_equal_the_general_path(llava, monkeypatch):
+    """A one-token step of the text row takes a ready-made 4-D mask and shifted positions (no per-step mask
+    building); forcing every step through the general path (concatenated 2-D masks, cumulative positions) gives
+    the same tokens and scores."""
+    textrow = importlib.import_module("vizoo.vlm.paint").TextRow
+    model, processor, inputs = llava
+    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    ready, general = textrow._decode_mask, textrow.pre_hook
+    calls = []
+    monkeypatch.setattr(textrow, "_decode_mask", lambda self, *a: calls.append(a[0]) or ready(self, *a))
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.5):
+        fast = model.generate(**inputs, **kwargs)
+    n = inputs["input_ids"].shape[1]
+    assert calls == list(range(n + 1, n + 6))  # every step after the prompt's
+
+    def always_general(self, *args):
+        self.unpadded = False
+        return general(self, *args)
+
+    monkeypatch.setattr(textrow, "pre_hook", always_general)
+    calls.clear()
+    with paint(model, processor, alpha=0.7, beta=0.4, gamma=0.5):
+        slow = model.generate(**inputs, **kwargs)
+    assert not calls
+    assert torch.equal(fast.sequences, slow.sequences)
+    for ours, ref in zip(fast.scores, slow.scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_decode_fast_path_equals_eager_boost(llava):

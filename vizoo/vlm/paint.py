@@ -131,7 +131,10 @@ class TextRow:
     batch 1 (its logits processors, sampling and stopping are unchanged); the object is also the logits
     processor that applies :func:`contrast_scores` with row 1's logits. At batch 1 a decode step is bound by
     kernel launches, so the second row costs little where a second sequential forward cost nearly as much as
-    the first.
+    the first. For the same reason a one-token step (once the prompt is in the cache, and when the prompt's own
+    mask hides nothing) builds nothing per step: both rows take the generated id, the 4-D additive mask is a
+    view into a buffer made once per ``generate`` (transformers uses a 4-D mask as given), and row 1's position
+    is row 0's minus the number of image positions.
     """
 
     def __init__(self, adapter: VLMAdapter, inputs: dict, gamma: float):
@@ -140,6 +143,10 @@ class TextRow:
         self.pad = adapter.pad_id
         self.gamma = gamma
         self.text_logits: Tensor | None = None
+        # positions the text row skips before the generated tokens (a generated token at p sits at p - shift)
+        self.shift = int((~self.keep).sum())
+        self.decode_mask: Tensor | None = None  # (2, 1, 1, L) additive mask of decode steps, sliced per step
+        self.unpadded: bool | None = None  # the prompt's own mask hides nothing (checked once, at the prompt)
 
     def _keep(self, total: int) -> Tensor:
         """(1, total) bool: the text row's visible positions (generated tokens are all visible)."""
@@ -148,6 +155,18 @@ class TextRow:
             raise ValueError(f"PAINT: a forward covers {total} positions, fewer than the prompt's "
                              f"{self.keep.shape[1]}")
         return torch.cat([self.keep, self.keep.new_ones(1, extra)], 1)
+
+    def _decode_mask(self, total: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(2, 1, 1, total) additive mask of a one-token step: row 0 sees every key, row 1 all but the image
+        positions. A view into a buffer built once per ``generate`` (again only if the keys outgrow it), so a
+        decode step spends no operations on its mask (transformers takes a 4-D mask as it is)."""
+        mask = self.decode_mask
+        if mask is None or mask.shape[-1] < total or mask.dtype != dtype or mask.device != device:
+            keep = self._keep(total + 256).to(device)
+            mask = torch.zeros(2, 1, 1, keep.shape[1], dtype=dtype, device=device)
+            mask[1, 0, 0].masked_fill_(~keep[0], torch.finfo(dtype).min)
+            self.decode_mask = mask
+        return mask[..., :total]
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -163,14 +182,23 @@ class TextRow:
         start = int(cache.get_seq_length()) if cache is not None else 0
         length = ids.shape[1]
         total = start + length
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(start, total, device=ids.device)[None]
+        if self.unpadded is None:
+            self.unpadded = mask is None or bool(mask.all())
+        decode = length == 1 and start >= self.keep.shape[1] and self.unpadded
+        if decode and all(kwargs.get(name) is None for name in ("token_type_ids", "mm_token_type_ids")):
+            # a generated token: the same id in both rows, the ready-made mask, the text row's shifted position
+            kwargs["input_ids"] = ids.expand(2, 1)
+            kwargs["attention_mask"] = self._decode_mask(total, module.dtype, ids.device)
+            kwargs["position_ids"] = torch.cat([positions, positions - self.shift])
+            return args, kwargs
         keep = self._keep(total)
         now = keep[:, start:]
         kwargs["input_ids"] = torch.cat([ids, ids.masked_fill(~now, self.pad)])
         mask = torch.ones(1, total, dtype=torch.long, device=ids.device) if mask is None else mask
         kwargs["attention_mask"] = torch.cat([mask, mask * keep.to(mask.dtype)])
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(start, total, device=ids.device)[None]
         text_positions = (keep.long().cumsum(-1) - 1).clamp_min(0)[:, start:]
         kwargs["position_ids"] = torch.cat([positions, text_positions.to(positions.dtype)])
         for name in ("token_type_ids", "mm_token_type_ids"):
