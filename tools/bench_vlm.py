@@ -30,8 +30,9 @@ from PIL import Image
 from vizoo.utils import atomic_write_text
 
 
-def build(size: str, device: str, dtype: torch.dtype):
-    """(model, processor): LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Llama-2-7B) or a tiny one, random weights."""
+def build(size: str, device: str, dtype: torch.dtype, tiny_layers: int = 4):
+    """(model, processor): LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Llama-2-7B) or a tiny one (``tiny_layers``
+    decoder layers of width 32: on a CPU it times the host's work per layer and step), random weights."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         CLIPImageProcessor,
@@ -51,7 +52,7 @@ def build(size: str, device: str, dtype: torch.dtype):
     else:
         vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   image_size=28, patch_size=7, projection_dim=32)
-        text = LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        text = LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=tiny_layers,
                            num_attention_heads=4, num_key_value_heads=4)
     text.pad_token_id, text.bos_token_id, text.eos_token_id = 0, 1, 2
     side = vision.image_size // vision.patch_size
@@ -161,6 +162,7 @@ CASES = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="7b", choices=("7b", "tiny"))
+    parser.add_argument("--tiny-layers", type=int, default=4, help="decoder layers of --size tiny (32: the 7B depth)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
     from vizoo.vlm import carve, get_adapter, paint
     from vizoo.vlm.carve import GENERAL_INSTRUCTION, TASK_SUFFIX, generate_greedy, greedy_config
 
-    model, processor = build(args.size, args.device, getattr(torch, args.dtype))
+    model, processor = build(args.size, args.device, getattr(torch, args.dtype), args.tiny_layers)
     side = model.config.vision_config.image_size
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side + 64, side, 3), dtype=np.uint8))
     question = "what is in the image ?"
