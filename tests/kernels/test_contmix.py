@@ -187,6 +187,18 @@ def test_custom_op_opcheck():
         torch.testing.assert_close((a.grad, x.grad), want, atol=1e-5, rtol=1e-5)
 
 
+def test_eager_calls_skip_the_custom_op_dispatch():
+    """Eager Triton calls go through an autograd.Function with the same kernels (NA's and InLine's pattern); the
+    gradients are the reference's (the custom op itself is what compile, export and dispatch modes see)."""
+    attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    out = na2d_av(attn, v, 3, backend="triton")
+    assert type(out.grad_fn).__name__ == "TritonAVBackward"
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (attn, v), grad_out)
+    want = torch.autograd.grad(na2d_av(attn, v, 3, backend="reference"), (attn, v), grad_out)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compile_matches_eager(backend):
     attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)

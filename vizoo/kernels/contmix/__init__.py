@@ -5,7 +5,8 @@ of the neighborhood-attention window of (y, x): NATTEN 0.17's ``natten.functiona
 NATTEN >= 0.20 no longer provides, in NATTEN's heads-last layout (NATTEN 0.17 and the official OverLoCK code
 use heads-first, ``[B, heads, H, W, ...]``; permute to switch). The public function validates its arguments,
 then runs the plain PyTorch reference (``reference.py``) or the fused Triton kernels (``triton.py``, through
-the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py``).
+the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py`` while anything traces; an ``autograd.Function``
+with the same kernels otherwise, which spares eager calls the custom ops' dispatch).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from vizoo.kernels._backend import check_backend
 from vizoo.kernels.contmix import ops as _ops  # noqa: F401  (registers vizoo::na2d_av_fwd / _bwd)
 from vizoo.kernels.contmix.reference import na2d_av_reference
 from vizoo.kernels.neighborhood import _per_axis
+from vizoo.utils import tracing
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -85,6 +87,8 @@ def na2d_av(
     kernel_size, dilation, backend = check_arguments(attn, v, kernel_size, dilation, backend)
     if backend == "reference":
         return na2d_av_reference(attn, v, kernel_size, dilation)
+    if not tracing():
+        return _ops.TritonAV.apply(attn, v, kernel_size, dilation)
     return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
 
 

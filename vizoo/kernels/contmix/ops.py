@@ -65,6 +65,28 @@ def _backward(ctx, grad_out):
 na2d_av_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class TritonAV(torch.autograd.Function):
+    """Eager fast path: the same kernels as the custom ops without their dispatch overhead (as NA's and InLine's
+    ops have); ``na2d_av`` uses it only when nothing is tracing (no compile, export, FX or dispatch mode such as
+    FlopCounterMode), otherwise ``torch.ops.vizoo.na2d_av_fwd``."""
+
+    @staticmethod
+    def forward(ctx, attn, v, kernel_size, dilation):
+        from vizoo.kernels.contmix import triton as _triton
+
+        ctx.save_for_backward(attn, v)
+        ctx.options = (kernel_size, dilation)
+        return _triton.forward(attn, v, kernel_size, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from vizoo.kernels.contmix import triton as _triton
+
+        attn, v = ctx.saved_tensors
+        d_attn, d_v = _triton.backward(grad_out, attn, v, *ctx.options)
+        return d_attn, d_v, None, None
+
+
 def av_flops(v_shape, kernel_size) -> int:
     """Forward FLOPs of one ``na2d_av`` call."""
     return 2 * math.prod(v_shape) * math.prod(kernel_size)
