@@ -244,13 +244,18 @@ def _rows_launch(v, kernel_size):
                 num_warps=ROWS_WARPS)
 
 
-def _plan(v, kernel_size, dilation):
+def _tables(v, kernel_size, dilation) -> tuple:
+    """The per-axis host tables (``_axis_tables``) of the map's rows and columns."""
+    H, W = v.shape[1:3]
+    device = str(v.device)
+    return (_axis_tables(H, kernel_size[0], dilation[0], device), _axis_tables(W, kernel_size[1], dilation[1], device))
+
+
+def _gather_launch(v, kernel_size) -> tuple:
+    """Grid and block sizes of the gather kernels: ``(grid, BLOCK_P, BLOCK_O, BLOCK_D)``."""
     B, H, W, heads, dim = v.shape
-    ty = _axis_tables(H, kernel_size[0], dilation[0], str(v.device))
-    tx = _axis_tables(W, kernel_size[1], dilation[1], str(v.device))
     block_p, block_o, block_d = _blocks(dim, kernel_size[0] * kernel_size[1])
-    grid = (cdiv(H * W, block_p), B * heads)
-    return ty, tx, grid, block_p, block_o, block_d
+    return (cdiv(H * W, block_p), B * heads), block_p, block_o, block_d
 
 
 def forward(attn, v, kernel_size, dilation, method: str = "auto"):
@@ -259,13 +264,14 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     ``ROWS_PASSES`` at dilation 1)."""
     attn, v = attn.contiguous(), v.contiguous()
     B, H, W, heads, dim = v.shape
-    (fy, _, _, _), (fx, _, _, _), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
+    (fy, _, _, _), (fx, _, _, _) = _tables(v, kernel_size, dilation)
     out = torch.empty_like(v)
     if _rows(method, dilation, "fwd"):
         rows_grid, blocks = _rows_launch(v, kernel_size)
         _av_rows_kernel[rows_grid](attn, v, v, out, fy, fx, H, W, heads, dim, KH=kernel_size[0], KW=kernel_size[1],
                                    GRAD_ATTN=False, **blocks)
         return out
+    grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _av_kernel[grid](attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1], KH=kernel_size[0],
                      KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4)
     return out
@@ -275,7 +281,7 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out`` (``method`` as in :func:`forward`)."""
     grad_out, attn, v = grad_out.contiguous(), attn.contiguous(), v.contiguous()
     B, H, W, heads, dim = v.shape
-    (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx), grid, bp, bo, bd = _plan(v, kernel_size, dilation)
+    (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx) = _tables(v, kernel_size, dilation)
     d_attn = torch.empty_like(attn)
     d_v = torch.empty_like(v)
     if _rows(method, dilation, "bwd"):
@@ -285,6 +291,7 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
                                    **blocks)
         _dv_rows_kernel[rows_grid](attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim, **ks, **blocks)
         return d_attn, d_v
+    grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _av_kernel[grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1],
                      KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True,
                      num_warps=4)
