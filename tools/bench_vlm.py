@@ -129,30 +129,59 @@ def host_profile(fn, device: str) -> dict:
             "top_self_cpu": [(e.key, e.count, round(e.self_cpu_time_total / 1e3, 2)) for e in top]}
 
 
-def measure(fn, device: str, repeats: int, model=None, warmups: int = 1, profile: bool = False) -> dict:
-    counts = {}
-    for _ in range(warmups - 1):  # compiled cases: the first calls compile
-        fn()
-    if model is not None:
-        with Counter(model) as counter:
-            fn()  # warm-up, counted
-        counts = {"lm_forwards": counter.forwards, "lm_multi_position_forwards": counter.multi,
-                  "lm_positions": counter.positions}
-    else:
-        fn()  # warm-up
-    times = []
+def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+
+
+def measure_all(cases: dict, device: str, repeats: int, model, profile: bool = False) -> dict:
+    """Time every case, the repeats interleaved (case A, B, C, A, B, C, ...) so that a drift of the machine's
+    speed during the run (host clocks, a neighbour's load) falls on all cases alike rather than on the later
+    ones; each case's ``setup`` (outside the timer) runs before each of its calls.
+
+    ``cases``: name -> (fn, setup or None, warmups, counted). A counted case's last warm-up counts the language
+    model's forward passes. Returns name -> median seconds, all seconds, peak GPU memory of its calls, counts,
+    and with ``profile`` one more profiled call."""
+    results, failed = {}, {}
+    for name, (fn, setup, warmups, counted) in cases.items():
+        results[name] = {"all_seconds": [], "peak_gib": 0.0 if device.startswith("cuda") else float("nan")}
+        try:  # an experimental case (the compiled one) that fails should not lose the others
+            if setup:
+                setup()
+            for _ in range(warmups - 1):  # compiled cases: the first calls compile
+                fn()
+            if counted:
+                with Counter(model) as counter:
+                    fn()  # the last warm-up, counted
+                results[name].update(lm_forwards=counter.forwards, lm_multi_position_forwards=counter.multi,
+                                     lm_positions=counter.positions)
+            else:
+                fn()
+        except Exception as error:  # noqa: BLE001
+            print(f"{name} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            failed[f"{name}_error"] = f"{type(error).__name__}: {error}"
+            del results[name]
+    cases = {name: case for name, case in cases.items() if name in results}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    extra = {"profile": host_profile(fn, device)} if profile else {}
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_gib": peak, **counts, **extra}
+        for name, (fn, setup, _, _) in cases.items():
+            if setup:
+                setup()
+            _sync(device)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            results[name]["all_seconds"].append(time.perf_counter() - start)
+            if device.startswith("cuda"):
+                results[name]["peak_gib"] = max(results[name]["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
+    for name, (fn, setup, _, _) in cases.items():
+        results[name]["seconds"] = statistics.median(results[name]["all_seconds"])
+        if profile:
+            if setup:
+                setup()
+            results[name]["profile"] = host_profile(fn, device)
+    return {**results, **failed}
 
 
 CASES = ("generate_sdpa", "generate_eager", "paint", "paint_boost_only", "carve_cached", "carve_uncached",
@@ -183,6 +212,7 @@ def main(argv=None) -> int:
     wanted.add("generate_sdpa")
 
     from vizoo.vlm import carve, get_adapter, paint
+    from vizoo.vlm.attention import ATTENTION_NAME
     from vizoo.vlm.carve import GENERAL_INSTRUCTION, TASK_SUFFIX, generate_greedy, greedy_config
 
     model, processor = build(args.size, args.device, getattr(torch, args.dtype), args.tiny_layers)
@@ -204,14 +234,23 @@ def main(argv=None) -> int:
     results = {"config": vars(args), "prompt_tokens": int(inputs["input_ids"].shape[1]),
                "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "transformers": __import__("transformers").__version__, "torch": torch.__version__}
-    def run(name: str, fn, **kwargs) -> None:
+    cases = {}
+
+    def add(name: str, fn, setup=None, warmups: int = 1, counted: bool = True) -> None:
         if name in wanted:
-            results[name] = measure(fn, args.device, args.repeats, profile=args.profile, **kwargs)
+            cases[name] = (fn, setup, warmups, counted)
 
     model.set_attn_implementation({"text_config": "sdpa"})
-    run("generate_sdpa", plain, model=model)
     adapter = get_adapter(model)  # the language model now runs vizoo's eager attention
-    run("generate_eager", plain, model=model)
+
+    def sdpa():
+        model.set_attn_implementation({"text_config": "sdpa"})
+
+    def vizoo_eager():
+        model.set_attn_implementation({"text_config": ATTENTION_NAME})
+
+    add("generate_sdpa", plain, sdpa)
+    add("generate_eager", plain, vizoo_eager)
 
     def painted():
         with paint(model, processor):
@@ -225,10 +264,10 @@ def main(argv=None) -> int:
         return lambda: carve(model, processor, image, question, layers=layers, max_new_tokens=args.new_tokens,
                              **options)
 
-    run("paint", painted, model=model)
-    run("paint_boost_only", boost_only, model=model)
-    run("carve_cached", carved(), model=model)
-    run("carve_uncached", carved(use_cache=False), model=model)
+    add("paint", painted, vizoo_eager)
+    add("paint_boost_only", boost_only, vizoo_eager)
+    add("carve_cached", carved(), vizoo_eager)
+    add("carve_uncached", carved(use_cache=False), vizoo_eager)
 
     @torch.no_grad()
     def official_style():
@@ -247,14 +286,11 @@ def main(argv=None) -> int:
         final = adapter.inputs(processor, [image, image], question + TASK_SUFFIX)
         generate_greedy(model, final, args.new_tokens)
 
-    run("carve_official_style", official_style, model=model)
+    add("carve_official_style", official_style, vizoo_eager)
     # not counted (a hook inside the compiled step would recompile it); three warm-ups: transformers compiles
     # the batch-2 prompt step, the batch-1 answer step, then once more with dynamic shapes
-    try:  # an experimental path: a failure here should not lose the other cases
-        run("carve_cached_compiled", carved(compile=True), warmups=3)
-    except Exception as error:  # noqa: BLE001
-        print(f"carve_cached_compiled failed: {type(error).__name__}: {error}", file=sys.stderr)
-        results["carve_cached_compiled_error"] = f"{type(error).__name__}: {error}"
+    add("carve_cached_compiled", carved(compile=True), vizoo_eager, warmups=3, counted=False)
+    results.update(measure_all(cases, args.device, args.repeats, model, args.profile))
     base = results["generate_sdpa"]["seconds"]
     print("| case | seconds | x plain sdpa | peak GiB | LM forwards (multi-position) | LM positions |\n"
           "|---|---|---|---|---|---|")
