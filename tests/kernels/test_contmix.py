@@ -172,8 +172,16 @@ def test_default_backend_follows_the_device():
     torch.testing.assert_close(na2d_av(attn, v, 3), na2d_av(attn, v, 3, backend="reference"))
 
 
-def test_custom_op_opcheck():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_first_view"])
+def test_custom_op_opcheck(layout):
+    """Fake and real ops agree in sizes and strides (what compiled code asserts), also for the NCHW views a
+    model passes (v as a permuted ``[B, heads * dim, H, W]`` map: the outputs stay contiguous)."""
     attn, v = _inputs((6, 5), (3, 3), dtype=torch.float32, device=DEVICE, batch=1, dim=8)
+    if layout == "channels_first_view":
+        B, H, W, heads, dim = v.shape
+        v = v.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        attn = attn.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        assert not v.is_contiguous() and not attn.is_contiguous()
     for use_triton in (False, True):
         torch.library.opcheck(torch.ops.vizoo.na2d_av_fwd.default, (attn, v, [3, 3], [1, 1], use_triton),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

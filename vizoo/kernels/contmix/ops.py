@@ -26,12 +26,12 @@ def na2d_av_fwd(attn: Tensor, v: Tensor, kernel_size: list[int], dilation: list[
         from vizoo.kernels.contmix import triton as _triton
 
         return _triton.forward(attn, v, kernel_size, dilation)
-    return na2d_av_reference(attn, v, kernel_size, dilation)
+    return na2d_av_reference(attn, v, kernel_size, dilation).contiguous()
 
 
 @na2d_av_fwd.register_fake
 def _(attn, v, kernel_size, dilation, use_triton):
-    return torch.empty_like(v)
+    return v.new_empty(v.shape)  # the kernels write contiguous outputs, whatever the inputs' strides
 
 
 @torch.library.custom_op("vizoo::na2d_av_bwd", mutates_args=())
@@ -42,12 +42,13 @@ def na2d_av_bwd(grad_out: Tensor, attn: Tensor, v: Tensor, kernel_size: list[int
         from vizoo.kernels.contmix import triton as _triton
 
         return _triton.backward(grad_out, attn, v, kernel_size, dilation)
-    return na2d_av_reference_backward(grad_out, attn, v, kernel_size, dilation)
+    d_attn, d_v = na2d_av_reference_backward(grad_out, attn, v, kernel_size, dilation)
+    return d_attn.contiguous(), d_v.contiguous()
 
 
 @na2d_av_bwd.register_fake
 def _(grad_out, attn, v, kernel_size, dilation, use_triton):
-    return torch.empty_like(attn), torch.empty_like(v)
+    return attn.new_empty(attn.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
