@@ -381,8 +381,12 @@ def test_compile_matches_eager_reference():
     torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v), fn(q, k, v))
 
 
-def test_custom_op_opcheck():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_first_view"])
+def test_custom_op_opcheck(layout):
     q, k, v = (torch.randn(1, 6, 5, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    if layout == "channels_first_view":  # dense but permuted, as from an NCHW map: the outputs stay contiguous
+        q, k, v = (torch.randn(1, 2, 16, 6, 5, device=DEVICE).permute(0, 3, 4, 1, 2).requires_grad_()
+                   for _ in range(3))
     rpb = torch.randn(2, 5, 5, device=DEVICE, requires_grad=True)
     args = (q, k, v, rpb, [3, 3], [1, 1], [1, 1], [False, True], 0.25)
     torch.library.opcheck(torch.ops.vizoo.na_fwd.default, args,

@@ -44,7 +44,8 @@ def na_fwd(
 @na_fwd.register_fake
 def _(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     B, *spatial, heads, _ = q.shape
-    return torch.empty_like(q), q.new_empty((B, heads, *spatial), dtype=torch.float32)
+    # the kernels write contiguous outputs whatever q's strides (empty_like would copy a permuted q's)
+    return q.new_empty(q.shape), q.new_empty((B, heads, *spatial), dtype=torch.float32)
 
 
 @torch.library.custom_op("vizoo::na_bwd", mutates_args=())
@@ -73,8 +74,8 @@ def na_bwd(
 
 @na_bwd.register_fake
 def _(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad):
-    drpb = torch.empty_like(rpb) if (rpb is not None and rpb_grad) else q.new_empty((0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb
+    drpb = rpb.new_empty(rpb.shape) if (rpb is not None and rpb_grad) else q.new_empty((0,))
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), drpb
 
 
 def _setup_context(ctx, inputs, output):
