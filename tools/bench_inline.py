@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _timeit, environment, markdown_table
+from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _kernel_events, _timeit, environment, markdown_table
 from vizoo.utils import atomic_write_text
 
 HEADS, DIM, TOKENS = 6, 32, 65536
@@ -116,28 +116,34 @@ def _bench_one(n: int) -> dict:
 
 TUNE = dict(gram_block_n=(32, 64, 128, 256), gram_programs=(264, 528, 1056, 2112), gram_warps=(2, 4, 8),
             gram_stages=(1, 2, 3, 4), apply_block_n=(32, 64, 128, 256), apply_warps=(2, 4, 8), fused=(1,))
+# settings changed together (the one-at-a-time sweep above cannot see how they combine)
+COMBOS = (dict(gram_block_n=128, gram_warps=2), dict(gram_block_n=128, gram_warps=2, gram_programs=1056),
+          dict(gram_block_n=128, gram_warps=4, gram_programs=1056), dict(apply_block_n=128, apply_warps=2),
+          dict(apply_block_n=256, apply_warps=4), dict(gram_block_n=128, gram_warps=2, apply_block_n=128,
+                                                       apply_warps=2))
 
 
 def tune(log=print, sizes=(196, 3136, 65536)) -> list:
     """GPU-only forward and forward+backward times of each setting in ``TUNE`` (one changed at a time, the rest
-    at their defaults), with the max error against the reference."""
+    at their defaults) and of each combination in ``COMBOS``, with the max error against the reference; the
+    default's row also splits its time by kernel."""
     from vizoo.kernels import inline_attn
     from vizoo.kernels.inline import triton as tk
 
     defaults, rows = dict(tk.CONFIG), []
-    variants = [("default", None, None)] + [(name, name, value) for name, values in TUNE.items() for value in values]
+    variants = ([("default", {})] + [(f"{name}={value}", {name: value}) for name, values in TUNE.items()
+                                      for value in values]
+                + [(", ".join(f"{k}={v}" for k, v in combo.items()), combo) for combo in COMBOS])
     for n in sizes:
         torch.manual_seed(0)
         q, k, v = _inputs(n)
         grad = torch.randn_like(q)
         with torch.no_grad():
             want = inline_attn(q, k, v, backend="reference").float()
-        for label, name, value in variants:
+        for label, settings in variants:
             tk.CONFIG.clear()
-            tk.CONFIG.update(defaults)
-            if name is not None:
-                tk.CONFIG[name] = value
-            row = dict(N=n, setting=label if name is None else f"{name}={value}")
+            tk.CONFIG.update(defaults, **settings)
+            row = dict(N=n, setting=label)
             try:
                 with torch.no_grad():
                     out = inline_attn(q, k, v, backend="triton")
@@ -147,6 +153,12 @@ def tune(log=print, sizes=(196, 3136, 65536)) -> list:
                 row["fwd+bwd GPU-only us"] = _gpu_time(fn)
                 size = q.numel() * q.element_size()
                 row["fwd % HBM"] = 100 * 4 * size / (row["fwd GPU-only us"] * 1e-6) / HBM_BYTES_PER_S
+                if not settings:  # where the default's time goes: GPU us per call of each kernel
+                    with torch.no_grad():
+                        events = _kernel_events(lambda: inline_attn(q, k, v, backend="triton"), 20)
+                    row["fwd kernels us"] = {e.key[:40]: round(e.device_time_total / 20, 1) for e in events}
+                    events = _kernel_events(fn, 20)
+                    row["fwd+bwd kernels us"] = {e.key[:40]: round(e.device_time_total / 20, 1) for e in events}
             except Exception as error:  # noqa: BLE001  (a setting the compiler refuses: report, go on)
                 row["error"] = f"{type(error).__name__}: {str(error)[:120]}"
             log(row)
