@@ -34,6 +34,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import vizoo.kernels as K  # noqa: E402
+from vizoo.kernels import _backend  # noqa: E402
 from vizoo.kernels.contmix import triton as _contmix_triton  # noqa: E402      (every kernel module now, so
 from vizoo.kernels.depthwise import triton as dw_triton  # noqa: E402              they are built as JIT functions
 from vizoo.kernels.inline import triton as _inline_triton  # noqa: E402,F401    before the interpreter flag is
@@ -174,7 +175,7 @@ def launches_of(fn) -> list:
     finally:
         undo()
         na_triton._GEOMETRY.clear()
-        na_triton._COMPILED.clear()
+        _backend._COMPILED.clear()
     return launches
 
 

@@ -165,6 +165,31 @@ def test_triton_matches_reference_gpu(monkeypatch, shape, k, heads, dim, batch, 
     _compare(shape, (k, k), (1, 1), dtype, device="cuda", heads=heads, dim=dim, batch=batch, **tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["gather", "rows"])
+def test_triton_repeated_calls_gpu(monkeypatch, method):
+    """Later calls of one problem launch the compiled kernels directly (vizoo.kernels._backend.launch): values
+    and gradients stay right over repeated calls, misaligned views (not 16-byte aligned) and a dtype change."""
+    from vizoo.kernels.contmix import triton as tk
+
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method == "rows" else ())
+    for dtype, misaligned in [(torch.bfloat16, False), (torch.bfloat16, False), (torch.bfloat16, True),
+                              (torch.float32, False), (torch.bfloat16, False)]:
+        attn, v = _inputs((14, 14), (5, 5), dtype=dtype, device="cuda", batch=4, heads=8, dim=16)
+        if misaligned:  # the same values one element into a larger buffer
+            attn, v = (torch.cat([t.detach().new_zeros(1), t.detach().flatten()])[1:].view(t.shape).requires_grad_()
+                       for t in (attn, v))
+            assert attn.data_ptr() % 16 and v.data_ptr() % 16
+        grad = torch.randn_like(v)
+        want = [na2d_av(attn, v, 5, backend="reference")]
+        want += torch.autograd.grad(want[0], (attn, v), grad)
+        got = [na2d_av(attn, v, 5, backend="triton")]
+        got += torch.autograd.grad(got[0], (attn, v), grad)
+        tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+        for name, a, b in zip(("out", "d_attn", "d_v"), got, want):
+            torch.testing.assert_close(a.float(), b.float(), **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # torch.library integration
 def test_default_backend_follows_the_device():

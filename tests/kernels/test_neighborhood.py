@@ -348,7 +348,7 @@ def test_triton_matches_reference_gpu(size, heads, dim, ks, dil, use_rpb, dtype)
 
 @pytest.mark.gpu
 def test_triton_repeated_calls_gpu():
-    """Later calls of one problem launch the compiled kernel directly (triton._launch); inputs whose
+    """Later calls of one problem launch the compiled kernel directly (vizoo.kernels._backend.launch); inputs whose
     alignment or strides differ from the first call's must not reuse a kernel specialized for it."""
     case = ((14, 14), 7, 1, 1, False, True, torch.bfloat16)
     tol = dict(batch=4, heads=8, dim=32, device="cuda", atol=6e-2, rtol=5e-2)

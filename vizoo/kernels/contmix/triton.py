@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels._backend import cdiv, dot_precision, pow2
+from vizoo.kernels._backend import cdiv, dot_precision, launch, pow2
 from vizoo.kernels.neighborhood.reference import axis_windows
 
 # the passes ("fwd", "bwd") whose dilation-1 calls take the band-matrix kernels under ``method="auto"``, and their
@@ -258,6 +258,12 @@ def _gather_launch(v, kernel_size) -> tuple:
     return (cdiv(H * W, block_p), B * heads), block_p, block_o, block_d
 
 
+def _plan(attn, v, kernel_size, dilation, grad=None) -> tuple:
+    """What fixes every int argument and pointer dtype of one launch (see ``_backend.launch``)."""
+    return (tuple(v.shape), attn.dtype, v.dtype, None if grad is None else grad.dtype, tuple(kernel_size),
+            tuple(dilation))
+
+
 def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     """``[B, H, W, heads, dim]`` output of ``na2d_av`` (contiguous inputs, any float dtype Triton loads);
     ``method``: ``"gather"``, ``"rows"`` (band matrices, dilation 1) or ``"auto"`` (rows for the passes in
@@ -266,14 +272,16 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     B, H, W, heads, dim = v.shape
     (fy, _, _, _), (fx, _, _, _) = _tables(v, kernel_size, dilation)
     out = torch.empty_like(v)
+    plan = _plan(attn, v, kernel_size, dilation)
+    ks = dict(KH=kernel_size[0], KW=kernel_size[1])
     if _rows(method, dilation, "fwd"):
-        rows_grid, blocks = _rows_launch(v, kernel_size)
-        _av_rows_kernel[rows_grid](attn, v, v, out, fy, fx, H, W, heads, dim, KH=kernel_size[0], KW=kernel_size[1],
-                                   GRAD_ATTN=False, **blocks)
+        grid, blocks = _rows_launch(v, kernel_size)
+        launch(_av_rows_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
+               dict(ks, GRAD_ATTN=False, **blocks))
         return out
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    _av_kernel[grid](attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1], KH=kernel_size[0],
-                     KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4)
+    launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
+           dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4))
     return out
 
 
@@ -284,17 +292,18 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx) = _tables(v, kernel_size, dilation)
     d_attn = torch.empty_like(attn)
     d_v = torch.empty_like(v)
+    plan = _plan(attn, v, kernel_size, dilation, grad_out)
+    ks = dict(KH=kernel_size[0], KW=kernel_size[1])
     if _rows(method, dilation, "bwd"):
-        rows_grid, blocks = _rows_launch(v, kernel_size)
-        ks = dict(KH=kernel_size[0], KW=kernel_size[1])
-        _av_rows_kernel[rows_grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, GRAD_ATTN=True, **ks,
-                                   **blocks)
-        _dv_rows_kernel[rows_grid](attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim, **ks, **blocks)
+        grid, blocks = _rows_launch(v, kernel_size)
+        launch(_av_rows_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
+               dict(ks, GRAD_ATTN=True, **blocks))
+        launch(_dv_rows_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
+               dict(ks, **blocks))
         return d_attn, d_v
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    _av_kernel[grid](attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1],
-                     KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True,
-                     num_warps=4)
-    _dv_kernel[grid](attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0], dilation[1],
-                     nqy, nqx, KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=bp, BLOCK_D=bd, num_warps=4)
+    launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
+           dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True, num_warps=4))
+    launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
+                                    dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
     return d_attn, d_v

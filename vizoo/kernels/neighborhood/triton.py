@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vizoo.kernels._backend import dot_precision, pow2
+from vizoo.kernels._backend import dot_precision, launch, pow2
 from vizoo.kernels.neighborhood.reference import _cached_indices, axis_windows
 
 LOG2E = 1.4426950408889634
@@ -549,26 +549,6 @@ def _split(cfg):
     return meta, dict(num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
 
 
-_COMPILED: dict = {}
-
-
-def _launch(kernel, grid, plan, args, meta) -> None:
-    """``kernel[grid](*args, **meta)``. Once a plan has compiled, later calls launch the compiled kernel
-    directly and skip Triton's per-call re-specialization of every argument (about 15 us of host time per
-    launch on the H200 VM; docs/benchmarks.md). ``plan`` must fix every int argument (shapes, strides,
-    tile config); the key adds what Triton also specializes on and may change between calls of one plan:
-    the 16-byte alignment of each tensor. The interpreter (``TRITON_INTERPRET=1``) always takes the JIT path.
-    """
-    key = (kernel, plan, tuple(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)))
-    run = _COMPILED.get(key)
-    if run is not None:
-        run(*args, *(meta[name] for name in kernel.arg_names[len(args):]))
-        return
-    compiled = kernel[grid](*args, **meta)
-    if hasattr(compiled, "packed_metadata") and len(_COMPILED) < 4096:  # a CompiledKernel, not the interpreter
-        _COMPILED[key] = compiled[(*grid, 1)]
-
-
 def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
     q, k, v = _shared_strides(q, k, v)
@@ -581,7 +561,7 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "fwd")
     chunks = layout is not None
     strides = q2.stride()[:4]
-    _launch(_fwd_kernel, grid, (plan, strides, chunks),
+    launch(_fwd_kernel, grid, (plan, strides, chunks),
             (q2, _to_2d(k), _to_2d(v), _to_2d(out), lse, bias, pat_y, pat_x, ty[0], ty[1], tx[0], tx[1], *dims,
              *strides, *counts, scale * LOG2E), dict(common, HAS_RPB=rpb2 is not None, RPB_CHUNKS=chunks))
     return out, (lse if q.dim() == 5 else lse.view(B, heads, W))
@@ -611,14 +591,14 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
                                                            dtype=torch.float32)
     else:
         ds = dq
-    _launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks, ds_chunks),
+    launch(_bwd_dq_kernel, grid, (plan, strides, rpb_grad, chunks, ds_chunks),
             (q2, k2, v2, out2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1],
              *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad, DS_CHUNKS=ds_chunks))
     ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
     bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "dkdv")
     kv_chunks = kv_layout is not None
-    _launch(_bwd_dkdv_kernel, grid, (plan, strides, kv_chunks),
+    launch(_bwd_dkdv_kernel, grid, (plan, strides, kv_chunks),
             (q2, k2, v2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1],
              ty[2], ty[3], tx[2], tx[3], *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=kv_chunks))
