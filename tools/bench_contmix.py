@@ -3,7 +3,8 @@ PyTorch forms, bf16, forward and forward+backward, with the HBM bandwidth each a
 
 Contenders: ``triton`` (vizoo's fused kernels as shipped: ``vizoo.kernels.contmix.triton.ROWS_PASSES`` picks the
 kernels per pass; the band-matrix kernels by default), ``triton gather`` (the per-tap gather kernels, which
-dilated calls take), ``gather`` (the reference: index-gather of every window then
+dilated calls take), ``triton tile`` (the band-matrix kernels for both passes with ``ROWS_TILE``: weights moved
+as dense tiles, bands built with ``tl.gather``), ``gather`` (the reference: index-gather of every window then
 einsum), ``unfold`` (OverLoCK's own fallback formulation: ``F.unfold`` plus border re-indexing, then einsum),
 and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch formulation we have.
 Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
@@ -65,6 +66,7 @@ def _forms(k: int) -> dict:
     return {
         "triton": lambda a, v: na2d_av(a, v, k, backend="triton"),
         "triton gather": lambda a, v: na2d_av(a, v, k, backend="triton"),  # ROWS_PASSES set by bench_case
+        "triton tile": lambda a, v: na2d_av(a, v, k, backend="triton"),  # ROWS_TILE set by bench_case
         "gather": gather,
         "unfold": unfold,
         "gather compiled": torch.compile(gather, dynamic=False),
@@ -73,18 +75,25 @@ def _forms(k: int) -> dict:
 
 
 DEFAULT_PASSES = contmix_triton.ROWS_PASSES
+DEFAULT_TILE = contmix_triton.ROWS_TILE
+KERNELS = {  # triton form: (ROWS_PASSES, ROWS_TILE)
+    "triton": (DEFAULT_PASSES, DEFAULT_TILE),
+    "triton gather": ((), False),
+    "triton tile": (("fwd", "bwd"), True),
+}
 
 
-def _rows(passes: tuple) -> None:
+def _rows(passes: tuple, tile: bool = DEFAULT_TILE) -> None:
     contmix_triton.ROWS_PASSES = passes
+    contmix_triton.ROWS_TILE = tile
 
 
-def check(case: Case, rows: bool) -> float:
-    """Max |triton - reference| over out, d_attn, d_v in float32 at batch 2 (the band-matrix kernels if rows)."""
+def check(case: Case, kernels: str) -> float:
+    """Max |triton - reference| over out, d_attn, d_v in float32 at batch 2 (``kernels``: a key of KERNELS)."""
     attn, v = _inputs(case, 2, torch.float32)
     err = 0.0
     outs = {}
-    _rows(("fwd", "bwd") if rows else ())
+    _rows(*KERNELS[kernels])
     for backend in ("reference", "triton"):
         out = na2d_av(attn, v, case.kernel, backend=backend)
         grad = outs.get("grad", torch.randn_like(out))
@@ -112,7 +121,7 @@ def bench_case(case: Case, log=print) -> list[dict]:
     rows = []
     for name, fn in _forms(case.kernel).items():
         row = dict(case=case.name, batch=case.batch, form=name)
-        _rows(() if name == "triton gather" else DEFAULT_PASSES)
+        _rows(*KERNELS.get(name, KERNELS["triton"]))
         try:
             with torch.no_grad():
                 fn(attn, v)
@@ -203,9 +212,8 @@ def main(argv=None) -> int:
         return 2
     print(environment())
     for case in CASES:
-        for rows in (False, True):
-            print(f"check {case.name}{' rows' if rows else ''}: max |triton - reference| (fp32) = "
-                  f"{check(case, rows):.2e}")
+        for kernels in ("triton gather", "triton", "triton tile"):
+            print(f"check {case.name} {kernels}: max |triton - reference| (fp32) = {check(case, kernels):.2e}")
     rows = [r for case in CASES for r in bench_case(case)]
     table = f"na2d_av, bf16 ({environment()})\n\n{markdown_table(rows)}\n"
     models = bench_models(compile=args.compile) if args.models else []
