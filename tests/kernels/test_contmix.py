@@ -137,7 +137,7 @@ def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype, tile):
     monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd"))
     monkeypatch.setattr(tk, "ROWS_TILE", tile)
     taken, real = [], tk.launch
-    monkeypatch.setattr(tk, "launch", lambda kernel, *a: taken.append(kernel.__name__) or real(kernel, *a))
+    monkeypatch.setattr(tk, "launch", lambda kernel, *a, **kw: taken.append(kernel.__name__) or real(kernel, *a, **kw))
     tol = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2),
            torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}[dtype]
     _compare(shape, ks, (1, 1), dtype, dim=dim, **tol)
@@ -177,12 +177,14 @@ def test_triton_matches_reference_gpu(monkeypatch, shape, k, heads, dim, batch, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["gather", "rows", "rows tile"])
 def test_triton_repeated_calls_gpu(monkeypatch, method):
-    """Later calls of one problem launch the compiled kernels directly (vizoo.kernels._backend.launch): values
-    and gradients stay right over repeated calls, misaligned views (not 16-byte aligned) and a dtype change."""
+    """With DIRECT_LAUNCH, later calls of one problem launch the compiled kernels directly
+    (vizoo.kernels._backend.launch): values and gradients stay right over repeated calls, misaligned views (not
+    16-byte aligned) and a dtype change."""
     from vizoo.kernels.contmix import triton as tk
 
     monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method.startswith("rows") else ())
     monkeypatch.setattr(tk, "ROWS_TILE", method == "rows tile")
+    monkeypatch.setattr(tk, "DIRECT_LAUNCH", True)
     for dtype, misaligned in [(torch.bfloat16, False), (torch.bfloat16, False), (torch.bfloat16, True),
                               (torch.float32, False), (torch.bfloat16, False)]:
         attn, v = _inputs((14, 14), (5, 5), dtype=dtype, device="cuda", batch=4, heads=8, dim=16)

@@ -26,15 +26,18 @@ def pow2(n: int) -> int:
 _COMPILED: dict = {}
 
 
-def launch(kernel, grid: tuple, plan: tuple, args: tuple, meta: dict) -> None:
-    """``kernel[grid](*args, **meta)``. Once a plan has compiled, later calls launch the compiled kernel
-    directly and skip Triton's per-call re-specialization of every argument (about 15 us of host time per
-    launch on the H200 VM). ``args`` are the kernel's leading arguments, positional; ``meta`` names every later
-    one (the constexprs) plus launch options such as ``num_warps``. ``plan`` must fix every int in ``args``
-    (shapes, strides, dilations) and the dtypes of the tensors; the key adds the grid, ``meta`` and what Triton
-    also specializes on that may change between calls of one plan: the 16-byte alignment of each tensor. The
-    interpreter (``TRITON_INTERPRET=1``) always takes the JIT path.
+def launch(kernel, grid: tuple, plan: tuple, args: tuple, meta: dict, direct: bool = True) -> None:
+    """``kernel[grid](*args, **meta)``. With ``direct``, once a plan has compiled, later calls launch the
+    compiled kernel directly and skip Triton's per-call re-specialization of every argument (about 15 us of
+    host time per launch on the H200 VM). ``args`` are the kernel's leading arguments, positional; ``meta``
+    names every later one (the constexprs) plus launch options such as ``num_warps``. ``plan`` must fix every
+    int in ``args`` (shapes, strides, dilations) and the dtypes of the tensors; the key adds the grid, ``meta``
+    and what Triton also specializes on that may change between calls of one plan: the 16-byte alignment of
+    each tensor. The interpreter (``TRITON_INTERPRET=1``) always takes the JIT path.
     """
+    if not direct:
+        kernel[grid](*args, **meta)
+        return
     key = (kernel, grid, plan, tuple(meta.items()),
            tuple(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)))
     run = _COMPILED.get(key)

@@ -51,6 +51,9 @@ ROWS_WARPS = 2
 # masked element gathers per kernel row: coalesced reads and writes of attn and d_attn, the bands built by
 # ``tl.gather`` in registers. Not yet timed against the gather form on a GPU, so off by default.
 ROWS_TILE = False
+# later calls of one problem launch the compiled kernels directly (``_backend.launch``, as NA's kernels do); off
+# until the GPU tests of repeated, misaligned and mixed-dtype calls have run on a GPU with it
+DIRECT_LAUNCH = False
 
 
 @functools.lru_cache(maxsize=256)
@@ -353,6 +356,10 @@ def _gather_launch(v, kernel_size) -> tuple:
     return (cdiv(H * W, block_p), B * heads), block_p, block_o, block_d
 
 
+def _launch(kernel, grid, plan, args, meta) -> None:
+    launch(kernel, grid, plan, args, meta, direct=DIRECT_LAUNCH)
+
+
 def _plan(attn, v, kernel_size, dilation, grad=None) -> tuple:
     """What fixes every int argument and pointer dtype of one launch (see ``_backend.launch``)."""
     return (tuple(v.shape), attn.dtype, v.dtype, None if grad is None else grad.dtype, tuple(kernel_size),
@@ -372,11 +379,11 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     if _rows(method, dilation, "fwd"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), _ = _rows_kernels(kernel_size)
-        launch(av, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
+        _launch(av, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
                dict(ks, GRAD_ATTN=False, **av_blocks, **blocks))
         return out
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
+    _launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4))
     return out
 
@@ -393,14 +400,14 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     if _rows(method, dilation, "bwd"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), (dv, dv_blocks) = _rows_kernels(kernel_size)
-        launch(av, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
+        _launch(av, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
                dict(ks, GRAD_ATTN=True, **av_blocks, **blocks))
-        launch(dv, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
+        _launch(dv, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
                dict(ks, **dv_blocks, **blocks))
         return d_attn, d_v
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
+    _launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True, num_warps=4))
-    launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
+    _launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
                                     dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
     return d_attn, d_v
