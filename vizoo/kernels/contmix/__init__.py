@@ -17,7 +17,7 @@ from torch import Tensor
 
 from vizoo.kernels._backend import check_backend
 from vizoo.kernels.contmix import ops as _ops  # noqa: F401  (registers vizoo::na2d_av_fwd / _bwd)
-from vizoo.kernels.contmix.reference import na2d_av_reference
+from vizoo.kernels.contmix.reference import contmix_fused_reference, na2d_av_reference
 from vizoo.kernels.neighborhood import _per_axis
 from vizoo.utils import tracing
 
@@ -92,4 +92,85 @@ def na2d_av(
     return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
 
 
-__all__ = ["na2d_av", "check_arguments", "BACKENDS"]
+
+def check_fused_arguments(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int,
+                          backend: Optional[str]) -> str:
+    """Validate the arguments of ``contmix_fused_forward`` before launch; return the backend.
+
+    Raises:
+        ValueError: naming the violated constraint and what is accepted.
+    """
+    args = dict(q=q, kp=kp, bp=bp, rpb=rpb, v=v)
+    for name, t in args.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != v.device:
+            raise ValueError(f"all inputs must be on one device, got {name} on {t.device} and v on {v.device}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args.values()):
+        raise ValueError("contmix_fused_forward is inference-only (no backward): call it under torch.no_grad() or "
+                         "torch.inference_mode(), or with inputs that do not require grad")
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+        raise ValueError(f"kernel_size must be one int >= 1 (square windows), got {kernel_size!r}")
+    k = kernel_size
+    if q.dim() != 5 or v.dim() != 5:
+        raise ValueError(f"q and v must be heads-last [B, H, W, heads, channels] (5 dims), got {tuple(q.shape)} and "
+                         f"{tuple(v.shape)}")
+    B, H, W, G, c = q.shape
+    if min(q.shape) < 1 or min(v.shape) < 1:
+        raise ValueError(f"q and v must not have an empty dimension, got {tuple(q.shape)} and {tuple(v.shape)}")
+    if v.shape[:4] != q.shape[:4]:
+        raise ValueError(f"q and v must agree on [B, H, W, heads], got {tuple(q.shape)} and {tuple(v.shape)}")
+    if k > min(H, W):
+        raise ValueError(f"kernel_size must not exceed the map: {k} for a {H}x{W} map")
+    expected = dict(kp=(B, G, c, k * k), bp=(k * k,), rpb=(G, 2 * k - 1, 2 * k - 1))
+    for name, shape in expected.items():
+        if tuple(args[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} for q {tuple(q.shape)} and kernel_size {k} "
+                             f"(kp [B, heads, c, k*k], bp [k*k], rpb [heads, 2k-1, 2k-1]), got "
+                             f"{tuple(args[name].shape)}")
+    if kp.dtype != q.dtype:
+        raise ValueError(f"kp must have q's dtype, got {kp.dtype} and {q.dtype}")
+    if backend is None:
+        backend = "triton" if v.is_cuda else "reference"
+    check_backend(v, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
+    check_backend(q, backend, BACKENDS, TRITON_DTYPES, REFERENCE_DTYPES)
+    if backend == "triton" and max(c, v.shape[-1]) > MAX_TRITON_DIM:
+        raise ValueError(f"q's and v's channels must be at most {MAX_TRITON_DIM} for the triton backend, got {c} and "
+                         f"{v.shape[-1]}")
+    return backend
+
+
+def contmix_fused_forward(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int,
+                          backend: Optional[str] = None) -> Tensor:
+    """ContMix's dynamic-kernel half in one pass, for inference: per pixel and head, logits over the ``k * k`` taps
+    of its clamped window are ``q . kp + bp`` plus the relative position bias, softmaxed (float32) and applied to
+    the window's values. The Triton path never writes the ``[B, H, W, heads, k*k]`` weights to memory.
+
+    ContMix's logits are ``weight_proj(q . key)``; since the projection is linear they equal ``q . kp + bp`` with
+    ``kp = key @ weight_proj.weight[taps].T`` (per image, small) and ``bp = weight_proj.bias[taps]``.
+
+    Args:
+        q: ``[B, H, W, heads, c]`` queries (scaled as the model scales them).
+        kp: ``[B, heads, c, k*k]`` projected keys of each image, q's dtype.
+        bp: ``[k*k]`` bias of the taps.
+        rpb: ``[heads, 2k-1, 2k-1]`` relative position table, indexed by key minus query offset plus ``k - 1``
+            (``vizoo.kernels.contmix.reference.window_rpb_index``).
+        v: ``[B, H, W, heads, dim]`` values (float32, float16, bfloat16; float64 on the reference).
+        kernel_size: k, square windows (dilation 1) that fit the map.
+        backend: ``None`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``[B, H, W, heads, dim]`` in v's dtype. No autograd: inputs that require grad while grad mode is on are
+        refused (``ContMix`` takes this path only when no gradient is needed).
+    """
+    backend = check_fused_arguments(q, kp, bp, rpb, v, kernel_size, backend)
+    if backend == "reference":
+        return contmix_fused_reference(q, kp, bp, rpb, v, kernel_size)
+    from vizoo.kernels.contmix import triton as _triton
+
+    return _triton.fused_forward(q, kp, bp, rpb, v, kernel_size)
+
+
+__all__ = ["na2d_av", "contmix_fused_forward", "check_arguments", "check_fused_arguments", "BACKENDS"]

@@ -110,3 +110,17 @@ def window_rpb_index(height: int, width: int, kernel_size: int, device: torch.de
     rel_x = (xs - kernel_size // 2).clamp(0, width - kernel_size)[:, None] + taps - xs[:, None] + kernel_size - 1
     index = rel_y[:, None, :, None] * span + rel_x[None, :, None, :]  # [H, W, k, k]
     return index.reshape(height * width, kernel_size * kernel_size)
+
+
+def contmix_fused_reference(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int) -> Tensor:
+    """What ``contmix_fused_forward`` computes, composed from plain ops (arguments assumed valid): logits
+    ``q . kp + bp``, plus the relative position bias looked up through ``window_rpb_index``, softmaxed over the
+    ``k * k`` taps in float32 (float64 stays float64), then ``na2d_av_reference`` over v. Shapes as there;
+    returns v's dtype."""
+    B, H, W, G, _ = q.shape
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    logits = torch.einsum("byxgc,bgct->byxgt", q.to(compute), kp.to(compute)) + bp.to(compute)
+    index = window_rpb_index(H, W, kernel_size, q.device)  # [H*W, k*k]
+    bias = rpb.to(compute).flatten(1)[:, index].permute(1, 0, 2).reshape(H, W, G, -1)  # [H, W, G, k*k]
+    attn = (logits + bias).softmax(-1)
+    return na2d_av_reference(attn, v, (kernel_size, kernel_size), (1, 1))

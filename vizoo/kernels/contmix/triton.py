@@ -283,6 +283,52 @@ def _av_tile_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: 
 
 
 @triton.jit
+def _fused_tile_kernel(Q, KP, BP, RPB, V, OUT, FY, FX, H, W, HEADS, C, D, KH: tl.constexpr, KW: tl.constexpr,
+                       BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_D: tl.constexpr, PREC_Q: tl.constexpr, PREC: tl.constexpr):
+    """ContMix's weights and their aggregation in one pass: ``_av_tile_kernel``'s forward with the
+    ``[BLOCK_X, BLOCK_T]`` weight tile computed in registers instead of loaded. Logits are ``Q @ KP[b, head]``
+    (queries against the image's projected keys, ``[C, kh * kw]``) plus the tap bias ``BP`` plus the relative
+    position bias ``RPB[head, key_y - y + kh - 1, key_x - x + kw - 1]``; taps past ``kh * kw`` are -inf and the
+    softmax along the taps runs in float32. The weights never reach memory."""
+    y, x0, xs, xmask, b, h = _row_tile(W, HEADS, BLOCK_X)
+    base = tl.load(FX + x0)  # the tile's first key column (windows are monotone along the row)
+    fx = tl.load(FX + tl.minimum(xs, W - 1))  # [X]: each pixel's first key column (past the edge: the last one's)
+    off = (fx - base)[:, None]
+    tap = tl.arange(0, BLOCK_J)[None, :] - off  # [X, J]: the tap of window column j in the pixel's kernel row
+    in_band = (tap >= 0) & (tap < KW)
+    t = tl.arange(0, BLOCK_T)[None, :]  # [1, T]: the taps
+    t_ok = t < KH * KW
+    cols = base + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
+    img = b.to(tl.int64) * H * W
+    row = (img + y * W + xs) * HEADS + h  # (pixel, head) rows of Q, V and OUT
+    io_mask = xmask[:, None] & (offs_d < D)[None, :]
+    fy = tl.load(FY + y)
+    # logits [X, T]: queries [X, BLOCK_C] against this image's projected keys [BLOCK_C, T]
+    offs_c = tl.arange(0, BLOCK_C)
+    q = tl.load(Q + row[:, None] * C + offs_c[None, :], mask=xmask[:, None] & (offs_c < C)[None, :], other=0.0)
+    kp_rows = ((b * HEADS + h) * C + offs_c).to(tl.int64) * (KH * KW)
+    kp = tl.load(KP + kp_rows[:, None] + t, mask=(offs_c < C)[:, None] & t_ok, other=0.0)
+    logits = tl.dot(q, kp, input_precision=PREC_Q) + tl.load(BP + t, mask=t_ok, other=0.0)
+    # tap (ky, kx) of pixel (y, x) looks at key (fy + ky, fx + kx): its offset from the pixel indexes the table
+    rel_y = fy + t // KW - y + KH - 1  # [1, T]
+    rel_x = fx[:, None] + t % KW - xs[:, None] + KW - 1  # [X, T]
+    bias = tl.load(RPB + (h * (2 * KH - 1) + rel_y) * (2 * KW - 1) + rel_x, mask=xmask[:, None] & t_ok, other=0.0)
+    logits = tl.where(t_ok, logits + bias, float("-inf"))
+    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    weights = e / tl.sum(e, axis=1)[:, None]
+    acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
+    for ky in range(KH):
+        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
+                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
+        band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
+        acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
+    tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
 def _dv_tile_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
                     BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_D: tl.constexpr,
                     PREC: tl.constexpr):
@@ -411,3 +457,23 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     _launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
                                     dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
     return d_attn, d_v
+
+
+def fused_forward(q, kp, bp, rpb, v, kernel_size: int):
+    """``[B, H, W, heads, dim]`` ContMix output from queries ``q`` ``[B, H, W, heads, c]``, projected keys ``kp``
+    ``[B, heads, c, k*k]`` (q's dtype), tap bias ``bp`` ``[k*k]`` and relative position table ``rpb`` ``[heads,
+    2k-1, 2k-1]`` (both read in float32) and values ``v`` (see ``vizoo.kernels.contmix.contmix_fused_forward``):
+    one launch of ``_fused_tile_kernel``, no weight tensor in memory. Arguments assumed valid."""
+    q, kp, v = q.contiguous(), kp.contiguous(), v.contiguous()
+    bp, rpb = bp.float().contiguous(), rpb.float().contiguous()
+    B, H, W, heads, dim = v.shape
+    k = kernel_size
+    (fy, _, _, _), (fx, _, _, _) = _tables(v, (k, k), (1, 1))
+    out = torch.empty_like(v)
+    grid, blocks = _rows_launch(v, (k, k))
+    c = q.shape[-1]
+    plan = (tuple(v.shape), c, q.dtype, v.dtype, k)
+    _launch(_fused_tile_kernel, grid, plan, (q, kp, bp, rpb, v, out, fy, fx, H, W, heads, c, dim),
+            dict(KH=k, KW=k, BLOCK_T=max(16, pow2(k * k)), BLOCK_C=max(16, pow2(c)), PREC_Q=dot_precision(q.dtype),
+                 **blocks))
+    return out
