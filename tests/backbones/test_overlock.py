@@ -159,6 +159,85 @@ def test_contmix_upsamples_maps_smaller_than_its_kernel():
         torch.testing.assert_close(mix(x, query, context), expected, atol=1e-5, rtol=1e-4)
 
 
+def _count_fused(monkeypatch):
+    """Record the calls ContMix makes to contmix_fused_forward (one per half)."""
+    from vizoo.backbones import overlock
+
+    calls, real = [], overlock.contmix_fused_forward
+    monkeypatch.setattr(overlock, "contmix_fused_forward", lambda *a, **kw: calls.append(a[-1]) or real(*a, **kw))
+    return calls
+
+
+def _random_contmix(small_kernel, kernel_size):
+    torch.manual_seed(0)
+    mix = randomize_bn(ContMix(dim=16, ctx_dim=8, kernel_size=kernel_size, small_kernel=small_kernel, groups=2))
+    with torch.no_grad():
+        mix.rpb1.normal_()
+        mix.rpb2.normal_()
+        mix.weight_proj.weight.normal_(std=0.3)
+    return mix.eval()
+
+
+@pytest.mark.parametrize("shape,small,large", [((9, 19), 3, 7), ((6, 17), 5, 5), ((3, 4), 3, 5)],
+                         ids=["9x19-k3-K7", "6x17-k5-K5", "3x4-upsampled"])
+def test_fused_contmix_matches_unfused(monkeypatch, shape, small, large):
+    """FUSED_CONTMIX (CPU: the Triton interpreter) gives the unfused module's output, in eval mode without
+    gradients: both halves go through contmix_fused_forward."""
+    from vizoo.backbones import overlock
+
+    mix = _random_contmix(small, large)
+    x, query, context = torch.randn(2, 16, *shape), torch.randn(2, 16, *shape), torch.randn(2, 8, *shape)
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        expected = mix(x, query, context)
+        assert not calls
+        monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+        got = mix(x, query, context)
+    assert calls == [small, large]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_contmix_only_without_gradients(monkeypatch):
+    """With the flag on, a forward that needs gradients (or that is compiled) keeps the unfused path; without
+    gradients the fused path also serves parameters that require grad."""
+    from vizoo.backbones import overlock
+
+    monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+    mix = _random_contmix(3, 5)
+    x, query, context = torch.randn(1, 16, 6, 7), torch.randn(1, 16, 6, 7), torch.randn(1, 8, 6, 7)
+    calls = _count_fused(monkeypatch)
+    out = mix(x, query, context)
+    out.sum().backward()
+    assert not calls and mix.rpb2.grad is not None
+    torch.compile(mix, fullgraph=True, backend="aot_eager")(x, query, context)
+    assert not calls
+    with torch.no_grad():
+        torch.testing.assert_close(mix(x, query, context), out.detach(), atol=1e-5, rtol=1e-4)
+    assert calls == [3, 5]
+
+
+def test_fused_contmix_model_matches_unfused(monkeypatch):
+    """A tiny OverLoCK (eval, no gradients) gives the same logits with FUSED_CONTMIX on; its ContMix kernels are
+    made sharp (random rpb and projection) so that they shape the output."""
+    from vizoo.backbones import overlock
+
+    model = tiny()
+    mixes = [m for m in model.modules() if isinstance(m, ContMix)]
+    with torch.no_grad():
+        for mix in mixes:
+            mix.rpb1.normal_()
+            mix.rpb2.normal_()
+            mix.weight_proj.weight.normal_(std=0.3)
+    x = torch.randn(2, 3, 64, 96)
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        expected = model(x)
+        monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+        got = model(x)
+    assert len(calls) == 2 * len(mixes)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ aux head and training
 
 
@@ -328,6 +407,34 @@ def test_gpu_triton_model_matches_cpu_reference(name):
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_contmix_model_matches_unfused():
+    """overlock_t at 224 (ContMix at 14x14 with k=5/K=13 and 7x7 with k=5/K=7), bf16 autocast inference:
+    FUSED_CONTMIX on and off give the same logits, and both stay as close to the fp32 logits."""
+    from vizoo.backbones import overlock
+
+    torch.manual_seed(0)
+    model = randomize_bn(timm.create_model("overlock_t")).cuda().eval()
+    with torch.no_grad():
+        for mix in [m for m in model.modules() if isinstance(m, ContMix)]:
+            mix.rpb1.normal_()
+            mix.rpb2.normal_()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        exact = model(x)
+        out = {}
+        for fused in (False, True):
+            overlock.FUSED_CONTMIX = fused
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out[fused] = model(x).float()
+            finally:
+                overlock.FUSED_CONTMIX = False
+    torch.testing.assert_close(out[True], out[False], atol=3e-2, rtol=3e-2)
+    err = {fused: (o - exact).abs().max().item() for fused, o in out.items()}
+    assert err[True] <= 1.5 * err[False] + 1e-3, err
 
 
 # ------------------------------------------------------------------------------------ configs

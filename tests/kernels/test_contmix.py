@@ -342,3 +342,143 @@ def test_default_backend_off_cuda_is_the_reference(monkeypatch):
     assert contmix.check_arguments(attn, v, 3, 1, None)[2] == "reference"
     with pytest.raises(ValueError, match="unknown backend 'chunked'"):
         contmix.na2d_av(attn, v, 3, backend="chunked")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# contmix_fused_forward: ContMix's logits, relative position bias, softmax and aggregation in one call
+def _rpb_bias_loop(rpb, H, W, k):
+    """``[H, W, G, k*k]`` relative position bias written out per pixel and tap from the window definition:
+    tap (ry, rx) of pixel (y, x) sees key (y0 + ry, x0 + rx), whose offset from the pixel indexes the table."""
+    out = rpb.new_zeros(H, W, rpb.shape[0], k * k)
+    for y in range(H):
+        y0 = _window_start(y, H, k, 1)
+        for x in range(W):
+            x0 = _window_start(x, W, k, 1)
+            for ry in range(k):
+                for rx in range(k):
+                    out[y, x, :, ry * k + rx] = rpb[:, y0 + ry - y + k - 1, x0 + rx - x + k - 1]
+    return out
+
+
+def _fused_inputs(shape, k, dtype=torch.float32, device=DEVICE, batch=2, heads=2, c=4, dim=5, regions=9):
+    """ContMix-like inputs: queries, region keys, a projection to k*k taps with bias, an rpb table, values; and
+    the projected keys ``kp``."""
+    f = dict(dtype=dtype, device=device)
+    q = torch.randn(batch, *shape, heads, c, **f)
+    key = torch.randn(batch, heads, c, regions, **f)
+    wp = torch.randn(k * k, regions, **f) * 0.5
+    bp = torch.randn(k * k, **f)
+    rpb = torch.randn(heads, 2 * k - 1, 2 * k - 1, **f)
+    v = torch.randn(batch, *shape, heads, dim, **f)
+    kp = torch.einsum("bgcl,tl->bgct", key, wp)
+    return q, key, wp, bp, rpb, v, kp
+
+
+FUSED_CASES = [  # (H, W), k, c, dim: borders on both axes, widths that are no multiple of the 16-pixel tile
+    pytest.param((6, 19), 3, 4, 5, id="6x19-k3"),
+    pytest.param((9, 20), 5, 8, 16, id="9x20-k5"),
+    pytest.param((7, 7), 7, 3, 3, id="7x7-k7-window-is-the-image"),
+    pytest.param((5, 37), 5, 20, 6, id="5x37-k5-c20-three-x-tiles"),
+]
+
+
+@pytest.mark.parametrize("shape,k,c,dim", FUSED_CASES)
+def test_fused_reference_matches_the_unfused_chain(shape, k, c, dim):
+    """The fused reference (logits from projected keys) against ContMix's unfused chain: affinities, the Linear,
+    the bias written out per pixel (not through window_rpb_index), softmax, na2d_av."""
+    from vizoo.kernels.contmix import contmix_fused_forward
+
+    q, key, wp, bp, rpb, v, kp = _fused_inputs(shape, k, torch.float64, "cpu", c=c, dim=dim)
+    logits = torch.nn.functional.linear(torch.einsum("byxgc,bgcl->byxgl", q, key), wp, bp)
+    attn = (logits + _rpb_bias_loop(rpb, *shape, k)).softmax(-1)
+    want = na2d_av(attn, v, k, backend="reference")
+    torch.testing.assert_close(contmix_fused_forward(q, kp, bp, rpb, v, k, backend="reference"), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape,k,c,dim", FUSED_CASES)
+def test_fused_triton_matches_reference(monkeypatch, shape, k, c, dim, dtype):
+    from vizoo.kernels.contmix import contmix_fused_forward
+    from vizoo.kernels.contmix import triton as tk
+
+    taken, real = [], tk.launch
+    monkeypatch.setattr(tk, "launch", lambda kernel, *a, **kw: taken.append(kernel.__name__) or real(kernel, *a, **kw))
+    q, key, wp, bp, rpb, v, kp = _fused_inputs(shape, k, dtype, c=c, dim=dim)
+    want = contmix_fused_forward(q, kp, bp, rpb, v, k, backend="reference")
+    got = contmix_fused_forward(q, kp, bp, rpb, v, k, backend="triton")
+    assert got.shape == v.shape and got.dtype == dtype and taken == ["_fused_tile_kernel"]
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def test_fused_triton_mixed_dtypes():
+    """float16 queries and projected keys with float32 values (autocast can hand ContMix such a mix), float64
+    bias tables."""
+    from vizoo.kernels.contmix import contmix_fused_forward
+
+    q, key, wp, bp, rpb, v, kp = _fused_inputs((6, 19), 5, c=8, dim=4)
+    q, kp, bp, rpb = q.half(), kp.half(), bp.double(), rpb.double()
+    want = contmix_fused_forward(q, kp, bp, rpb, v, 5, backend="reference")
+    got = contmix_fused_forward(q, kp, bp, rpb, v, 5, backend="triton")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,k,heads,batch", [
+    pytest.param((14, 14), 13, 16, 8, id="T-stage3-14x14-k13"),
+    pytest.param((14, 14), 5, 16, 8, id="T-stage3-14x14-k5"),
+    pytest.param((7, 7), 7, 16, 8, id="T-stage4-7x7-k7"),
+    pytest.param((7, 7), 5, 16, 8, id="T-stage4-7x7-k5"),
+    pytest.param((56, 56), 13, 8, 2, id="56x56-k13"),
+])
+def test_fused_triton_matches_reference_gpu(shape, k, heads, batch, dtype):
+    """OverLoCK-T's ContMix shapes (G groups of 16 channels; 49 regions), bfloat16 included."""
+    from vizoo.kernels.contmix import contmix_fused_forward
+
+    q, key, wp, bp, rpb, v, kp = _fused_inputs(shape, k, dtype, "cuda", batch=batch, heads=heads, c=16, dim=16,
+                                               regions=49)
+    want = contmix_fused_forward(q, kp, bp, rpb, v, k, backend="reference")
+    got = contmix_fused_forward(q, kp, bp, rpb, v, k, backend="triton")
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def _fused_call(**changes):
+    from vizoo.kernels.contmix import contmix_fused_forward
+
+    q, key, wp, bp, rpb, v, kp = _fused_inputs((6, 7), 3, device="cpu", c=4, dim=5)
+    args = dict(q=q, kp=kp, bp=bp, rpb=rpb, v=v, kernel_size=3)
+    args.update({name: change(args[name]) if callable(change) else change for name, change in changes.items()})
+    return lambda: contmix_fused_forward(**args)
+
+
+@pytest.mark.parametrize("call,match", [
+    pytest.param(_fused_call(kp=lambda t: t[..., :4]), r"kp must have shape \[2, 2, 4, 9\]", id="kp-taps"),
+    pytest.param(_fused_call(kp=lambda t: t.transpose(2, 3)), "kp must have shape", id="kp-transposed"),
+    pytest.param(_fused_call(bp=lambda t: t[:8]), r"bp must have shape \[9\]", id="bp"),
+    pytest.param(_fused_call(rpb=lambda t: t[:, 1:-1, 1:-1]), r"rpb must have shape \[2, 5, 5\]", id="rpb"),
+    pytest.param(_fused_call(v=lambda t: t[:, :, :6]), r"agree on \[B, H, W, heads\]", id="v-shape"),
+    pytest.param(_fused_call(q=lambda t: t[0]), "5 dims", id="q-4-dims"),
+    pytest.param(_fused_call(kernel_size=7), "must not exceed the map", id="kernel-too-big"),
+    pytest.param(_fused_call(kernel_size=(3, 3)), "one int", id="kernel-pair"),
+    pytest.param(_fused_call(kp=lambda t: t.double()), "kp must have q's dtype", id="kp-dtype"),
+    pytest.param(_fused_call(v=lambda t: t.int()), "floating-point", id="int-v"),
+    pytest.param(_fused_call(rpb=lambda t: t.requires_grad_()), "inference-only", id="requires-grad"),
+    pytest.param(_fused_call(q=lambda t: t.double(), kp=lambda t: t.double(), backend="triton"), "unsupported dtype",
+                 id="fp64-triton"),
+    pytest.param(_fused_call(backend="cuda"), "unknown backend", id="backend-name"),
+])
+def test_fused_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_fused_accepts_inputs_that_require_grad_under_no_grad():
+    q, key, wp, bp, rpb, v, kp = _fused_inputs((6, 7), 3, device="cpu")
+    from vizoo.kernels.contmix import contmix_fused_forward
+
+    with torch.no_grad():
+        out = contmix_fused_forward(q, kp, bp.requires_grad_(), rpb.requires_grad_(), v, 3)
+    assert out.shape == v.shape and not out.requires_grad

@@ -62,6 +62,7 @@ Differences:
       off.
 """
 
+import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -83,9 +84,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vizoo.hub.checkpoints import extract_state_dict
-from vizoo.kernels.contmix import na2d_av
+from vizoo.kernels.contmix import contmix_fused_forward, na2d_av
 from vizoo.kernels.contmix.reference import window_rpb_index
 from vizoo.kernels.depthwise import depthwise_conv2d
+from vizoo.utils import tracing
 
 __all__ = ["OverLoCK", "BasicBlock", "DynamicBlock", "ContMix", "DilatedReparamConv", "checkpoint_filter_fn"]
 
@@ -286,6 +288,13 @@ def _contmix_size(height: int, width: int, kernel_size: int) -> List[int]:
     return [int(kernel_size / width * height), kernel_size]
 
 
+# With FUSED_CONTMIX, ContMix's inference forward (no gradient needed; CUDA, or CPU under the Triton interpreter;
+# eager only: never while scripting, compiling, exporting or FX tracing) computes its weights inside the aggregation
+# kernel (``contmix_fused_forward``) instead of materialising the [B, H, W, G, k*k] softmax. Not yet timed against
+# the unfused chain on a GPU (tools/bench_contmix.py has the case), so off by default.
+FUSED_CONTMIX = False
+
+
 @register_notrace_module  # data-dependent resizing: FX keeps it as one call
 class ContMix(nn.Module):
     """Context-mixing dynamic kernels: affinities of every pixel's query with 7x7 pooled context regions, a
@@ -330,8 +339,31 @@ class ContMix(nn.Module):
             out = na2d_av(attn, v, k)
         return out
 
+    @torch.jit.unused
+    def _use_fused(self, x: Tensor, query: Tensor, context: Tensor) -> bool:
+        """Whether ``FUSED_CONTMIX``'s path applies to this call (see the flag)."""
+        if not FUSED_CONTMIX or tracing():
+            return False
+        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return False
+        return not torch.is_grad_enabled() or not any(t.requires_grad for t in [x, query, context]
+                                                      + list(self.parameters()))
+
+    @torch.jit.unused
+    def _fused(self, q: Tensor, key: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """Both halves through ``contmix_fused_forward``: the logits' projection moved onto the keys, ``kp = key @
+        Wp^T`` per image (q ``[B, h, w, G, c]``, key ``[B, G, c, 49]``, v ``[B, h, w, 2, G, c]``)."""
+        kp = torch.einsum("bgcl,tl->bgct", key, self.weight_proj.weight.to(key.dtype)).to(q.dtype)
+        taps = self.small_kernel * self.small_kernel
+        out = []
+        for half, (k, rpb) in enumerate(((self.small_kernel, self.rpb1), (self.kernel_size, self.rpb2))):
+            cut = slice(0, taps) if half == 0 else slice(taps, None)
+            out.append(contmix_fused_forward(q, kp[..., cut], self.weight_proj.bias[cut], rpb, v[:, :, :, half], k))
+        return out[0], out[1]
+
     def forward(self, x: Tensor, query: Tensor, context: Tensor) -> Tensor:
         """x: values ``[B, C, H, W]``; query: normalised Z ``[B, C, H, W]``; context: normalised P."""
+        fused = not torch.jit.is_scripting() and self._use_fused(x, query, context)
         B, C, H, W = x.shape
         size = [H, W]
         if min(H, W) < self.kernel_size:
@@ -341,15 +373,18 @@ class ContMix(nn.Module):
         G, c = self.groups, C // (2 * self.groups)
         q = (self.weight_query(query) * self.scale).permute(0, 2, 3, 1).reshape(B, h * w, G, c)
         key = self.weight_key(context).reshape(B, G, c, -1)  # [B, G, c, 49]
-        affinity = torch.einsum("bngc,bgcl->bngl", q, key)
-        logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
-        taps = [self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size]
-        small, large = logits.split(taps, dim=-1)
-        attn1 = self._kernels(small, self.rpb1, self.small_kernel, h, w).reshape(B, h, w, G, -1)
-        attn2 = self._kernels(large, self.rpb2, self.kernel_size, h, w).reshape(B, h, w, G, -1)
         v = x.permute(0, 2, 3, 1).reshape(B, h, w, 2, G, c)
-        out1 = self._aggregate(attn1.to(v.dtype), v[:, :, :, 0], self.small_kernel)
-        out2 = self._aggregate(attn2.to(v.dtype), v[:, :, :, 1], self.kernel_size)
+        if fused:
+            out1, out2 = self._fused(q.reshape(B, h, w, G, c), key, v)
+        else:
+            affinity = torch.einsum("bngc,bgcl->bngl", q, key)
+            logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
+            taps = [self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size]
+            small, large = logits.split(taps, dim=-1)
+            attn1 = self._kernels(small, self.rpb1, self.small_kernel, h, w).reshape(B, h, w, G, -1)
+            attn2 = self._kernels(large, self.rpb2, self.kernel_size, h, w).reshape(B, h, w, G, -1)
+            out1 = self._aggregate(attn1.to(v.dtype), v[:, :, :, 0], self.small_kernel)
+            out2 = self._aggregate(attn2.to(v.dtype), v[:, :, :, 1], self.kernel_size)
         out = torch.cat([out1, out2], dim=3).reshape(B, h, w, C).permute(0, 3, 1, 2)
         if h != H or w != W:
             out = F.adaptive_avg_pool2d(out, (H, W))
