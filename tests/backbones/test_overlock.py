@@ -164,7 +164,13 @@ def _count_fused(monkeypatch):
     from vizoo.backbones import overlock
 
     calls, real = [], overlock.contmix_fused_forward
-    monkeypatch.setattr(overlock, "contmix_fused_forward", lambda *a, **kw: calls.append(a[-1]) or real(*a, **kw))
+
+    def fused(*args, **kwargs):
+        assert kwargs["backend"] == "triton"  # the interpreter on CPU
+        calls.append(args[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overlock, "contmix_fused_forward", fused)
     return calls
 
 
@@ -217,26 +223,30 @@ def test_fused_contmix_only_without_gradients(monkeypatch):
 
 
 def test_fused_contmix_model_matches_unfused(monkeypatch):
-    """A tiny OverLoCK (eval, no gradients) gives the same logits with FUSED_CONTMIX on; its ContMix kernels are
-    made sharp (random rpb and projection) so that they shape the output."""
+    """A tiny OverLoCK (eval, no gradients) with FUSED_CONTMIX on: every ContMix, fed what the model feeds it,
+    gives the unfused output, and so do the logits. Its kernels are made sharp (random rpb and projection); the
+    ContMix outputs are compared too because the blocks scale them down at initialisation."""
     from vizoo.backbones import overlock
 
     model = tiny()
     mixes = [m for m in model.modules() if isinstance(m, ContMix)]
+    outs = {False: [], True: []}
     with torch.no_grad():
         for mix in mixes:
             mix.rpb1.normal_()
             mix.rpb2.normal_()
             mix.weight_proj.weight.normal_(std=0.3)
-    x = torch.randn(2, 3, 64, 96)
+            mix.register_forward_hook(lambda m, args, out: outs[overlock.FUSED_CONTMIX].append(out))
+    x = torch.randn(1, 3, 64, 96)
     calls = _count_fused(monkeypatch)
     with torch.no_grad():
         expected = model(x)
         monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
         got = model(x)
-    assert len(calls) == 2 * len(mixes)
+    assert len(calls) == 2 * len(mixes) == 2 * len(outs[True])
+    for fused, unfused in zip(outs[True], outs[False]):
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-
 
 # ------------------------------------------------------------------------------------ aux head and training
 

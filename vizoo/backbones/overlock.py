@@ -358,7 +358,8 @@ class ContMix(nn.Module):
         out = []
         for half, (k, rpb) in enumerate(((self.small_kernel, self.rpb1), (self.kernel_size, self.rpb2))):
             cut = slice(0, taps) if half == 0 else slice(taps, None)
-            out.append(contmix_fused_forward(q, kp[..., cut], self.weight_proj.bias[cut], rpb, v[:, :, :, half], k))
+            out.append(contmix_fused_forward(q, kp[..., cut], self.weight_proj.bias[cut], rpb, v[:, :, :, half], k,
+                                             backend="triton"))
         return out[0], out[1]
 
     def forward(self, x: Tensor, query: Tensor, context: Tensor) -> Tensor:
