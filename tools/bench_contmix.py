@@ -12,6 +12,12 @@ attn, v and the output gradient and writes d_attn and d_v. ``us`` columns are me
 through the public op (where the host takes longer per call than the GPU, they measure the host); ``GPU us``
 columns are the kernels' time from the profiler, and the HBM fractions use those.
 
+A second table times ContMix's whole inference chain for one half (one kernel size) at the same shapes, bf16,
+no gradients: ``unfused`` (affinities of the queries with 49 region keys, the Linear to ``k*k`` logits, the relative
+position bias, softmax, then ``na2d_av``, as ``ContMix.forward`` runs it, with the ``[B, H, W, G, k*k]`` weights in
+memory) against ``fused`` (the projected keys ``kp = key @ Wp^T``, then ``contmix_fused_forward``: weights computed
+inside the aggregation kernel; what ``overlock.FUSED_CONTMIX`` switches on).
+
 ``--models`` also times whole backbones side by side in the same process (bf16 autocast, batch 256, 224):
 ``overlock_t`` vs ``convnext_tiny`` and ``overlock_s`` vs ``convnext_small``, inference (OverLoCK also after
 ``reparameterize()``, as timm's ``benchmark.py --reparam`` does) and a training step, eager and with
@@ -30,8 +36,9 @@ import torch
 
 from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, environment, markdown_table
 from vizoo.kernels import na2d_av
+from vizoo.kernels.contmix import contmix_fused_forward
 from vizoo.kernels.contmix import triton as contmix_triton
-from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold
+from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold, window_rpb_index
 from vizoo.utils import atomic_write_text
 
 
@@ -154,6 +161,66 @@ def bench_case(case: Case, log=print) -> list[dict]:
     return rows
 
 
+REGIONS = 49  # ContMix's 7x7 pooled region centres
+
+
+def chain_inputs(case: Case, batch: int, dtype, device="cuda") -> dict:
+    """One ContMix half at ``case``'s shape: queries, region keys, the Linear to ``k*k`` taps and values in
+    ``dtype``, the rpb table in float32 (a parameter under autocast, as in the model)."""
+    torch.manual_seed(0)
+    k, G, c = case.kernel, case.heads, case.dim
+    f = dict(device=device, dtype=dtype)
+    return dict(q=torch.randn(batch, *case.size, G, c, **f), key=torch.randn(batch, G, c, REGIONS, **f),
+                proj=torch.nn.Linear(REGIONS, k * k).to(**f), rpb=torch.randn(G, 2 * k - 1, 2 * k - 1, device=device),
+                v=torch.randn(batch, *case.size, G, c, **f), k=k)
+
+
+def unfused_chain(q, key, proj, rpb, v, k, backend=None):
+    """ContMix's unfused inference chain for one half: affinity einsum, Linear, rpb, softmax, ``na2d_av``."""
+    B, H, W, G, c = q.shape
+    logits = proj(torch.einsum("byxgc,bgcl->byxgl", q, key))
+    bias = rpb.flatten(1)[:, window_rpb_index(H, W, k, q.device)].permute(1, 0, 2).reshape(H, W, G, -1)
+    return na2d_av((logits + bias).softmax(-1).to(v.dtype), v, k, backend=backend)
+
+
+def fused_chain(q, key, proj, rpb, v, k, backend=None):
+    """The same through ``contmix_fused_forward``, the projection moved onto the keys (``kp``, per image)."""
+    kp = torch.einsum("bgcl,tl->bgct", key, proj.weight)
+    return contmix_fused_forward(q, kp, proj.bias, rpb, v, k, backend=backend)
+
+
+CHAINS = {"unfused": unfused_chain, "fused": fused_chain}
+
+
+@torch.no_grad()
+def check_chain(case: Case, device="cuda", batch: int = 2, backend=None) -> float:
+    """Max |fused - unfused| of the chain in float32 (small batch)."""
+    args = chain_inputs(case, batch, torch.float32, device)
+    return (fused_chain(**args, backend=backend) - unfused_chain(**args, backend=backend)).abs().max().item()
+
+
+@torch.no_grad()
+def bench_chain(case: Case, log=print) -> list[dict]:
+    """Inference time of the unfused and fused chains (bf16), with the bytes the unfused one moves for its
+    weights, which fusion saves: bf16 logits written and read, fp32 biased logits and softmax written and read,
+    the bf16 weights written and read by ``na2d_av`` (24 bytes per weight)."""
+    args = chain_inputs(case, case.batch, torch.bfloat16)
+    weights = args["q"].shape[:4].numel() * case.kernel**2
+    rows = []
+    for name, fn in CHAINS.items():
+        run = lambda fn=fn: fn(**args)  # noqa: E731
+        run()
+        row = dict(case=case.name, batch=case.batch, form=name, **{"fwd us": _timeit(run),
+                                                                    "fwd GPU us": _gpu_time(run, iters=10)})
+        if name == "unfused":
+            row["weights MB"] = weights * 24 / 1e6
+        rows.append(row)
+        log(json.dumps(row))
+    for key in ("fwd us", "fwd GPU us"):
+        rows[1][key.replace(" us", " x unfused")] = rows[0][key] / rows[1][key]
+    return rows
+
+
 MODEL_PAIRS = (("overlock_t", "convnext_tiny"), ("overlock_s", "convnext_small"))
 
 
@@ -214,8 +281,12 @@ def main(argv=None) -> int:
     for case in CASES:
         for kernels in ("triton gather", "triton", "triton tile"):
             print(f"check {case.name} {kernels}: max |triton - reference| (fp32) = {check(case, kernels):.2e}")
+    for case in CASES:
+        print(f"check {case.name} ContMix chain: max |fused - unfused| (fp32) = {check_chain(case):.2e}")
     rows = [r for case in CASES for r in bench_case(case)]
+    chains = [r for case in CASES for r in bench_chain(case)]
     table = f"na2d_av, bf16 ({environment()})\n\n{markdown_table(rows)}\n"
+    table += f"\nContMix inference chain, one half, bf16\n\n{markdown_table(chains)}\n"
     models = bench_models(compile=args.compile) if args.models else []
     if models:
         table += f"\nbackbones, bf16 autocast, batch 256, 224\n\n{markdown_table(models)}\n"
@@ -223,7 +294,7 @@ def main(argv=None) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, table)
     if args.json:
-        atomic_write_text(args.json, json.dumps({"kernels": rows, "models": models}, indent=1))
+        atomic_write_text(args.json, json.dumps({"kernels": rows, "chains": chains, "models": models}, indent=1))
     return 0
 
 

@@ -482,3 +482,19 @@ def test_fused_accepts_inputs_that_require_grad_under_no_grad():
     with torch.no_grad():
         out = contmix_fused_forward(q, kp, bp.requires_grad_(), rpb.requires_grad_(), v, 3)
     assert out.shape == v.shape and not out.requires_grad
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_bench_contmix_chains_agree(monkeypatch, backend):
+    """tools/bench_contmix.py's ContMix chains (what its GPU timing compares) agree at a tiny case on CPU."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "tools" / "bench_contmix.py"
+    spec = importlib.util.spec_from_file_location("bench_contmix", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    case = bench.Case("tiny", 2, (6, 19), 2, 4, 5)
+    assert bench.check_chain(case, device=DEVICE, backend=backend) < 1e-5
