@@ -28,6 +28,10 @@ atomics. With ``ROWS_TILE`` set, the same products take their weights through de
 element gather per kernel row: the forward loads each pixel's ``kh * kw`` weights (contiguous) once and builds every
 row's band in registers with ``tl.gather``, d_attn collects the rows' products into such a tile (``tl.gather`` again)
 and stores it once, and d_v loads row ``ky``'s ``kw`` weights of each pixel column and gathers the transposed band.
+
+``fused_forward`` (``_fused_tile_kernel``, ContMix inference) is the tile forward with the weight tile computed in
+the program instead of loaded: logits ``q @ kp`` (one ``tl.dot`` of the tile's queries with the image's projected
+keys), the tap bias and the relative position bias, softmax in float32; the weights never reach memory.
 """
 from __future__ import annotations
 
