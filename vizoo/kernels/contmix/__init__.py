@@ -92,7 +92,6 @@ def na2d_av(
     return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
 
 
-
 def check_fused_arguments(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int,
                           backend: Optional[str]) -> str:
     """Validate the arguments of ``contmix_fused_forward`` before launch; return the backend.
