@@ -55,6 +55,7 @@ ROWS_WARPS = 2
 # masked element gathers per kernel row: coalesced reads and writes of attn and d_attn, the bands built by
 # ``tl.gather`` in registers. Not yet timed against the gather form on a GPU, so off by default.
 ROWS_TILE = False
+TILE_WARPS = 4  # warps of the tile kernels (the fused one too): their [16, BLOCK_T] float32 tiles need the registers
 # later calls of one problem launch the compiled kernels directly (``_backend.launch``, as NA's kernels do); off
 # until the GPU tests of repeated, misaligned and mixed-dtype calls have run on a GPU with it
 DIRECT_LAUNCH = False
@@ -389,7 +390,8 @@ def _rows_kernels(kernel_size) -> tuple:
     if not ROWS_TILE:
         return (_av_rows_kernel, {}), (_dv_rows_kernel, {})
     kh, kw = kernel_size
-    return (_av_tile_kernel, dict(BLOCK_T=pow2(kh * kw))), (_dv_tile_kernel, dict(BLOCK_KW=pow2(kw)))
+    return ((_av_tile_kernel, dict(BLOCK_T=pow2(kh * kw), num_warps=TILE_WARPS)),
+            (_dv_tile_kernel, dict(BLOCK_KW=pow2(kw), num_warps=TILE_WARPS)))
 
 
 def _tables(v, kernel_size, dilation) -> tuple:
@@ -430,7 +432,7 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), _ = _rows_kernels(kernel_size)
         _launch(av, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
-               dict(ks, GRAD_ATTN=False, **av_blocks, **blocks))
+               dict(ks, GRAD_ATTN=False, **{**blocks, **av_blocks}))
         return out
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
@@ -451,9 +453,9 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), (dv, dv_blocks) = _rows_kernels(kernel_size)
         _launch(av, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
-               dict(ks, GRAD_ATTN=True, **av_blocks, **blocks))
+               dict(ks, GRAD_ATTN=True, **{**blocks, **av_blocks}))
         _launch(dv, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
-               dict(ks, **dv_blocks, **blocks))
+               dict(ks, **{**blocks, **dv_blocks}))
         return d_attn, d_v
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
@@ -479,5 +481,5 @@ def fused_forward(q, kp, bp, rpb, v, kernel_size: int):
     plan = (tuple(v.shape), c, q.dtype, v.dtype, k)
     _launch(_fused_tile_kernel, grid, plan, (q, kp, bp, rpb, v, out, fy, fx, H, W, heads, c, dim),
             dict(KH=k, KW=k, BLOCK_T=max(16, pow2(k * k)), BLOCK_C=max(16, pow2(c)), PREC_Q=dot_precision(q.dtype),
-                 **blocks))
+                 **{**blocks, "num_warps": TILE_WARPS}))
     return out
