@@ -38,7 +38,7 @@ from vizoo.bench import HBM_BYTES_PER_S, _gpu_time, _log_top_kernels, _timeit, e
 from vizoo.kernels import na2d_av
 from vizoo.kernels.contmix import contmix_fused_forward
 from vizoo.kernels.contmix import triton as contmix_triton
-from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold, window_rpb_index
+from vizoo.kernels.contmix.reference import na2d_av_reference, na2d_av_unfold, window_rpb_bias
 from vizoo.utils import atomic_write_text
 
 
@@ -179,7 +179,7 @@ def unfused_chain(q, key, proj, rpb, v, k, backend=None):
     """ContMix's unfused inference chain for one half: affinity einsum, Linear, rpb, softmax, ``na2d_av``."""
     B, H, W, G, c = q.shape
     logits = proj(torch.einsum("byxgc,bgcl->byxgl", q, key))
-    bias = rpb.flatten(1)[:, window_rpb_index(H, W, k, q.device)].permute(1, 0, 2).reshape(H, W, G, -1)
+    bias = window_rpb_bias(rpb, H, W).reshape(H, W, G, -1)
     return na2d_av((logits + bias).softmax(-1).to(v.dtype), v, k, backend=backend)
 
 

@@ -85,7 +85,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vizoo.hub.checkpoints import extract_state_dict
 from vizoo.kernels.contmix import contmix_fused_forward, na2d_av
-from vizoo.kernels.contmix.reference import window_rpb_index
+from vizoo.kernels.contmix.reference import window_rpb_bias
 from vizoo.kernels.depthwise import depthwise_conv2d
 from vizoo.utils import tracing
 
@@ -327,10 +327,8 @@ class ContMix(nn.Module):
         self.rpb1 = nn.Parameter(torch.zeros(groups, 2 * small_kernel - 1, 2 * small_kernel - 1))
         self.rpb2 = nn.Parameter(torch.zeros(groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
 
-    def _kernels(self, logits: Tensor, rpb: Tensor, k: int, height: int, width: int) -> Tensor:
-        index = window_rpb_index(height, width, k, logits.device)  # [N, k*k]
-        bias = rpb.flatten(1)[:, index].permute(1, 0, 2)  # [N, G, k*k]
-        return (logits + bias.unsqueeze(0)).softmax(-1)
+    def _kernels(self, logits: Tensor, rpb: Tensor, height: int, width: int) -> Tensor:
+        return (logits + window_rpb_bias(rpb, height, width).unsqueeze(0)).softmax(-1)
 
     def _aggregate(self, attn: Tensor, v: Tensor, k: int) -> Tensor:
         if torch.jit.is_scripting():
@@ -382,8 +380,8 @@ class ContMix(nn.Module):
             logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
             taps = [self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size]
             small, large = logits.split(taps, dim=-1)
-            attn1 = self._kernels(small, self.rpb1, self.small_kernel, h, w).reshape(B, h, w, G, -1)
-            attn2 = self._kernels(large, self.rpb2, self.kernel_size, h, w).reshape(B, h, w, G, -1)
+            attn1 = self._kernels(small, self.rpb1, h, w).reshape(B, h, w, G, -1)
+            attn2 = self._kernels(large, self.rpb2, h, w).reshape(B, h, w, G, -1)
             out1 = self._aggregate(attn1.to(v.dtype), v[:, :, :, 0], self.small_kernel)
             out2 = self._aggregate(attn2.to(v.dtype), v[:, :, :, 1], self.kernel_size)
         out = torch.cat([out1, out2], dim=3).reshape(B, h, w, C).permute(0, 3, 1, 2)

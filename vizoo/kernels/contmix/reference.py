@@ -112,6 +112,13 @@ def window_rpb_index(height: int, width: int, kernel_size: int, device: torch.de
     return index.reshape(height * width, kernel_size * kernel_size)
 
 
+def window_rpb_bias(rpb: Tensor, height: int, width: int) -> Tensor:
+    """``[H*W, heads, k*k]``: each pixel's relative position bias over its window's taps, from the per-head table
+    ``rpb`` ``[heads, 2k-1, 2k-1]`` (through ``window_rpb_index``; TorchScript compiles it)."""
+    kernel_size = (rpb.shape[-1] + 1) // 2
+    return rpb.flatten(1)[:, window_rpb_index(height, width, kernel_size, rpb.device)].permute(1, 0, 2)
+
+
 def contmix_fused_reference(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int) -> Tensor:
     """What ``contmix_fused_forward`` computes, composed from plain ops (arguments assumed valid): logits
     ``q . kp + bp``, plus the relative position bias looked up through ``window_rpb_index``, softmaxed over the
@@ -120,7 +127,6 @@ def contmix_fused_reference(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: T
     B, H, W, G, _ = q.shape
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     logits = torch.einsum("byxgc,bgct->byxgt", q.to(compute), kp.to(compute)) + bp.to(compute)
-    index = window_rpb_index(H, W, kernel_size, q.device)  # [H*W, k*k]
-    bias = rpb.to(compute).flatten(1)[:, index].permute(1, 0, 2).reshape(H, W, G, -1)  # [H, W, G, k*k]
+    bias = window_rpb_bias(rpb.to(compute), H, W).reshape(H, W, G, -1)  # [H, W, G, k*k]
     attn = (logits + bias).softmax(-1)
     return na2d_av_reference(attn, v, (kernel_size, kernel_size), (1, 1))
