@@ -241,6 +241,22 @@ def _dv_rows_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.cons
 
 
 @triton.jit
+def _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH: tl.constexpr, KW: tl.constexpr,
+                    BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    """``[BLOCK_X, BLOCK_D]`` float32: the band products of a ``[BLOCK_X, BLOCK_T]`` weight tile (in registers)
+    with the window's value rows, each kernel row's band gathered from the tile (``tap``, ``in_band``: ``[X, J]``)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
+    acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
+    for ky in range(KH):
+        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
+                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
+        band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
+        acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _av_tile_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
                     BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                     GRAD_ATTN: tl.constexpr, PREC: tl.constexpr):
@@ -267,23 +283,18 @@ def _av_tile_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: 
     if GRAD_ATTN:
         g = tl.load(G + row[:, None] * D + offs_d[None, :], mask=io_mask, other=0.0)
         d_attn = tl.zeros([BLOCK_X, BLOCK_T], dtype=tl.float32)
-    else:
-        weights = tl.load(A + a_ptrs, mask=a_mask, other=0.0)
-        acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
-    for ky in range(KH):
-        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
-                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
-        if GRAD_ATTN:
+        for ky in range(KH):
+            vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :],
+                           mask=vmask, other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
             prod = tl.dot(g.to(vals.dtype), tl.trans(vals), input_precision=PREC)  # [X, J]: <G[x], V[col j]>
             rx = t - ky * KW  # [1, T]: the window column of tap t if t lies in kernel row ky
             in_row = (rx >= 0) & (rx < KW)
             d_attn = tl.where(in_row, tl.gather(prod, tl.where(in_row, rx + off, 0), axis=1), d_attn)
-        else:
-            band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
-            acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
-    if GRAD_ATTN:
         tl.store(OUT + a_ptrs, d_attn.to(OUT.dtype.element_ty), mask=a_mask)
     else:
+        weights = tl.load(A + a_ptrs, mask=a_mask, other=0.0)
+        acc = _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH, KW, BLOCK_X, BLOCK_D,
+                              PREC)
         tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
@@ -306,7 +317,6 @@ def _fused_tile_kernel(Q, KP, BP, RPB, V, OUT, FY, FX, H, W, HEADS, C, D, KH: tl
     t_ok = t < KH * KW
     cols = base + tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, BLOCK_D)
-    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
     img = b.to(tl.int64) * H * W
     row = (img + y * W + xs) * HEADS + h  # (pixel, head) rows of Q, V and OUT
     io_mask = xmask[:, None] & (offs_d < D)[None, :]
@@ -324,12 +334,7 @@ def _fused_tile_kernel(Q, KP, BP, RPB, V, OUT, FY, FX, H, W, HEADS, C, D, KH: tl
     logits = tl.where(t_ok, logits + bias, float("-inf"))
     e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
     weights = e / tl.sum(e, axis=1)[:, None]
-    acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
-    for ky in range(KH):
-        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
-                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
-        band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
-        acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
+    acc = _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH, KW, BLOCK_X, BLOCK_D, PREC)
     tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
@@ -432,11 +437,11 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), _ = _rows_kernels(kernel_size)
         _launch(av, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
-               dict(ks, GRAD_ATTN=False, **{**blocks, **av_blocks}))
+            dict(ks, GRAD_ATTN=False, **{**blocks, **av_blocks}))
         return out
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
-           dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4))
+            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4))
     return out
 
 
@@ -453,15 +458,15 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
         grid, blocks = _rows_launch(v, kernel_size)
         (av, av_blocks), (dv, dv_blocks) = _rows_kernels(kernel_size)
         _launch(av, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
-               dict(ks, GRAD_ATTN=True, **{**blocks, **av_blocks}))
+            dict(ks, GRAD_ATTN=True, **{**blocks, **av_blocks}))
         _launch(dv, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
-               dict(ks, **{**blocks, **dv_blocks}))
+            dict(ks, **{**blocks, **dv_blocks}))
         return d_attn, d_v
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
-           dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True, num_warps=4))
+            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True, num_warps=4))
     _launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
-                                    dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
+                                     dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
     return d_attn, d_v
 
 
