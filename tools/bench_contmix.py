@@ -3,8 +3,7 @@ PyTorch forms, bf16, forward and forward+backward, with the HBM bandwidth each a
 
 Contenders: ``triton`` (vizoo's fused kernels as shipped: ``vizoo.kernels.contmix.triton.ROWS_PASSES`` picks the
 kernels per pass; the band-matrix kernels by default), ``triton gather`` (the per-tap gather kernels, which
-dilated calls take), ``triton tile`` (the band-matrix kernels for both passes with ``ROWS_TILE``: weights moved
-as dense tiles, bands built with ``tl.gather``), ``gather`` (the reference: index-gather of every window then
+dilated calls take), ``gather`` (the reference: index-gather of every window then
 einsum), ``unfold`` (OverLoCK's own fallback formulation: ``F.unfold`` plus border re-indexing, then einsum),
 and ``torch.compile`` (inductor) of both plain forms, the best plain-PyTorch formulation we have.
 Bandwidth counts the bytes the op cannot avoid moving: forward reads attn and v and writes out; backward reads
@@ -73,7 +72,6 @@ def _forms(k: int) -> dict:
     return {
         "triton": lambda a, v: na2d_av(a, v, k, backend="triton"),
         "triton gather": lambda a, v: na2d_av(a, v, k, backend="triton"),  # ROWS_PASSES set by bench_case
-        "triton tile": lambda a, v: na2d_av(a, v, k, backend="triton"),  # ROWS_TILE set by bench_case
         "gather": gather,
         "unfold": unfold,
         "gather compiled": torch.compile(gather, dynamic=False),
@@ -82,17 +80,11 @@ def _forms(k: int) -> dict:
 
 
 DEFAULT_PASSES = contmix_triton.ROWS_PASSES
-DEFAULT_TILE = contmix_triton.ROWS_TILE
-KERNELS = {  # triton form: (ROWS_PASSES, ROWS_TILE)
-    "triton": (DEFAULT_PASSES, DEFAULT_TILE),
-    "triton gather": ((), False),
-    "triton tile": (("fwd", "bwd"), True),
-}
+KERNELS = {"triton": DEFAULT_PASSES, "triton gather": ()}  # triton form: its ROWS_PASSES
 
 
-def _rows(passes: tuple, tile: bool = DEFAULT_TILE) -> None:
+def _rows(passes: tuple) -> None:
     contmix_triton.ROWS_PASSES = passes
-    contmix_triton.ROWS_TILE = tile
 
 
 def check(case: Case, kernels: str) -> float:
@@ -100,7 +92,7 @@ def check(case: Case, kernels: str) -> float:
     attn, v = _inputs(case, 2, torch.float32)
     err = 0.0
     outs = {}
-    _rows(*KERNELS[kernels])
+    _rows(KERNELS[kernels])
     for backend in ("reference", "triton"):
         out = na2d_av(attn, v, case.kernel, backend=backend)
         grad = outs.get("grad", torch.randn_like(out))
@@ -128,7 +120,7 @@ def bench_case(case: Case, log=print) -> list[dict]:
     rows = []
     for name, fn in _forms(case.kernel).items():
         row = dict(case=case.name, batch=case.batch, form=name)
-        _rows(*KERNELS.get(name, KERNELS["triton"]))
+        _rows(KERNELS.get(name, DEFAULT_PASSES))
         try:
             with torch.no_grad():
                 fn(attn, v)
@@ -279,7 +271,7 @@ def main(argv=None) -> int:
         return 2
     print(environment())
     for case in CASES:
-        for kernels in ("triton gather", "triton", "triton tile"):
+        for kernels in KERNELS:
             print(f"check {case.name} {kernels}: max |triton - reference| (fp32) = {check(case, kernels):.2e}")
     for case in CASES:
         print(f"check {case.name} ContMix chain: max |fused - unfused| (fp32) = {check_chain(case):.2e}")

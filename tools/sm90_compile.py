@@ -141,17 +141,15 @@ def run_contmix(dtype):
         _contmix_triton.ROWS_PASSES = ()  # the gather kernels (what dilated calls take)
         attn, v = _leaf(2, 7, 7, 2, 25, dtype=dtype), _leaf(2, 7, 7, 2, 16, dtype=dtype)
         _grad(K.na2d_av(attn, v, 5, backend="triton"), (attn, v))
-        _contmix_triton.ROWS_PASSES = ("fwd", "bwd")  # the band-matrix kernels at 14x14 k=13, both forms
+        _contmix_triton.ROWS_PASSES = ("fwd", "bwd")  # the band-matrix kernels at 14x14 k=13
         attn, v = _leaf(2, 14, 14, 2, 169, dtype=dtype), _leaf(2, 14, 14, 2, 16, dtype=dtype)
-        for tile in (False, True):
-            _contmix_triton.ROWS_TILE = tile
-            _grad(K.na2d_av(attn, v, 13, backend="triton"), (attn, v))
+        _grad(K.na2d_av(attn, v, 13, backend="triton"), (attn, v))
         # the fused inference kernel (ContMix's logits, bias, softmax and aggregation) at k=13
         q, kp = _leaf(2, 14, 14, 2, 16, dtype=dtype), _leaf(2, 2, 16, 169, dtype=dtype)
         with torch.no_grad():
             K.contmix.contmix_fused_forward(q, kp, _leaf(169), _leaf(2, 25, 25), v, 13, backend="triton")
     finally:
-        _contmix_triton.ROWS_PASSES, _contmix_triton.ROWS_TILE = saved, False
+        _contmix_triton.ROWS_PASSES = saved
 
 
 def run_depthwise(dtype):

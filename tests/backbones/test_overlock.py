@@ -184,31 +184,36 @@ def _random_contmix(small_kernel, kernel_size):
     return mix.eval()
 
 
-@pytest.mark.parametrize("shape,small,large", [((9, 19), 3, 7), ((6, 17), 5, 5), ((3, 4), 3, 5)],
-                         ids=["9x19-k3-K7", "6x17-k5-K5", "3x4-upsampled"])
-def test_fused_contmix_matches_unfused(monkeypatch, shape, small, large):
-    """FUSED_CONTMIX (CPU: the Triton interpreter) gives the unfused module's output, in eval mode without
-    gradients: both halves go through contmix_fused_forward."""
+def _fuse(monkeypatch, max_kernel):
+    """Let ContMix take the fused path on CPU (the Triton interpreter) for halves with kernels up to max_kernel."""
     from vizoo.backbones import overlock
 
+    monkeypatch.setattr(overlock, "FUSED_CONTMIX_DEVICES", ("cpu",))
+    monkeypatch.setattr(overlock, "FUSED_CONTMIX_MAX_KERNEL", max_kernel)
+
+
+@pytest.mark.parametrize("shape,small,large,max_kernel", [((9, 19), 3, 7, 99), ((6, 17), 5, 5, 99),
+                                                          ((3, 4), 3, 5, 99), ((9, 19), 3, 7, 5)],
+                         ids=["9x19-k3-K7", "6x17-k5-K5", "3x4-upsampled", "9x19-k3-K7-only-k3-fused"])
+def test_fused_contmix_matches_unfused(monkeypatch, shape, small, large, max_kernel):
+    """The fused path (CPU: the Triton interpreter) gives the unfused module's output, in eval mode without
+    gradients, for the halves whose kernel is at most FUSED_CONTMIX_MAX_KERNEL (the others stay unfused)."""
     mix = _random_contmix(small, large)
     x, query, context = torch.randn(2, 16, *shape), torch.randn(2, 16, *shape), torch.randn(2, 8, *shape)
     calls = _count_fused(monkeypatch)
     with torch.no_grad():
-        expected = mix(x, query, context)
+        expected = mix(x, query, context)  # CPU is not among the default FUSED_CONTMIX_DEVICES
         assert not calls
-        monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+        _fuse(monkeypatch, max_kernel)
         got = mix(x, query, context)
-    assert calls == [small, large]
+    assert calls == [k for k in (small, large) if k <= max_kernel]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_fused_contmix_only_without_gradients(monkeypatch):
     """With the flag on, a forward that needs gradients (or that is compiled) keeps the unfused path; without
     gradients the fused path also serves parameters that require grad."""
-    from vizoo.backbones import overlock
-
-    monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+    _fuse(monkeypatch, 99)
     mix = _random_contmix(3, 5)
     x, query, context = torch.randn(1, 16, 6, 7), torch.randn(1, 16, 6, 7), torch.randn(1, 8, 6, 7)
     calls = _count_fused(monkeypatch)
@@ -223,25 +228,25 @@ def test_fused_contmix_only_without_gradients(monkeypatch):
 
 
 def test_fused_contmix_model_matches_unfused(monkeypatch):
-    """A tiny OverLoCK (eval, no gradients) with FUSED_CONTMIX on: every ContMix, fed what the model feeds it,
+    """A tiny OverLoCK (eval, no gradients) with every ContMix half fused: every ContMix, fed what the model feeds it,
     gives the unfused output, and so do the logits. Its kernels are made sharp (random rpb and projection); the
     ContMix outputs are compared too because the blocks scale them down at initialisation."""
-    from vizoo.backbones import overlock
-
     model = tiny()
     mixes = [m for m in model.modules() if isinstance(m, ContMix)]
     outs = {False: [], True: []}
+    fused = [False]
     with torch.no_grad():
         for mix in mixes:
             mix.rpb1.normal_()
             mix.rpb2.normal_()
             mix.weight_proj.weight.normal_(std=0.3)
-            mix.register_forward_hook(lambda m, args, out: outs[overlock.FUSED_CONTMIX].append(out))
+            mix.register_forward_hook(lambda m, args, out: outs[fused[0]].append(out))
     x = torch.randn(1, 3, 64, 96)
     calls = _count_fused(monkeypatch)
     with torch.no_grad():
         expected = model(x)
-        monkeypatch.setattr(overlock, "FUSED_CONTMIX", True)
+        _fuse(monkeypatch, 99)
+        fused[0] = True
         got = model(x)
     assert len(calls) == 2 * len(mixes) == 2 * len(outs[True])
     for fused, unfused in zip(outs[True], outs[False]):
@@ -421,8 +426,9 @@ def test_gpu_triton_model_matches_cpu_reference(name):
 
 @pytest.mark.gpu
 def test_gpu_fused_contmix_model_matches_unfused():
-    """overlock_t at 224 (ContMix at 14x14 with k=5/K=13 and 7x7 with k=5/K=7), bf16 autocast inference:
-    FUSED_CONTMIX on and off give the same logits, and both stay as close to the fp32 logits."""
+    """overlock_t at 224 (ContMix at 14x14 with k=5/K=13 and 7x7 with k=5/K=7), bf16 autocast inference: the
+    default fused halves (FUSED_CONTMIX_MAX_KERNEL) and none give the same logits, and both stay as close to the
+    fp32 logits."""
     from vizoo.backbones import overlock
 
     torch.manual_seed(0)
@@ -435,13 +441,14 @@ def test_gpu_fused_contmix_model_matches_unfused():
     with torch.no_grad():
         exact = model(x)
         out = {}
+        default = overlock.FUSED_CONTMIX_MAX_KERNEL
         for fused in (False, True):
-            overlock.FUSED_CONTMIX = fused
+            overlock.FUSED_CONTMIX_MAX_KERNEL = default if fused else 0
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     out[fused] = model(x).float()
             finally:
-                overlock.FUSED_CONTMIX = False
+                overlock.FUSED_CONTMIX_MAX_KERNEL = default
     torch.testing.assert_close(out[True], out[False], atol=3e-2, rtol=3e-2)
     err = {fused: (o - exact).abs().max().item() for fused, o in out.items()}
     assert err[True] <= 1.5 * err[False] + 1e-3, err

@@ -123,26 +123,22 @@ ROWS_CASES = [  # (H, W), (kh, kw), dim: several x tiles and both borders, even 
 ]
 
 
-@pytest.mark.parametrize("tile", [False, True], ids=["gather-band", "tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,ks,dim", ROWS_CASES)
-def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype, tile):
-    """The band-matrix kernels (dilation 1) against the reference: output, d_attn, d_v; ``tile``: with
-    ``ROWS_TILE`` (dense weight tiles and ``tl.gather``). bfloat16 on a GPU only (the interpreter's bfloat16 dots
-    are wrong): float16 is the 16-bit case under the interpreter."""
+def test_rows_kernels_match_reference(monkeypatch, shape, ks, dim, dtype):
+    """The band-matrix kernels (dilation 1) against the reference: output, d_attn, d_v. bfloat16 on a GPU only
+    (the interpreter's bfloat16 dots are wrong): float16 is the 16-bit case under the interpreter."""
     from vizoo.kernels.contmix import triton as tk
 
     if dtype == torch.bfloat16 and DEVICE != "cuda":
         pytest.skip("the Triton interpreter's bfloat16 dots are wrong")
     monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd"))
-    monkeypatch.setattr(tk, "ROWS_TILE", tile)
     taken, real = [], tk.launch
     monkeypatch.setattr(tk, "launch", lambda kernel, *a, **kw: taken.append(kernel.__name__) or real(kernel, *a, **kw))
     tol = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2),
            torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}[dtype]
     _compare(shape, ks, (1, 1), dtype, dim=dim, **tol)
-    form = "tile" if tile else "rows"
-    assert taken == [f"_av_{form}_kernel", f"_av_{form}_kernel", f"_dv_{form}_kernel"]  # forward, backward
+    assert taken == ["_av_rows_kernel", "_av_rows_kernel", "_dv_rows_kernel"]  # forward, backward
 
 
 def test_rows_kernels_refuse_dilation():
@@ -157,7 +153,7 @@ def test_rows_kernels_refuse_dilation():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("method", ["gather", "rows", "rows tile"])
+@pytest.mark.parametrize("method", ["gather", "rows"])
 @pytest.mark.parametrize("shape,k,heads,dim,batch", [
     pytest.param((14, 14), 13, 8, 16, 8, id="T-stage3-14x14-k13"),
     pytest.param((14, 14), 5, 8, 16, 8, id="T-stage3-14x14-k5"),
@@ -168,22 +164,20 @@ def test_rows_kernels_refuse_dilation():
 def test_triton_matches_reference_gpu(monkeypatch, shape, k, heads, dim, batch, method, dtype):
     from vizoo.kernels.contmix import triton as tk
 
-    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method.startswith("rows") else ())
-    monkeypatch.setattr(tk, "ROWS_TILE", method == "rows tile")
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method == "rows" else ())
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(shape, (k, k), (1, 1), dtype, device="cuda", heads=heads, dim=dim, batch=batch, **tol)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["gather", "rows", "rows tile"])
+@pytest.mark.parametrize("method", ["gather", "rows"])
 def test_triton_repeated_calls_gpu(monkeypatch, method):
-    """With DIRECT_LAUNCH, later calls of one problem launch the compiled kernels directly
+    """With DIRECT_LAUNCH (the default), later calls of one problem launch the compiled kernels directly
     (vizoo.kernels._backend.launch): values and gradients stay right over repeated calls, misaligned views (not
     16-byte aligned) and a dtype change."""
     from vizoo.kernels.contmix import triton as tk
 
-    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method.startswith("rows") else ())
-    monkeypatch.setattr(tk, "ROWS_TILE", method == "rows tile")
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method == "rows" else ())
     monkeypatch.setattr(tk, "DIRECT_LAUNCH", True)
     for dtype, misaligned in [(torch.bfloat16, False), (torch.bfloat16, False), (torch.bfloat16, True),
                               (torch.float32, False), (torch.bfloat16, False)]:

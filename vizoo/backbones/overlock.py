@@ -62,7 +62,6 @@ Differences:
       off.
 """
 
-import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -288,11 +287,15 @@ def _contmix_size(height: int, width: int, kernel_size: int) -> List[int]:
     return [int(kernel_size / width * height), kernel_size]
 
 
-# With FUSED_CONTMIX, ContMix's inference forward (no gradient needed; CUDA, or CPU under the Triton interpreter;
-# eager only: never while scripting, compiling, exporting or FX tracing) computes its weights inside the aggregation
-# kernel (``contmix_fused_forward``) instead of materialising the [B, H, W, G, k*k] softmax. Not yet timed against
-# the unfused chain on a GPU (tools/bench_contmix.py has the case), so off by default.
-FUSED_CONTMIX = False
+# In an inference forward (no gradient needed; eager only: never while scripting, compiling, exporting or FX
+# tracing) on a device type in FUSED_CONTMIX_DEVICES, each ContMix half whose kernel is at most
+# FUSED_CONTMIX_MAX_KERNEL computes its weights inside the aggregation kernel (``contmix_fused_forward``) instead of
+# materialising the [B, H, W, G, k*k] softmax. On an H200 (bf16, batch 128, one half's whole chain) the fused form
+# was 2.8x faster in GPU time at 14x14 k=5 and 1.2x at 7x7 k=7, but 2.2x slower at k=13 (14x14 and 56x56), where
+# the band of each kernel row is gathered from a 256-wide weight tile: hence 7 (0 turns it off). CPU runs it only
+# under the Triton interpreter, for tests: add "cpu" there.
+FUSED_CONTMIX_MAX_KERNEL = 7
+FUSED_CONTMIX_DEVICES = ("cuda",)
 
 
 @register_notrace_module  # data-dependent resizing: FX keeps it as one call
@@ -338,31 +341,24 @@ class ContMix(nn.Module):
         return out
 
     @torch.jit.unused
-    def _use_fused(self, x: Tensor, query: Tensor, context: Tensor) -> bool:
-        """Whether ``FUSED_CONTMIX``'s path applies to this call (see the flag)."""
-        if not FUSED_CONTMIX or tracing():
-            return False
-        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            return False
-        return not torch.is_grad_enabled() or not any(t.requires_grad for t in [x, query, context]
-                                                      + list(self.parameters()))
+    def _fused_kernels(self, x: Tensor, query: Tensor, context: Tensor) -> List[int]:
+        """The kernel sizes of the halves that take the fused path in this call (see FUSED_CONTMIX_MAX_KERNEL)."""
+        if tracing() or x.device.type not in FUSED_CONTMIX_DEVICES:
+            return []
+        if torch.is_grad_enabled() and any(t.requires_grad for t in [x, query, context] + list(self.parameters())):
+            return []
+        return [k for k in (self.small_kernel, self.kernel_size) if k <= FUSED_CONTMIX_MAX_KERNEL]
 
     @torch.jit.unused
-    def _fused(self, q: Tensor, key: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        """Both halves through ``contmix_fused_forward``: the logits' projection moved onto the keys, ``kp = key @
-        Wp^T`` per image (q ``[B, h, w, G, c]``, key ``[B, G, c, 49]``, v ``[B, h, w, 2, G, c]``)."""
-        kp = torch.einsum("bgcl,tl->bgct", key, self.weight_proj.weight.to(key.dtype)).to(q.dtype)
-        taps = self.small_kernel * self.small_kernel
-        out = []
-        for half, (k, rpb) in enumerate(((self.small_kernel, self.rpb1), (self.kernel_size, self.rpb2))):
-            cut = slice(0, taps) if half == 0 else slice(taps, None)
-            out.append(contmix_fused_forward(q, kp[..., cut], self.weight_proj.bias[cut], rpb, v[:, :, :, half], k,
-                                             backend="triton"))
-        return out[0], out[1]
+    def _fused(self, q: Tensor, key: Tensor, v: Tensor, k: int, rpb: Tensor, lo: int, hi: int) -> Tensor:
+        """One half through ``contmix_fused_forward``, the logits' projection moved onto the keys: ``kp = key @
+        Wp[lo:hi]^T`` per image (q ``[B, h, w, G, c]``, key ``[B, G, c, 49]``, v ``[B, h, w, G, c]``)."""
+        kp = torch.einsum("bgcl,tl->bgct", key, self.weight_proj.weight[lo:hi].to(key.dtype)).to(q.dtype)
+        return contmix_fused_forward(q, kp, self.weight_proj.bias[lo:hi], rpb, v, k, backend="triton")
 
     def forward(self, x: Tensor, query: Tensor, context: Tensor) -> Tensor:
         """x: values ``[B, C, H, W]``; query: normalised Z ``[B, C, H, W]``; context: normalised P."""
-        fused = not torch.jit.is_scripting() and self._use_fused(x, query, context)
+        fused: List[int] = [] if torch.jit.is_scripting() else self._fused_kernels(x, query, context)
         B, C, H, W = x.shape
         size = [H, W]
         if min(H, W) < self.kernel_size:
@@ -373,18 +369,19 @@ class ContMix(nn.Module):
         q = (self.weight_query(query) * self.scale).permute(0, 2, 3, 1).reshape(B, h * w, G, c)
         key = self.weight_key(context).reshape(B, G, c, -1)  # [B, G, c, 49]
         v = x.permute(0, 2, 3, 1).reshape(B, h, w, 2, G, c)
-        if fused:
-            out1, out2 = self._fused(q.reshape(B, h, w, G, c), key, v)
-        else:
-            affinity = torch.einsum("bngc,bgcl->bngl", q, key)
-            logits = self.weight_proj(affinity)  # [B, N, G, k*k + K*K]
-            taps = [self.small_kernel * self.small_kernel, self.kernel_size * self.kernel_size]
-            small, large = logits.split(taps, dim=-1)
-            attn1 = self._kernels(small, self.rpb1, h, w).reshape(B, h, w, G, -1)
-            attn2 = self._kernels(large, self.rpb2, h, w).reshape(B, h, w, G, -1)
-            out1 = self._aggregate(attn1.to(v.dtype), v[:, :, :, 0], self.small_kernel)
-            out2 = self._aggregate(attn2.to(v.dtype), v[:, :, :, 1], self.kernel_size)
-        out = torch.cat([out1, out2], dim=3).reshape(B, h, w, C).permute(0, 3, 1, 2)
+        # [B, N, G, k*k + K*K], unless both halves compute theirs inside the fused kernel
+        logits = self.weight_proj(torch.einsum("bngc,bgcl->bngl", q, key)) if len(fused) < 2 else q
+        split = self.small_kernel * self.small_kernel
+        halves = [(self.small_kernel, self.rpb1, 0, split),
+                  (self.kernel_size, self.rpb2, split, split + self.kernel_size * self.kernel_size)]
+        outs: List[Tensor] = []
+        for half, (k, rpb, lo, hi) in enumerate(halves):
+            if k in fused:
+                outs.append(self._fused(q.reshape(B, h, w, G, c), key, v[:, :, :, half], k, rpb, lo, hi))
+            else:
+                attn = self._kernels(logits[:, :, :, lo:hi], rpb, h, w).reshape(B, h, w, G, -1)
+                outs.append(self._aggregate(attn.to(v.dtype), v[:, :, :, half], k))
+        out = torch.cat(outs, dim=3).reshape(B, h, w, C).permute(0, 3, 1, 2)
         if h != H or w != W:
             out = F.adaptive_avg_pool2d(out, (H, W))
         return out

@@ -24,14 +24,13 @@ as a contiguous ``[BLOCK_J, dim]`` tile and multiplies it on tensor cores by the
 ky, j - off(x)]`` (zero outside the pixel's ``kw`` taps): no per-tap gather of the values. d_attn is the same
 product turned around (``G @ rows^T``, each pixel's ``kw`` band entries stored back to its taps), and d_v the
 transposed band over the pixel rows and columns that attend a tile of keys (the inverse tables), again without
-atomics. With ``ROWS_TILE`` set, the same products take their weights through dense tiles instead of a masked
-element gather per kernel row: the forward loads each pixel's ``kh * kw`` weights (contiguous) once and builds every
-row's band in registers with ``tl.gather``, d_attn collects the rows' products into such a tile (``tl.gather`` again)
-and stores it once, and d_v loads row ``ky``'s ``kw`` weights of each pixel column and gathers the transposed band.
+atomics. (A form that moved the weights as dense tiles and built the bands with ``tl.gather`` was slower at every
+OverLoCK shape on an H200, 1.4x to 16x on GPU time, and was dropped; the fused forward below works that way.)
 
-``fused_forward`` (``_fused_tile_kernel``, ContMix inference) is the tile forward with the weight tile computed in
-the program instead of loaded: logits ``q @ kp`` (one ``tl.dot`` of the tile's queries with the image's projected
-keys), the tap bias and the relative position bias, softmax in float32; the weights never reach memory.
+``fused_forward`` (``_fused_tile_kernel``, ContMix inference) computes the weights of a row tile's pixels in the
+program as one ``[BLOCK_X, BLOCK_T]`` tile and builds each kernel row's band from it with ``tl.gather``: logits
+``q @ kp`` (one ``tl.dot`` of the tile's queries with the image's projected keys), the tap bias and the relative
+position bias, softmax in float32; the weights never reach memory.
 """
 from __future__ import annotations
 
@@ -51,14 +50,11 @@ from vizoo.kernels.neighborhood.reference import axis_windows
 ROWS_PASSES = ("fwd", "bwd")
 ROWS_BLOCK_X = 16  # pixels of one image row per program (a tensor-core tile needs at least 16)
 ROWS_WARPS = 2
-# the band-matrix kernels move the weights as dense tiles (``_av_tile_kernel``, ``_dv_tile_kernel``) instead of
-# masked element gathers per kernel row: coalesced reads and writes of attn and d_attn, the bands built by
-# ``tl.gather`` in registers. Not yet timed against the gather form on a GPU, so off by default.
-ROWS_TILE = False
-TILE_WARPS = 4  # warps of the tile kernels (the fused one too): their [16, BLOCK_T] float32 tiles need the registers
-# later calls of one problem launch the compiled kernels directly (``_backend.launch``, as NA's kernels do); off
-# until the GPU tests of repeated, misaligned and mixed-dtype calls have run on a GPU with it
-DIRECT_LAUNCH = False
+TILE_WARPS = 4  # warps of the fused kernel: its [16, BLOCK_T] float32 tiles need the registers (at 2 they spill)
+# later calls of one problem launch the compiled kernels directly (``_backend.launch``, as NA's kernels do): on an
+# H200 it cut the public op's host time per forward from 95 to 57 us at 7x7 k=7 and per forward+backward from 713
+# to 583 us at 14x14 k=13 (bf16, batch 128)
+DIRECT_LAUNCH = True
 
 
 @functools.lru_cache(maxsize=256)
@@ -241,72 +237,13 @@ def _dv_rows_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.cons
 
 
 @triton.jit
-def _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH: tl.constexpr, KW: tl.constexpr,
-                    BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    """``[BLOCK_X, BLOCK_D]`` float32: the band products of a ``[BLOCK_X, BLOCK_T]`` weight tile (in registers)
-    with the window's value rows, each kernel row's band gathered from the tile (``tap``, ``in_band``: ``[X, J]``)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
-    acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
-    for ky in range(KH):
-        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
-                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
-        band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
-        acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
-    return acc
-
-
-@triton.jit
-def _av_tile_kernel(A, V, G, OUT, FY, FX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
-                    BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                    GRAD_ATTN: tl.constexpr, PREC: tl.constexpr):
-    """``_av_rows_kernel`` with the weights as one dense ``[BLOCK_X, BLOCK_T]`` tile (each pixel's ``kh * kw``
-    weights of one head are contiguous, so the tile is read or written coalesced). Forward: the tile is loaded
-    once and each kernel row's band is gathered from it in registers. d_attn: each row's product ``G @ rows^T`` is
-    gathered into the tile at the row's taps, and the tile is stored once."""
-    y, x0, xs, xmask, b, h = _row_tile(W, HEADS, BLOCK_X)
-    base = tl.load(FX + x0)  # the tile's first key column (windows are monotone along the row)
-    # [X, 1]: each pixel's first key column relative to base (pixels past the row edge repeat the last one's)
-    off = (tl.load(FX + tl.minimum(xs, W - 1)) - base)[:, None]
-    tap = tl.arange(0, BLOCK_J)[None, :] - off  # [X, J]: the tap of window column j in the pixel's kernel row
-    in_band = (tap >= 0) & (tap < KW)
-    t = tl.arange(0, BLOCK_T)[None, :]  # [1, T]: the taps
-    cols = base + tl.arange(0, BLOCK_J)
-    offs_d = tl.arange(0, BLOCK_D)
-    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
-    img = b.to(tl.int64) * H * W
-    row = (img + y * W + xs) * HEADS + h  # (pixel, head) rows of A, G and OUT
-    io_mask = xmask[:, None] & (offs_d < D)[None, :]
-    a_ptrs = row[:, None] * (KH * KW) + t  # [X, T]: the weight tile (of A, or of OUT for d_attn)
-    a_mask = xmask[:, None] & (t < KH * KW)
-    fy = tl.load(FY + y)
-    if GRAD_ATTN:
-        g = tl.load(G + row[:, None] * D + offs_d[None, :], mask=io_mask, other=0.0)
-        d_attn = tl.zeros([BLOCK_X, BLOCK_T], dtype=tl.float32)
-        for ky in range(KH):
-            vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :],
-                           mask=vmask, other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
-            prod = tl.dot(g.to(vals.dtype), tl.trans(vals), input_precision=PREC)  # [X, J]: <G[x], V[col j]>
-            rx = t - ky * KW  # [1, T]: the window column of tap t if t lies in kernel row ky
-            in_row = (rx >= 0) & (rx < KW)
-            d_attn = tl.where(in_row, tl.gather(prod, tl.where(in_row, rx + off, 0), axis=1), d_attn)
-        tl.store(OUT + a_ptrs, d_attn.to(OUT.dtype.element_ty), mask=a_mask)
-    else:
-        weights = tl.load(A + a_ptrs, mask=a_mask, other=0.0)
-        acc = _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH, KW, BLOCK_X, BLOCK_D,
-                              PREC)
-        tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
-
-
-@triton.jit
 def _fused_tile_kernel(Q, KP, BP, RPB, V, OUT, FY, FX, H, W, HEADS, C, D, KH: tl.constexpr, KW: tl.constexpr,
                        BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                        BLOCK_D: tl.constexpr, PREC_Q: tl.constexpr, PREC: tl.constexpr):
-    """ContMix's weights and their aggregation in one pass: ``_av_tile_kernel``'s forward with the
-    ``[BLOCK_X, BLOCK_T]`` weight tile computed in registers instead of loaded. Logits are ``Q @ KP[b, head]``
-    (queries against the image's projected keys, ``[C, kh * kw]``) plus the tap bias ``BP`` plus the relative
-    position bias ``RPB[head, key_y - y + kh - 1, key_x - x + kw - 1]``; taps past ``kh * kw`` are -inf and the
-    softmax along the taps runs in float32. The weights never reach memory."""
+    """ContMix's weights and their aggregation in one pass, the ``[BLOCK_X, BLOCK_T]`` weight tile in registers.
+    Logits are ``Q @ KP[b, head]`` (queries against the image's projected keys, ``[C, kh * kw]``) plus the tap
+    bias ``BP`` plus the relative position bias ``RPB[head, key_y - y + kh - 1, key_x - x + kw - 1]``; taps past
+    ``kh * kw`` are -inf and the softmax along the taps runs in float32."""
     y, x0, xs, xmask, b, h = _row_tile(W, HEADS, BLOCK_X)
     base = tl.load(FX + x0)  # the tile's first key column (windows are monotone along the row)
     fx = tl.load(FX + tl.minimum(xs, W - 1))  # [X]: each pixel's first key column (past the edge: the last one's)
@@ -334,41 +271,14 @@ def _fused_tile_kernel(Q, KP, BP, RPB, V, OUT, FY, FX, H, W, HEADS, C, D, KH: tl
     logits = tl.where(t_ok, logits + bias, float("-inf"))
     e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
     weights = e / tl.sum(e, axis=1)[:, None]
-    acc = _tile_aggregate(weights, V, img, fy, W, HEADS, D, h, cols, tap, in_band, KH, KW, BLOCK_X, BLOCK_D, PREC)
-    tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
-
-
-@triton.jit
-def _dv_tile_kernel(A, G, DV, FY, FX, QFY, QCY, QFX, H, W, HEADS, D, KH: tl.constexpr, KW: tl.constexpr,
-                    BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PREC: tl.constexpr):
-    """``_dv_rows_kernel`` with coalesced weight reads: for each pixel row it loads kernel row ``ky`` of the
-    ``BLOCK_J`` pixel columns' weights as a ``[BLOCK_J, BLOCK_KW]`` tile (``kw`` contiguous weights per pixel)
-    and gathers the transposed band from it in registers."""
-    r, c0, ks, kmask, b, h = _row_tile(W, HEADS, BLOCK_X)
-    ps = tl.load(QFX + c0) + tl.arange(0, BLOCK_J)  # pixel columns whose windows may hold these keys
-    pmask = ps < W
-    tap = ks[None, :] - tl.load(FX + ps, mask=pmask, other=0)[:, None]  # [J, X]: the tap of key k in pixel p
-    band_mask = pmask[:, None] & kmask[None, :] & (tap >= 0) & (tap < KW)
-    tap = tl.where(band_mask, tap, 0)
-    rx = tl.arange(0, BLOCK_KW)[None, :]
-    w_mask = pmask[:, None] & (rx < KW)
-    offs_d = tl.arange(0, BLOCK_D)
-    gmask = pmask[:, None] & (offs_d < D)[None, :]
-    img = b.to(tl.int64) * H * W
+    vmask = (cols < W)[:, None] & (offs_d < D)[None, :]
     acc = tl.zeros([BLOCK_X, BLOCK_D], dtype=tl.float32)
-    qfy = tl.load(QFY + r)
-    for iy in range(tl.load(QCY + r)):
-        y = qfy + iy
-        ky = r - tl.load(FY + y)
-        prow = (img + y * W + ps) * HEADS + h  # [J]
-        weights = tl.load(A + prow[:, None] * (KH * KW) + ky * KW + rx, mask=w_mask, other=0.0)  # [J, BLOCK_KW]
-        band_t = tl.where(band_mask, tl.gather(weights, tap, axis=1), 0.0)  # [J, X]
-        g = tl.load(G + prow[:, None] * D + offs_d[None, :], mask=gmask, other=0.0)
-        acc = tl.dot(tl.trans(band_t.to(g.dtype)), g, acc, input_precision=PREC)
-    out_row = (img + r * W + ks) * HEADS + h
-    tl.store(DV + out_row[:, None] * D + offs_d[None, :], acc.to(DV.dtype.element_ty),
-             mask=kmask[:, None] & (offs_d < D)[None, :])
+    for ky in range(KH):  # kernel row ky's band, gathered from the weight tile, times the window's value row
+        vals = tl.load(V + ((img + (fy + ky) * W + cols) * HEADS + h)[:, None] * D + offs_d[None, :], mask=vmask,
+                       other=0.0)  # [J, BLOCK_D]: the window columns of value row fy + ky
+        band = tl.gather(weights, tl.where(in_band, ky * KW + tap, 0), axis=1)  # [X, J]
+        acc = tl.dot(tl.where(in_band, band, 0.0).to(vals.dtype), vals, acc, input_precision=PREC)
+    tl.store(OUT + row[:, None] * D + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
 def _rows(method: str, dilation, pass_: str) -> bool:
@@ -388,15 +298,6 @@ def _rows_launch(v, kernel_size):
     grid = (H * cdiv(W, block_x), B * heads)
     return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(v.dtype),
                 num_warps=ROWS_WARPS)
-
-
-def _rows_kernels(kernel_size) -> tuple:
-    """The band-matrix kernels ``((av, its extra blocks), (dv, its extra blocks))``: ``ROWS_TILE`` picks the form."""
-    if not ROWS_TILE:
-        return (_av_rows_kernel, {}), (_dv_rows_kernel, {})
-    kh, kw = kernel_size
-    return ((_av_tile_kernel, dict(BLOCK_T=pow2(kh * kw), num_warps=TILE_WARPS)),
-            (_dv_tile_kernel, dict(BLOCK_KW=pow2(kw), num_warps=TILE_WARPS)))
 
 
 def _tables(v, kernel_size, dilation) -> tuple:
@@ -435,9 +336,8 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     ks = dict(KH=kernel_size[0], KW=kernel_size[1])
     if _rows(method, dilation, "fwd"):
         grid, blocks = _rows_launch(v, kernel_size)
-        (av, av_blocks), _ = _rows_kernels(kernel_size)
-        _launch(av, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
-            dict(ks, GRAD_ATTN=False, **{**blocks, **av_blocks}))
+        _launch(_av_rows_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
+                dict(ks, GRAD_ATTN=False, **blocks))
         return out
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
@@ -456,11 +356,10 @@ def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
     ks = dict(KH=kernel_size[0], KW=kernel_size[1])
     if _rows(method, dilation, "bwd"):
         grid, blocks = _rows_launch(v, kernel_size)
-        (av, av_blocks), (dv, dv_blocks) = _rows_kernels(kernel_size)
-        _launch(av, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
-            dict(ks, GRAD_ATTN=True, **{**blocks, **av_blocks}))
-        _launch(dv, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
-            dict(ks, **{**blocks, **dv_blocks}))
+        _launch(_av_rows_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
+                dict(ks, GRAD_ATTN=True, **blocks))
+        _launch(_dv_rows_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
+                dict(ks, **blocks))
         return d_attn, d_v
     grid, bp, bo, bd = _gather_launch(v, kernel_size)
     _launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
