@@ -25,7 +25,7 @@ ky, j - off(x)]`` (zero outside the pixel's ``kw`` taps): no per-tap gather of t
 product turned around (``G @ rows^T``, each pixel's ``kw`` band entries stored back to its taps), and d_v the
 transposed band over the pixel rows and columns that attend a tile of keys (the inverse tables), again without
 atomics. (A form that moved the weights as dense tiles and built the bands with ``tl.gather`` was slower at every
-OverLoCK shape on an H200, 1.4x to 16x on GPU time, and was dropped; the fused forward below works that way.)
+OverLoCK shape on an H200, 1.3x to 16x in GPU time, and was dropped; the fused forward below works that way.)
 
 ``fused_forward`` (``_fused_tile_kernel``, ContMix inference) computes the weights of a row tile's pixels in the
 program as one ``[BLOCK_X, BLOCK_T]`` tile and builds each kernel row's band from it with ``tl.gather``: logits
