@@ -34,10 +34,14 @@ BLOCK_N = 64
 CONFIG = dict(
     gram_block_n=0,  # tokens per tile of _gram (BLOCK_N)
     gram_programs=528,  # target number of _gram programs (chunks x batch*heads): about four per SM of an H200
-    gram_warps=0,  # 2 up to head dim 32, else by head dim (_num_warps)
+    gram_warps=0,  # 2 up to head dim 32, else by head dim
     gram_stages=0,  # Triton's default software pipelining
     apply_block_n=0,  # tokens per program of _apply / _apply_bwd (BLOCK_N)
-    apply_warps=0,  # by head dim
+    # 2 up to head dim 32 for 16-bit inputs, else by head dim. 2 instead of 4 warps at head dim 32 (H200, bf16, 6
+    # heads, GPU-only us, forward / forward+backward): N = 196 51.7 / 127.0 against 74.8 / 165.7 (the one-launch
+    # kernels, whose backward spills 200 bytes at 2 warps), N = 3136 47.2 / 132.7 against 48.6 / 142.1, N = 65536
+    # 47.1 / 141.1 against 48.7 / 148.7
+    apply_warps=0,
     # one launch per direction (_fused_fwd / _fused_bwd: a program per (batch, head) walks its tokens twice) when
     # the chunked path would give every (batch, head) a single chunk anyway and the head dim is at most 64 (on an
     # H200 at N = 196, 334 x 6 heads of dim 32, bf16: forward 75 us against 121, forward+backward 165 against 301)
@@ -313,8 +317,11 @@ def _block_d(dim: int) -> int:
     return max(16, pow2(dim))
 
 
-def _num_warps(block_d: int) -> int:
-    return 4 if block_d <= 64 else 8
+def _warps(name: str, block_d: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """``CONFIG[name]``, or by default 2 warps up to head dim 32 (16-bit inputs; float32 spills there), 4 up to 64
+    and 8 beyond."""
+    return _setting(name, 2 if block_d <= 32 and (name == "gram_warps" or dtype != torch.float32)
+                    else 4 if block_d <= 64 else 8)
 
 
 def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
@@ -348,7 +355,7 @@ def _gram_state(a: torch.Tensor, b: torch.Tensor, factor: float, center: bool):
         BLOCK_D=bd,
         BLOCK_N=block_n,
         PREC=dot_precision(a.dtype),
-        num_warps=_setting("gram_warps", 2 if bd <= 32 else _num_warps(bd)),
+        num_warps=_warps("gram_warps", bd),
         **stages,
     )
     state = torch.empty(bh, bd, bd, device=a.device, dtype=torch.float32)
@@ -398,7 +405,7 @@ def forward(q, k, v, scale: float):
         means = torch.empty(B * heads, 2, bd, device=q.device, dtype=torch.float32)
         _fused_fwd[(B * heads,)](q, k, v, out, state, means, N, heads, *_strides(q, k, v), scale / N, D=dim,
                                  BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N), PREC=dot_precision(q.dtype),
-                                 num_warps=_setting("apply_warps", _num_warps(bd)))
+                                 num_warps=_warps("apply_warps", bd, q.dtype))
         return out, state, means
     state, means = _gram_state(k, v, scale / N, center=True)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
@@ -417,7 +424,7 @@ def forward(q, k, v, scale: float):
         BLOCK_D=bd,
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),
-        num_warps=_setting("apply_warps", _num_warps(bd)),
+        num_warps=_warps("apply_warps", bd, q.dtype),
     )
     return out, state, means
 
@@ -432,7 +439,7 @@ def backward(grad_out, q, k, v, state, means, scale: float):
     if _fused(N, B * heads, bd, q.dtype):
         _fused_bwd[(B * heads,)](grad_out, q, k, v, state, means, dq, dk, dv, N, heads, *_strides(q, k, v),
                                  scale / N, D=dim, BLOCK_D=bd, BLOCK_N=_setting("apply_block_n", BLOCK_N),
-                                 PREC=dot_precision(q.dtype), num_warps=_setting("apply_warps", _num_warps(bd)))
+                                 PREC=dot_precision(q.dtype), num_warps=_warps("apply_warps", bd, q.dtype))
         return dq, dk, dv
     g, bwd_means = _gram_state(q, grad_out, scale / N, center=False)
     block_n = _setting("apply_block_n", BLOCK_N)
@@ -459,6 +466,6 @@ def backward(grad_out, q, k, v, state, means, scale: float):
         BLOCK_D=bd,
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),
-        num_warps=_setting("apply_warps", _num_warps(bd)),
+        num_warps=_warps("apply_warps", bd, q.dtype),
     )
     return dq, dk, dv
