@@ -238,6 +238,62 @@ def test_eager_calls_skip_the_custom_op_dispatch():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["gather", "rows"])
+@pytest.mark.parametrize("wants", [("attn",), ("v",), ("attn", "v")])
+def test_eager_backward_launches_only_the_gradients_needed(monkeypatch, method, wants):
+    """Only the inputs that require grad get a gradient kernel: the gradients computed are the reference's, the
+    others are never launched."""
+    from vizoo.kernels.contmix import triton as tk
+
+    monkeypatch.setattr(tk, "ROWS_PASSES", ("fwd", "bwd") if method == "rows" else ())
+    taken, real = [], tk.launch
+    monkeypatch.setattr(tk, "launch", lambda kernel, grid, plan, args, meta, **kw: taken.append(
+        (kernel.__name__, meta.get("GRAD_ATTN"))) or real(kernel, grid, plan, args, meta, **kw))
+    attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    inputs = {"attn": attn.detach().requires_grad_("attn" in wants), "v": v.detach().requires_grad_("v" in wants)}
+    out = na2d_av(inputs["attn"], inputs["v"], 3, backend="triton")
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, [inputs[name] for name in wants], grad_out)
+    want = torch.autograd.grad(na2d_av(attn, v, 3, backend="reference"), (attn, v), grad_out)
+    want = [want[0 if name == "attn" else 1] for name in wants]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    prefix = "_av_rows" if method == "rows" else "_av"
+    kernels = {"attn": (f"{prefix}_kernel", True), "v": (prefix.replace("av", "dv") + "_kernel", None)}
+    assert taken == [(f"{prefix}_kernel", False)] + [kernels[name] for name in wants]  # forward, backward
+
+
+def test_eager_path_saves_contiguous_inputs():
+    """Strided views (what the model passes: a channel half of a permuted map) are copied once in the forward and
+    saved as copied, so the backward reads them without copying again; gradients match the reference."""
+    attn, _ = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    wide = torch.randn(2, 6, 7, 2, 2, 8, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    half = wide[:, :, :, 1]
+    assert not half.is_contiguous()
+    out = na2d_av(attn, half, 3, backend="triton")
+    assert all(t.is_contiguous() for t in out.grad_fn.saved_tensors)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (attn, wide), grad_out)
+    want = torch.autograd.grad(na2d_av(attn, half, 3, backend="reference"), (attn, wide), grad_out)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_calls_without_gradients_skip_the_autograd_function(monkeypatch):
+    from vizoo.kernels.contmix import ops
+
+    attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)
+    want = na2d_av(attn, v, 3, backend="reference").detach()
+
+    def refuse(*args):
+        raise AssertionError("TritonAV.apply called without a gradient to compute")
+
+    monkeypatch.setattr(ops.TritonAV, "apply", refuse)
+    with torch.no_grad():
+        torch.testing.assert_close(na2d_av(attn, v, 3, backend="triton"), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(na2d_av(attn.detach(), v.detach(), 3, backend="triton"), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AssertionError, match="without a gradient"):
+        na2d_av(attn, v, 3, backend="triton")  # the patch is live: a call that needs gradients takes the Function
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compile_matches_eager(backend):
     attn, v = _inputs((6, 7), (3, 3), dtype=torch.float32, device=DEVICE, dim=8)

@@ -5,8 +5,9 @@ of the neighborhood-attention window of (y, x): NATTEN 0.17's ``natten.functiona
 NATTEN >= 0.20 no longer provides, in NATTEN's heads-last layout (NATTEN 0.17 and the official OverLoCK code
 use heads-first, ``[B, heads, H, W, ...]``; permute to switch). The public function validates its arguments,
 then runs the plain PyTorch reference (``reference.py``) or the fused Triton kernels (``triton.py``, through
-the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py`` while anything traces; an ``autograd.Function``
-with the same kernels otherwise, which spares eager calls the custom ops' dispatch).
+the ``vizoo::na2d_av_fwd`` / ``_bwd`` custom ops of ``ops.py`` while anything traces; otherwise an
+``autograd.Function`` with the same kernels when a gradient is needed, the forward kernel alone when not, which
+spares eager calls the custom ops' dispatch).
 """
 from __future__ import annotations
 
@@ -87,9 +88,13 @@ def na2d_av(
     kernel_size, dilation, backend = check_arguments(attn, v, kernel_size, dilation, backend)
     if backend == "reference":
         return na2d_av_reference(attn, v, kernel_size, dilation)
-    if not tracing():
+    if tracing():
+        return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
+    if torch.is_grad_enabled() and (attn.requires_grad or v.requires_grad):
         return _ops.TritonAV.apply(attn, v, kernel_size, dilation)
-    return torch.ops.vizoo.na2d_av_fwd(attn, v, list(kernel_size), list(dilation), True)
+    from vizoo.kernels.contmix import triton as _triton
+
+    return _triton.forward(attn, v, kernel_size, dilation)
 
 
 def check_fused_arguments(q: Tensor, kp: Tensor, bp: Tensor, rpb: Tensor, v: Tensor, kernel_size: int,

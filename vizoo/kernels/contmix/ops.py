@@ -69,12 +69,14 @@ na2d_av_fwd.register_autograd(_backward, setup_context=_setup_context)
 class TritonAV(torch.autograd.Function):
     """Eager fast path: the same kernels as the custom ops without their dispatch overhead (as NA's and InLine's
     ops have); ``na2d_av`` uses it only when nothing is tracing (no compile, export, FX or dispatch mode such as
-    FlopCounterMode), otherwise ``torch.ops.vizoo.na2d_av_fwd``."""
+    FlopCounterMode) and a gradient is needed, otherwise ``torch.ops.vizoo.na2d_av_fwd`` (tracing) or the forward
+    kernel alone. The backward launches only the kernels of the gradients asked for."""
 
     @staticmethod
     def forward(ctx, attn, v, kernel_size, dilation):
         from vizoo.kernels.contmix import triton as _triton
 
+        attn, v = attn.contiguous(), v.contiguous()  # saved as the kernels read them: backward copies neither again
         ctx.save_for_backward(attn, v)
         ctx.options = (kernel_size, dilation)
         return _triton.forward(attn, v, kernel_size, dilation)
@@ -84,7 +86,8 @@ class TritonAV(torch.autograd.Function):
         from vizoo.kernels.contmix import triton as _triton
 
         attn, v = ctx.saved_tensors
-        d_attn, d_v = _triton.backward(grad_out, attn, v, *ctx.options)
+        need_attn, need_v = ctx.needs_input_grad[:2]
+        d_attn, d_v = _triton.backward(grad_out, attn, v, *ctx.options, need_attn=need_attn, need_v=need_v)
         return d_attn, d_v, None, None
 
 

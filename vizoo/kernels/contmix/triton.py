@@ -35,6 +35,7 @@ position bias, softmax in float32; the weights never reach memory.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -289,39 +290,59 @@ def _rows(method: str, dilation, pass_: str) -> bool:
     return method == "rows" or (method == "auto" and pass_ in ROWS_PASSES and tuple(dilation) == (1, 1))
 
 
-def _rows_launch(v, kernel_size):
+def _rows_launch(shape, dtype, kernel_size):
     """Grid and block sizes of the band-matrix kernels."""
-    B, H, W, heads, dim = v.shape
+    B, H, W, heads, dim = shape
     block_x = ROWS_BLOCK_X
     block_j = pow2(block_x + kernel_size[1] - 1)
     block_d = max(16, pow2(dim))
     grid = (H * cdiv(W, block_x), B * heads)
-    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(v.dtype),
-                num_warps=ROWS_WARPS)
+    return grid, dict(BLOCK_X=block_x, BLOCK_J=block_j, BLOCK_D=block_d, PREC=dot_precision(dtype),
+                      num_warps=ROWS_WARPS)
 
 
-def _tables(v, kernel_size, dilation) -> tuple:
+def _tables(H: int, W: int, kernel_size, dilation, device) -> tuple:
     """The per-axis host tables (``_axis_tables``) of the map's rows and columns."""
-    H, W = v.shape[1:3]
-    device = str(v.device)
+    device = str(device)
     return (_axis_tables(H, kernel_size[0], dilation[0], device), _axis_tables(W, kernel_size[1], dilation[1], device))
-
-
-def _gather_launch(v, kernel_size) -> tuple:
-    """Grid and block sizes of the gather kernels: ``(grid, BLOCK_P, BLOCK_O, BLOCK_D)``."""
-    B, H, W, heads, dim = v.shape
-    block_p, block_o, block_d = _blocks(dim, kernel_size[0] * kernel_size[1])
-    return (cdiv(H * W, block_p), B * heads), block_p, block_o, block_d
 
 
 def _launch(kernel, grid, plan, args, meta) -> None:
     launch(kernel, grid, plan, args, meta, direct=DIRECT_LAUNCH)
 
 
-def _plan(attn, v, kernel_size, dilation, grad=None) -> tuple:
-    """What fixes every int argument and pointer dtype of one launch (see ``_backend.launch``)."""
-    return (tuple(v.shape), attn.dtype, v.dtype, None if grad is None else grad.dtype, tuple(kernel_size),
-            tuple(dilation))
+class _Setup(NamedTuple):
+    """What every call of one problem shares. ``plan`` fixes every int argument and pointer dtype of the launches
+    (see ``_backend.launch``); ``av_args`` / ``dv_args`` are the arguments after the tensors of the ``_av*`` /
+    ``_dv*`` kernels (tables, sizes), the metas their constexprs and launch options."""
+
+    grid: tuple
+    plan: tuple
+    av_args: tuple
+    dv_args: tuple
+    out_meta: dict
+    d_attn_meta: dict
+    d_v_meta: dict
+
+
+@functools.lru_cache(maxsize=256)
+def _setup(shape, dtypes: tuple, device, kernel_size: tuple, dilation: tuple, rows: bool) -> _Setup:
+    """The launch setup of one problem, built once. ``dtypes``: attn's, v's and the output gradient's (``None`` in
+    the forward); ``rows``: the band-matrix kernels, else the gather ones. Holds no tensor but the int32 tables."""
+    B, H, W, heads, dim = shape
+    (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx) = _tables(H, W, kernel_size, dilation, device)
+    plan = (tuple(shape), *dtypes, device, kernel_size, dilation)
+    ks = dict(KH=kernel_size[0], KW=kernel_size[1])
+    if rows:
+        grid, blocks = _rows_launch(shape, dtypes[1], kernel_size)
+        return _Setup(grid, plan, (fy, fx, H, W, heads, dim), (fy, fx, qfy, qcy, qfx, H, W, heads, dim),
+                      dict(ks, GRAD_ATTN=False, **blocks), dict(ks, GRAD_ATTN=True, **blocks), dict(ks, **blocks))
+    bp, bo, bd = _blocks(dim, kernel_size[0] * kernel_size[1])
+    grid = (cdiv(H * W, bp), B * heads)
+    av = dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, num_warps=4)
+    return _Setup(grid, plan, (fy, fx, H, W, heads, dim, *dilation),
+                  (fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, *dilation, nqy, nqx),
+                  dict(av, GRAD_ATTN=False), dict(av, GRAD_ATTN=True), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
 
 
 def forward(attn, v, kernel_size, dilation, method: str = "auto"):
@@ -329,43 +350,29 @@ def forward(attn, v, kernel_size, dilation, method: str = "auto"):
     ``method``: ``"gather"``, ``"rows"`` (band matrices, dilation 1) or ``"auto"`` (rows for the passes in
     ``ROWS_PASSES`` at dilation 1)."""
     attn, v = attn.contiguous(), v.contiguous()
-    B, H, W, heads, dim = v.shape
-    (fy, _, _, _), (fx, _, _, _) = _tables(v, kernel_size, dilation)
+    rows = _rows(method, dilation, "fwd")
+    s = _setup(v.shape, (attn.dtype, v.dtype, None), v.device, tuple(kernel_size), tuple(dilation), rows)
     out = torch.empty_like(v)
-    plan = _plan(attn, v, kernel_size, dilation)
-    ks = dict(KH=kernel_size[0], KW=kernel_size[1])
-    if _rows(method, dilation, "fwd"):
-        grid, blocks = _rows_launch(v, kernel_size)
-        _launch(_av_rows_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim),
-                dict(ks, GRAD_ATTN=False, **blocks))
-        return out
-    grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    _launch(_av_kernel, grid, plan, (attn, v, v, out, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
-            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=False, num_warps=4))
+    _launch(_av_rows_kernel if rows else _av_kernel, s.grid, s.plan, (attn, v, v, out, *s.av_args), s.out_meta)
     return out
 
 
-def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto"):
-    """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out`` (``method`` as in :func:`forward`)."""
+def backward(grad_out, attn, v, kernel_size, dilation, method: str = "auto", need_attn: bool = True,
+             need_v: bool = True):
+    """``(d_attn, d_v)`` of ``na2d_av`` for the output gradient ``grad_out`` (``method`` as in :func:`forward`); a
+    gradient not needed (``need_attn`` / ``need_v`` false) is not computed and returned as ``None``."""
     grad_out, attn, v = grad_out.contiguous(), attn.contiguous(), v.contiguous()
-    B, H, W, heads, dim = v.shape
-    (fy, qfy, qcy, nqy), (fx, qfx, qcx, nqx) = _tables(v, kernel_size, dilation)
-    d_attn = torch.empty_like(attn)
-    d_v = torch.empty_like(v)
-    plan = _plan(attn, v, kernel_size, dilation, grad_out)
-    ks = dict(KH=kernel_size[0], KW=kernel_size[1])
-    if _rows(method, dilation, "bwd"):
-        grid, blocks = _rows_launch(v, kernel_size)
-        _launch(_av_rows_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim),
-                dict(ks, GRAD_ATTN=True, **blocks))
-        _launch(_dv_rows_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, H, W, heads, dim),
-                dict(ks, **blocks))
-        return d_attn, d_v
-    grid, bp, bo, bd = _gather_launch(v, kernel_size)
-    _launch(_av_kernel, grid, plan, (attn, v, grad_out, d_attn, fy, fx, H, W, heads, dim, dilation[0], dilation[1]),
-            dict(ks, BLOCK_P=bp, BLOCK_O=bo, BLOCK_D=bd, GRAD_ATTN=True, num_warps=4))
-    _launch(_dv_kernel, grid, plan, (attn, grad_out, d_v, fy, fx, qfy, qcy, qfx, qcx, H, W, heads, dim, dilation[0],
-                                     dilation[1], nqy, nqx), dict(ks, BLOCK_P=bp, BLOCK_D=bd, num_warps=4))
+    rows = _rows(method, dilation, "bwd")
+    s = _setup(v.shape, (attn.dtype, v.dtype, grad_out.dtype), v.device, tuple(kernel_size), tuple(dilation), rows)
+    d_attn = d_v = None
+    if need_attn:
+        d_attn = torch.empty_like(attn)
+        _launch(_av_rows_kernel if rows else _av_kernel, s.grid, s.plan, (attn, v, grad_out, d_attn, *s.av_args),
+                s.d_attn_meta)
+    if need_v:
+        d_v = torch.empty_like(v)
+        _launch(_dv_rows_kernel if rows else _dv_kernel, s.grid, s.plan, (attn, grad_out, d_v, *s.dv_args),
+                s.d_v_meta)
     return d_attn, d_v
 
 
@@ -378,9 +385,9 @@ def fused_forward(q, kp, bp, rpb, v, kernel_size: int):
     bp, rpb = bp.float().contiguous(), rpb.float().contiguous()
     B, H, W, heads, dim = v.shape
     k = kernel_size
-    (fy, _, _, _), (fx, _, _, _) = _tables(v, (k, k), (1, 1))
+    (fy, _, _, _), (fx, _, _, _) = _tables(H, W, (k, k), (1, 1), v.device)
     out = torch.empty_like(v)
-    grid, blocks = _rows_launch(v, (k, k))
+    grid, blocks = _rows_launch(v.shape, v.dtype, (k, k))
     c = q.shape[-1]
     plan = (tuple(v.shape), c, q.dtype, v.dtype, k)
     _launch(_fused_tile_kernel, grid, plan, (q, kp, bp, rpb, v, out, fy, fx, H, W, heads, c, dim),
