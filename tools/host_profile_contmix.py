@@ -7,7 +7,9 @@ Without CUDA the kernels are stubbed out: ``vizoo.kernels.contmix.triton``'s ker
 Function, tables, allocations, ``vizoo.kernels._backend.launch`` and its direct-launch cache lookup) except the
 driver call itself. CPU tensors pass the triton backend's device check through ``TRITON_INTERPRET=1``, set after
 the kernels were built (the interpreter never runs). With CUDA nothing is stubbed: the real calls are timed
-(wall per call over a batch of calls, so where the GPU is the slower side this measures the GPU).
+(wall per call over a batch of calls, so where the GPU is the slower side this measures the GPU). On a CPU, an
+allocation past glibc's mmap threshold maps fresh pages every call (d_attn at 14x14 k=13 is 68 MB: about 8 us for
+``torch.empty_like`` alone), which CUDA's caching allocator does not: part of that shape's CPU time is this.
 
 ``--profile`` adds, for the forward+backward at each shape: the time spent inside ``TritonAV.forward`` and
 ``.backward`` (the rest is autograd's and the caller's), a cProfile breakdown (top functions by own time; it sees
@@ -163,7 +165,7 @@ def profile(fn, calls: int, top: int = 25) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--calls", type=int, default=300, help="calls per timed round (5 rounds, median)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per timed round (7 rounds)")
     parser.add_argument("--profile", action="store_true", help="cProfile and torch.profiler breakdowns")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
