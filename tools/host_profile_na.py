@@ -7,12 +7,15 @@ wall time per call over ``--calls`` calls after a warm-up, then optionally a pro
 ``cprofile`` (Python functions by own time) or ``torch`` (torch.profiler, CPU ops by self time).
 
 Without a GPU (or with ``--stub``) every Triton launch is stubbed out: ``launch`` still builds its cache key and
-calls a cached "compiled kernel" that does nothing. The tensors then live on the ``meta`` device (``--device``), so
-the aten ops the wrapper calls (pads, gathers, sums, allocations) dispatch as on a GPU but compute nothing: the whole
-Python/aten wrapper path runs with no kernel work, and the time is the wrapper's host cost alone (``--device cpu``
-computes those aten ops, which at these shapes costs milliseconds with RPB). On a GPU (without ``--stub``) the
-kernels run for real and the wall time is synchronised once at the end of the loop, so it is the host time per call
-whenever the host is the bottleneck (the case at these small shapes) and the GPU time otherwise.
+calls a cached "compiled kernel" that does nothing, so the whole Python/aten wrapper path runs with no kernel work.
+``--device cpu`` (the default) runs it on CPU tensors, one thread: the aten ops of the wrapper (allocations, the RPB
+gathers and sums) then also compute on the CPU, which with RPB costs milliseconds at these shapes. ``--device meta``
+dispatches the same ops on meta tensors, which compute nothing, so its time is closer to the pure host cost, but some
+ops (``aten::index``, ``empty_like``) have Python meta kernels that cost more than their CUDA dispatch.
+
+On a GPU (without ``--stub``) the kernels run for real and the wall time is synchronised once at the end of the loop,
+so it is the host time per call whenever the host is the bottleneck (the case at these small shapes) and the GPU time
+otherwise.
 
     PYTHONPATH=. python3 tools/host_profile_na.py [--stub] [--device cpu|meta] [--calls 300] \
         [--profile cprofile|torch] [--top 25]
