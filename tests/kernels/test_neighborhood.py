@@ -320,8 +320,9 @@ def test_triton_rpb_bias_layouts(monkeypatch, case, tiles, passes):
     for which in ("fwd", "bwd", "dkdv"):
         monkeypatch.setitem(tri.CONFIG_OVERRIDE, which, dict(tiles))
     used = []
-    real = tri._rpb_args
-    monkeypatch.setattr(tri, "_rpb_args", lambda *a: used.append(real(*a)[-1] is not None) or real(*a))
+    real = tri.launch
+    monkeypatch.setattr(tri, "launch", lambda kernel, grid, plan, args, meta: used.append(meta["RPB_CHUNKS"])
+                        or real(kernel, grid, plan, args, meta))
     spatial, ks, dil, causal = case
     _compare(spatial, ks, dil, 1, causal, True, torch.float32, batch=2)
     assert used == [which in passes for which in ("fwd", "bwd", "dkdv")]

@@ -30,6 +30,7 @@ NATTEN's fused NA (Hassani et al., arXiv 2403.04690), not a port of either:
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -108,11 +109,19 @@ def _axis_rel(length: int, kernel: int, dilation: int, stride: int, causal: bool
     return inverse.to(torch.int32), patterns
 
 
-def _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own: bool, device):
-    """``(pat_y, pat_x, index, NPX, NCX, tile_pattern)``: the tile-pattern tables per axis, the flat RPB-table
-    index of every ``[pattern_y * NPX + pattern_x, chunk_y * NCX + chunk_x, own, other]`` entry (the padding slot
-    past the table's end outside windows), the pattern and chunk counts along x, and the pattern of each
-    program tile (grid axis 0)."""
+class _Layout(NamedTuple):
+    """The chunk layout of one launch's RPB: the tile-pattern tables per axis (``pat_y``, ``pat_x``), the flat
+    RPB-table index of every ``[pattern_y * NPX + pattern_x, chunk_y * NCX + chunk_x, own, other]`` entry
+    (``gather``; outside the windows it holds the table's last slot, whose value the kernels mask), ``counts =
+    (NPX, NPAT, NCH, NCX)`` and the pattern of each program tile (grid axis 0)."""
+    pat_y: torch.Tensor
+    pat_x: torch.Tensor
+    gather: torch.Tensor
+    counts: tuple
+    tile_pattern: torch.Tensor
+
+
+def _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, keys_own: bool, device) -> _Layout:
     return _rpb_chunk_index_cached(tuple(shape), tuple(kernel), tuple(dilation), tuple(stride), tuple(causal),
                                    cfg["TH"], cfg["TW"], cfg["KR"], cfg["KC"], keys_own, str(device))
 
@@ -125,35 +134,28 @@ def _rpb_chunk_index_cached(shape, kernel, dilation, stride, causal, TH, TW, KR,
     npx, ncx = rx.shape[:2]
     ey = ry.view(npy, 1, ncy, 1, TH, 1, KR, 1)
     ex = rx.view(1, npx, 1, ncx, 1, TW, 1, KC)
-    pad = (2 * kernel[0] - 1) * (2 * kernel[1] - 1)
-    index = torch.where((ey >= 0) & (ex >= 0), ey * (2 * kernel[1] - 1) + ex, pad)
-    index = index.reshape(npy * npx, ncy * ncx, TH * TW, KR * KC)
+    last = (2 * kernel[0] - 1) * (2 * kernel[1] - 1) - 1
+    index = torch.where((ey >= 0) & (ex >= 0), ey * (2 * kernel[1] - 1) + ex, last)
     # grid axis 0 runs over (group y, group x, tile y, tile x); pat_y / pat_x are indexed group * NT + tile
     tiles_y, tiles_x = pat_y.view(dilation[0], 1, -1, 1).long(), pat_x.view(1, dilation[1], 1, -1).long()
     tile_pattern = (tiles_y * npx + tiles_x).reshape(-1)
-    return (pat_y.to(device), pat_x.to(device), index.to(device), npx, ncx, tile_pattern.to(device))
+    return _Layout(pat_y.to(device), pat_x.to(device), index.reshape(-1).to(device),
+                   (npx, npy * npx, ncy * ncx, ncx), tile_pattern.to(device))
 
 
-def _rpb_chunks_fit(heads: int, index: torch.Tensor) -> bool:
-    """Whether the chunk-layout bias of this index stays within ``RPB_CHUNK_BYTES`` (float32)."""
-    return heads * index.numel() * 4 <= RPB_CHUNK_BYTES
+def _rpb_chunks_fit(heads: int, layout: _Layout) -> bool:
+    """Whether the chunk-layout bias stays within ``RPB_CHUNK_BYTES`` (float32)."""
+    return heads * layout.gather.numel() * 4 <= RPB_CHUNK_BYTES
 
 
-def _rpb_args(rpb_f, dummy, shape, kernel, dilation, stride, causal, cfg, which: str):
-    """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX), layout)``. The bias goes in
-    the kernels' chunk layout ``[heads, patterns, chunks, own, other]`` (float32) unless that would exceed
-    ``RPB_CHUNK_BYTES`` or the launch (``which``) is not in ``RPB_CHUNK_PASSES``; then (and without RPB) the
-    kernel gets the table (or ``dummy``) as it is and ``layout`` is None, else it is ``_rpb_chunk_index``'s
-    tuple."""
-    if rpb_f is None or which not in RPB_CHUNK_PASSES:
-        return (dummy if rpb_f is None else rpb_f), dummy, dummy, (0, 0, 0, 0), None
-    layout = _rpb_chunk_index(shape, kernel, dilation, stride, causal, cfg, which == "dkdv", rpb_f.device)
-    pat_y, pat_x, index, npx, ncx, _ = layout
-    heads = rpb_f.shape[0]
-    if not _rpb_chunks_fit(heads, index):
-        return rpb_f, dummy, dummy, (0, 0, 0, 0), None
-    table = torch.nn.functional.pad(rpb_f.reshape(heads, -1), (0, 1))  # a zero past the end: outside the window
-    return table[:, index], pat_y, pat_x, (npx, index.shape[0], index.shape[1], ncx), layout
+def _rpb_args(rpb_f, dummy, layout: Optional[_Layout]):
+    """The RPB arguments of one launch: ``(RPB, PAT_Y, PAT_X, (NPX, NPAT, NCH, NCX))``. With a ``layout``
+    (``_launch_geometry``'s choice) the bias gathered into the kernels' chunk layout ``[heads, patterns, chunks,
+    own, other]`` (float32, one ``index_select``), else the table as it is (``dummy`` without RPB). Entries outside
+    the windows hold any table value: the kernels mask them."""
+    if layout is None:
+        return (dummy if rpb_f is None else rpb_f), dummy, dummy, (0, 0, 0, 0)
+    return rpb_f.view(rpb_f.shape[0], -1).index_select(1, layout.gather), layout.pat_y, layout.pat_x, layout.counts
 
 
 def _config(kernel: tuple, shape: tuple, dim: int, which: str = "fwd", rpb: bool = False) -> dict:
@@ -505,7 +507,8 @@ _GEOMETRY: dict = {}
 
 
 def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
-    """Tables, tile config, runtime sizes, grid, constexprs and the plan key of one launch (cached)."""
+    """Tables, tile config, runtime sizes, grid, constexprs, the plan key and the RPB chunk layout (None when the
+    launch reads the RPB table as it is, or has none) of one launch (cached)."""
     key = (tuple(q.shape), q.dtype, q.device, kernel_size, dilation, stride, is_causal, which, rpb,
            RPB_CHUNK_BYTES, RPB_CHUNK_PASSES,
            tuple(tuple(sorted(CONFIG_OVERRIDE.get(name, {}).items())) for name in _OVERRIDES[which]))
@@ -522,15 +525,18 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
             cfg.update(CONFIG_OVERRIDE.get(name, {}))
         return cfg
 
-    cfg = config(rpb)
-    if rpb and RPB_CHUNK_BYTES and which in RPB_CHUNK_PASSES:
+    cfg, layout = config(rpb), None
+    if rpb and which in RPB_CHUNK_PASSES:  # the chunk layout, while it fits in RPB_CHUNK_BYTES
         # the bias read from the chunk layout costs few registers: plain NA's tiles, with two warps
         plain = config(False)   # at least in the backward (one spills there, tools/sm90_compile.py)
         if which != "fwd" and plain.get("num_warps", 4) < 2 and "num_warps" not in CONFIG_OVERRIDE.get(which, {}):
             plain["num_warps"] = 2
-        index = _rpb_chunk_index((H, W), kernel_size, dilation, stride, is_causal, plain, which == "dkdv", dev)[2]
-        if _rpb_chunks_fit(heads, index):  # then _rpb_args takes the chunk layout for this launch too
-            cfg = plain
+        for tiles in (plain, cfg):
+            layout = _rpb_chunk_index((H, W), kernel_size, dilation, stride, is_causal, tiles, which == "dkdv", dev)
+            if _rpb_chunks_fit(heads, layout):
+                cfg = tiles
+                break
+            layout = None
     gmax_y, gmax_x = ty[0].shape[1], tx[0].shape[1]
     nt_y, nt_x = -(-gmax_y // cfg["TH"]), -(-gmax_x // cfg["TW"])
     grid = (dilation[0] * dilation[1] * nt_y * nt_x, B * heads)
@@ -539,7 +545,7 @@ def _launch_geometry(q, kernel_size, dilation, stride, is_causal, which, rpb):
     meta, launch = _split(cfg)
     common.update(meta)
     common.update(launch)
-    hit = (ty, tx, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common, key)
+    hit = (ty, tx, (H, W, heads, dim, gmax_y, gmax_x, nt_y, nt_x), grid, common, key, layout)
     _GEOMETRY[key] = hit
     return hit
 
@@ -553,12 +559,12 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
     """Fused forward. Returns ``(out, lse)`` with lse ``[B, heads, *spatial]`` in float32 (natural log)."""
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
+    ty, tx, dims, grid, common, plan, layout = _launch_geometry(q2, ks, dil, st, causal, "fwd", rpb2 is not None)
     B, H, W, heads, _ = q2.shape
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((B, heads, H, W), device=q.device, dtype=torch.float32)
     rpb_f = rpb2.float().contiguous() if rpb2 is not None else None
-    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "fwd")
+    bias, pat_y, pat_x, counts = _rpb_args(rpb_f, ty[0], layout)
     chunks = layout is not None
     strides = q2.stride()[:4]
     launch(_fwd_kernel, grid, (plan, strides, chunks),
@@ -571,7 +577,7 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
-    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
+    ty, tx, dims, grid, common, plan, layout = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
     B, H, W, heads, _ = q2.shape
     strides = q2.stride()[:4]
     k2, v2, do2, out2 = _to_2d(k), _to_2d(v), _to_2d(grad_out.contiguous()), _to_2d(out)
@@ -581,11 +587,11 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
     has_rpb, rpb_grad = rpb2 is not None, bool(rpb_grad)
     rpb_f = rpb2.float().contiguous() if has_rpb else None
     kk = ks[0] * ks[1]
-    bias, pat_y, pat_x, counts, layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "bwd")
+    bias, pat_y, pat_x, counts = _rpb_args(rpb_f, ty[0], layout)
     chunks = layout is not None
     ds_chunks = chunks and rpb_grad and "dsum" in RPB_CHUNK_PASSES
     if ds_chunks:  # dS summed over the batch in the chunk layout [heads, tiles, chunks, own, other]
-        ds = torch.zeros(heads * grid[0] * layout[2][0].numel(), device=q.device, dtype=torch.float32)
+        ds = torch.zeros(heads * grid[0] * (layout.gather.numel() // counts[1]), device=q.device, dtype=torch.float32)
     elif rpb_grad:  # dS per (query, neighbour); only causal windows leave entries unwritten
         ds = (torch.zeros if any(causal) else torch.empty)(B * heads * H * W * kk, device=q.device,
                                                            dtype=torch.float32)
@@ -595,27 +601,25 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
             (q2, k2, v2, out2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dq), ds, ty[0], ty[1], tx[0], tx[1],
              *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=chunks, RPB_GRAD=rpb_grad, DS_CHUNKS=ds_chunks))
-    ty, tx, dims, grid, common, plan = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
-    bias, pat_y, pat_x, counts, kv_layout = _rpb_args(rpb_f, ty[0], (H, W), ks, dil, st, causal, common, "dkdv")
+    ty, tx, dims, grid, common, plan, kv_layout = _launch_geometry(q2, ks, dil, st, causal, "dkdv", has_rpb)
+    bias, pat_y, pat_x, counts = _rpb_args(rpb_f, ty[0], kv_layout)
     kv_chunks = kv_layout is not None
     launch(_bwd_dkdv_kernel, grid, (plan, strides, kv_chunks),
             (q2, k2, v2, do2, lse2, delta, bias, pat_y, pat_x, _to_2d(dk), _to_2d(dv), ty[0], ty[1], tx[0], tx[1],
              ty[2], ty[3], tx[2], tx[3], *dims, *strides, *counts, scale, scale * LOG2E),
             dict(common, HAS_RPB=has_rpb, RPB_CHUNKS=kv_chunks))
     if rpb_grad:
-        table = rpb_f[0].numel()
-        drpb = torch.zeros(heads, table + 1, device=q.device, dtype=torch.float32)  # + the padding slot
+        drpb = torch.zeros(heads, rpb_f.numel() // heads, device=q.device, dtype=torch.float32)
         if ds_chunks:  # tiles -> their patterns, then each pattern's entries -> the table
-            index, tile_pattern = layout[2], layout[5]
-            per_tile = ds.view(heads, tile_pattern.numel(), -1)
-            per_pattern = per_tile.new_zeros(heads, index.shape[0], per_tile.shape[2])
-            per_pattern.index_add_(1, tile_pattern, per_tile)
-            drpb.index_add_(1, index.reshape(-1), per_pattern.view(heads, -1))
+            per_tile = ds.view(heads, layout.tile_pattern.numel(), -1)
+            per_pattern = per_tile.new_zeros(heads, layout.counts[1], per_tile.shape[2])
+            per_pattern.index_add_(1, layout.tile_pattern, per_tile)
+            drpb.index_add_(1, layout.gather, per_pattern.view(heads, -1))  # entries outside windows hold zeros
         else:
             rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
             per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
-            drpb.index_add_(1, rel.reshape(-1), per_pair)
-        drpb_out = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype).contiguous()  # the fake op's strides
+            drpb.index_add_(1, rel.view(-1), per_pair)
+        drpb_out = drpb.view(rpb.shape).to(rpb.dtype)
     else:
         drpb_out = q.new_empty((0,))
     return dq, dk, dv, drpb_out
