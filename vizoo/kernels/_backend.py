@@ -39,14 +39,15 @@ def launch(kernel, grid: tuple, plan: tuple, args: tuple, meta: dict, direct: bo
         kernel[grid](*args, **meta)
         return
     key = (kernel, grid, plan, tuple(meta.items()),
-           tuple(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)))
-    run = _COMPILED.get(key)
-    if run is not None:
-        run(*args, *(meta[name] for name in kernel.arg_names[len(args):]))
+           tuple([a.data_ptr() & 15 == 0 for a in args if isinstance(a, torch.Tensor)]))
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        run, constexprs = hit
+        run(*args, *constexprs)
         return
     compiled = kernel[grid](*args, **meta)
     if hasattr(compiled, "packed_metadata") and len(_COMPILED) < 4096:  # a CompiledKernel, not the interpreter
-        _COMPILED[key] = compiled[(*grid, 1)[:3]]
+        _COMPILED[key] = compiled[(*grid, 1)[:3]], tuple(meta[name] for name in kernel.arg_names[len(args):])
 
 
 def dot_precision(dtype: torch.dtype) -> str:
