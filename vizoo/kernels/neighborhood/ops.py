@@ -67,9 +67,10 @@ def na_bwd(
     """Fused backward; returns dq, dk, dv and d_rpb (an empty tensor when ``rpb_grad`` is False)."""
     from vizoo.kernels.neighborhood import triton as _triton
 
-    return _triton.backward(
+    dq, dk, dv, drpb = _triton.backward(
         grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad
     )
+    return dq, dk, dv, (q.new_empty((0,)) if drpb is None else drpb)
 
 
 @na_bwd.register_fake
@@ -132,6 +133,5 @@ class TritonNA(torch.autograd.Function):
         from vizoo.kernels.neighborhood import triton as _triton
 
         q, k, v, out, lse, rpb = ctx.saved_tensors
-        dq, dk, dv, drpb = _triton.backward(grad_out.contiguous(), q, k, v, out, lse, rpb, *ctx.options,
-                                            ctx.rpb_grad)
-        return dq, dk, dv, (drpb if ctx.rpb_grad else None), None, None, None, None, None
+        dq, dk, dv, drpb = _triton.backward(grad_out, q, k, v, out, lse, rpb, *ctx.options, ctx.rpb_grad)
+        return dq, dk, dv, drpb, None, None, None, None, None

@@ -574,7 +574,7 @@ def forward(q, k, v, rpb, kernel_size, dilation, stride, is_causal, scale):
 
 
 def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is_causal, scale, rpb_grad):
-    """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is empty unless ``rpb_grad``."""
+    """Fused backward. Returns ``(dq, dk, dv, d_rpb)``; d_rpb is None unless ``rpb_grad``."""
     q, k, v = _shared_strides(q, k, v)
     q2, ks, dil, st, causal, rpb2 = _as_2d(q, kernel_size, dilation, stride, is_causal, rpb)
     ty, tx, dims, grid, common, plan, layout = _launch_geometry(q2, ks, dil, st, causal, "bwd", rpb2 is not None)
@@ -619,7 +619,5 @@ def backward(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, stride, is
             rel = _cached_indices((H, W), ks, dil, st, causal, q.device)[2]  # [N, K] flat index into the table
             per_pair = ds.view(B, heads * H * W * kk).sum(0).view(heads, H * W * kk)
             drpb.index_add_(1, rel.view(-1), per_pair)
-        drpb_out = drpb.view(rpb.shape).to(rpb.dtype)
-    else:
-        drpb_out = q.new_empty((0,))
-    return dq, dk, dv, drpb_out
+        return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
+    return dq, dk, dv, None
