@@ -281,7 +281,7 @@ class _Identity(torch.autograd.Function):
 def host_costs(cases, log=print) -> list[dict]:
     """Where the host time of one eager call goes (us per call), for the cases whose eager times are
     host-bound: allocation, vizoo's wrappers with and without the cached launch, autograd's floor, Flex."""
-    from vizoo.kernels import na2d
+    from vizoo.kernels import _backend, na2d
     from vizoo.kernels.neighborhood import triton as tk
 
     rows = []
@@ -303,7 +303,7 @@ def host_costs(cases, log=print) -> list[dict]:
 
         fns = {
             "torch.empty (q-sized)": lambda: torch.empty_like(q),
-            "triton.forward, JIT launch": lambda: (tk._COMPILED.clear(), tk.forward(q, k, v, rpb, *opts)),
+            "triton.forward, JIT launch": lambda: (_backend._COMPILED.clear(), tk.forward(q, k, v, rpb, *opts)),
             "triton.forward, cached launch": lambda: tk.forward(q, k, v, rpb, *opts),
             "triton.backward": lambda: tk.backward(g, q, k, v, out, lse, rpb, *opts, rpb is not None),
             "na2d fwd (no grad)": na_no_grad,
