@@ -109,10 +109,18 @@ def steps(shape, k, heads, dtype, device) -> dict:
         with torch.no_grad():
             na2d_av(attn, v, k, backend="triton")
 
+    def both():
+        torch.autograd.grad(na2d_av(attn, v, k, backend="triton"), (attn, v), grad)
+
+    def both_on_caller_thread():  # CUDA backwards otherwise run on autograd's device thread
+        with torch.autograd.set_multithreading_enabled(False):
+            both()
+
     return {
         "fwd": fwd,
-        "fwd+bwd": lambda: torch.autograd.grad(na2d_av(attn, v, k, backend="triton"), (attn, v), grad),
+        "fwd+bwd": both,
         "fwd+bwd v only": lambda: torch.autograd.grad(na2d_av(v_only, v, k, backend="triton"), (v,), grad),
+        "fwd+bwd caller thread": both_on_caller_thread,
     }
 
 

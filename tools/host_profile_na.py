@@ -3,8 +3,10 @@ shapes (bf16 q/k/v ``[64, 14, 14, 8, 32]`` and ``[64, 7, 7, 16, 32]``, kernel 7)
 ``[heads, 13, 13]`` requiring grad).
 
 Each call is ``torch.autograd.grad(na2d(q, k, v, 7, rpb=rpb, backend="triton"), params, g)``. The tool prints the
-wall time per call over ``--calls`` calls after a warm-up, then optionally a profile of ``--profile-calls`` calls:
-``cprofile`` (Python functions by own time) or ``torch`` (torch.profiler, CPU ops by self time).
+wall time per call over ``--calls`` calls after a warm-up, a second time with
+``torch.autograd.set_multithreading_enabled(False)`` (a CUDA backward then runs on the calling thread instead of
+autograd's device thread), then optionally a profile of ``--profile-calls`` calls: ``cprofile`` (Python functions
+by own time) or ``torch`` (torch.profiler, CPU ops by self time).
 
 Without a GPU (or with ``--stub``) every Triton launch is stubbed out: ``launch`` still builds its cache key and
 calls a cached "compiled kernel" that does nothing, so the whole Python/aten wrapper path runs with no kernel work.
@@ -83,7 +85,11 @@ def make_call(case: str, with_rpb: bool, device: str):
     def call():
         torch.autograd.grad(na2d(q, k, v, KERNEL, rpb=rpb, backend="triton"), params, g)
 
-    return call
+    def on_caller_thread():  # CUDA backwards otherwise run on autograd's device thread
+        with torch.autograd.set_multithreading_enabled(False):
+            call()
+
+    return call, on_caller_thread
 
 
 def main() -> None:
@@ -110,19 +116,20 @@ def main() -> None:
     print(f"device {device}{' (kernels stubbed out)' if stub else ''}, torch {torch.__version__}")
     for case in args.cases.split(","):
         for with_rpb in (False, True):
-            call = make_call(case, with_rpb, device)
-            for _ in range(args.warmup):
-                call()
-            sync()
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    call()
-                sync()
-                best = min(best, (time.perf_counter() - start) / args.calls)
+            call, on_caller_thread = make_call(case, with_rpb, device)
             name = f"{case} {'rpb' if with_rpb else 'no rpb'}"
-            print(f"{name:10s} {best * 1e6:8.1f} us/call (fwd+bwd, best of {args.repeats} x {args.calls})")
+            for fn, how in ((call, ""), (on_caller_thread, ", backward on the caller's thread")):
+                for _ in range(args.warmup):
+                    fn()
+                sync()
+                best = float("inf")
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    for _ in range(args.calls):
+                        fn()
+                    sync()
+                    best = min(best, (time.perf_counter() - start) / args.calls)
+                print(f"{name:10s} {best * 1e6:8.1f} us/call (fwd+bwd{how}, best of {args.repeats} x {args.calls})")
             if args.profile == "cprofile":
                 prof = cProfile.Profile()
                 prof.runcall(lambda: [call() for _ in range(args.profile_calls)])
