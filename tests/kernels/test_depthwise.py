@@ -94,6 +94,26 @@ def test_direct_kernels_match_conv2d():
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("k", [3, 5], ids=["k3-cuda-core-kernels", "k5-tensor-core-kernels"])
+def test_direct_launch_repeated_calls(monkeypatch, k):
+    """With DIRECT_LAUNCH, the first call of a problem tunes the autotuned forward as usual and later calls launch
+    the plain kernel with the remembered config through ``_backend.launch`` (under the interpreter that launch
+    takes the JIT path): values and gradients stay equal to F.conv2d over repeated calls."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    monkeypatch.setattr(_triton, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(_triton, "_TUNED", {})
+    launched, real = [], _triton.launch
+    monkeypatch.setattr(_triton, "launch", lambda kernel, *a: launched.append(kernel) or real(kernel, *a))
+    for call in range(3):
+        launched.clear()
+        _compare(2, 3, (9, 7), k, 1)
+        forwards = [kern for kern in launched if kern.__name__ in ("_dw_fwd_kernel", "_dw_rows_kernel")]
+        assert len(forwards) == (0 if call == 0 else 2)  # forward and d_x; the first call tunes both instead
+        assert not any(isinstance(kern, _triton.Autotuner) for kern in launched)
+        assert any("wgrad" in kern.__name__ for kern in launched)  # the weight gradient: always through launch
+
+
 def test_channels_last_input():
     x, w, b = _inputs(1, 2, (5, 6), 3)
     x_cl = x.detach().contiguous(memory_format=torch.channels_last)
@@ -154,6 +174,35 @@ def test_small_kernels_on_the_direct_kernels_gpu(monkeypatch, channels, side, dt
     monkeypatch.setattr(_triton, "DIRECT_MAX_KERNEL", 3)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     _compare(16, channels, (side, side), 3, 1, dtype=dtype, device="cuda", **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [3, 5, 17])
+def test_direct_launch_repeated_calls_gpu(monkeypatch, k):
+    """DIRECT_LAUNCH on a GPU (compiled kernels launched directly after the first call of a problem): repeated
+    calls, a view that is not 16-byte aligned and a dtype change keep values and gradients right."""
+    from vizoo.kernels.depthwise import triton as _triton
+
+    monkeypatch.setattr(_triton, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(_triton, "_TUNED", {})
+    for dtype, misaligned in [(torch.bfloat16, False), (torch.bfloat16, False), (torch.bfloat16, True),
+                              (torch.float32, False), (torch.bfloat16, False)]:
+        x, w, b = _inputs(4, 16, (28, 28), k, dtype=dtype, device="cuda")
+        if misaligned:  # the same values one element into a larger buffer
+            x = torch.cat([x.detach().new_zeros(1), x.detach().flatten()])[1:].view(x.shape).requires_grad_()
+            assert x.data_ptr() % 16
+        params = (x, w, b)
+        out = depthwise_conv2d(x, w, b, 1, backend="triton")
+        grad = torch.randn_like(out)
+        got = (out, *torch.autograd.grad(out, params, grad))
+        p32 = [t.detach().float().requires_grad_() for t in params]
+        want = _conv(*p32, 1)
+        want = (want, *torch.autograd.grad(want, p32, grad.float()))
+        tol = dict(atol=1e-3, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=3e-2)
+        for name, g, r in zip(("out", "d_x", "d_weight", "d_bias"), got, want):
+            scale = (4 * 28 * 28) ** 0.5 if name in ("d_weight", "d_bias") else 1.0
+            torch.testing.assert_close(g.float(), r, atol=tol["atol"] * scale, rtol=tol["rtol"],
+                                       msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.gpu

@@ -37,8 +37,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.autotuner import Autotuner
 
-from vizoo.kernels._backend import cdiv, pow2
+from vizoo.kernels._backend import cdiv, launch, pow2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # (BLOCK_H, BLOCK_W, num_warps); under the interpreter one small tile (autotuning there only costs time)
@@ -69,6 +70,31 @@ _WGRAD_PROGRAMS = 2048
 # products ("rows"), which waste most of their multiplies on small kernels: at 3x3 (C=256, 56x56, bf16, batch 256,
 # H200) the direct kernels took forward+backward 4.50 ms against 5.32 ms as bands (cuDNN: 8.49 ms).
 DIRECT_MAX_KERNEL = 3
+
+
+# Later calls of one problem launch the compiled kernels directly (``_backend.launch``; an autotuned forward after
+# its first call of the problem, which tunes): Triton's per-call specialization of every argument and the
+# autotuner's key lookup cost host time at each of a model's many depthwise calls. Off until timed on a GPU.
+DIRECT_LAUNCH = False
+_TUNED: dict = {}  # (autotuned kernel, plan) -> its best config
+
+
+def _run(kernel, grid, plan: tuple, args: tuple, meta: dict) -> None:
+    """``kernel[grid](*args, **meta)``; ``grid`` a tuple, or for an autotuned kernel a function of its config.
+    With ``DIRECT_LAUNCH`` through ``_backend.launch`` (``plan`` fixes every int argument and the tensors'
+    dtypes, as there)."""
+    if not DIRECT_LAUNCH:
+        kernel[grid](*args, **meta)
+        return
+    if isinstance(kernel, Autotuner):
+        config = _TUNED.get((kernel, plan))
+        if config is None:  # tune (or look up) as usual, remember the winner
+            kernel[grid](*args, **meta)
+            _TUNED[(kernel, plan)] = kernel.best_config
+            return
+        meta = {**meta, **config.all_kwargs()}
+        kernel, grid = kernel.fn, grid(meta)
+    launch(kernel, grid, plan, args, meta)
 
 
 def _method(method: str, kernel_size: int) -> str:
@@ -300,17 +326,19 @@ def _correlate(x, weight, bias, dilation, method="auto"):
     out = torch.empty_like(x)
     bias_arg = bias if bias is not None else weight
     plan = _rows_plan(B, H, W, 2 * pad) if method in ("auto", "rows") else None
+    key = (tuple(x.shape), x.dtype, weight.dtype, None if bias is None else bias.dtype, k, dilation, plan)
+    args = (x, weight, bias_arg, out, B, C, H, W, dilation, pad)
     if plan is not None:
         _, _, block_o, block_e = plan
         grid = lambda meta: (C * cdiv(W, block_o) * cdiv(H, meta["ROWS"])  # noqa: E731
                              * cdiv(B, meta["IMGS"]),)
-        _dw_rows_kernel[grid](x, weight, bias_arg, out, B, C, H, W, dilation, pad, KS=k, HAS_BIAS=bias is not None,
-                              BLOCK_O=block_o, BLOCK_E=block_e, PRECISION=_precision(x.dtype))
+        _run(_dw_rows_kernel, grid, key, args, dict(KS=k, HAS_BIAS=bias is not None, BLOCK_O=block_o,
+                                                    BLOCK_E=block_e, PRECISION=_precision(x.dtype)))
         return out
     if method == "rows":
         raise ValueError(f"the halo {2 * pad} is too wide for the tensor-core forward (at most 112)")
     grid = lambda meta: (B * C * cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]),)  # noqa: E731
-    _dw_fwd_kernel[grid](x, weight, bias_arg, out, C, H, W, dilation, pad, KS=k, HAS_BIAS=bias is not None)
+    _run(_dw_fwd_kernel, grid, key, (x, weight, bias_arg, out, *args[5:]), dict(KS=k, HAS_BIAS=bias is not None))
     return out
 
 
@@ -341,22 +369,22 @@ def backward(grad_out, x, weight, dilation, method="auto"):
     chunks = cdiv(B, b_per)
     part = torch.empty(chunks, C, k * k, device=x.device, dtype=torch.float32)
     plan = _rows_plan(b_per, H, W, 2 * pad) if method in ("auto", "rows") else None
+    key = (tuple(x.shape), x.dtype, grad_out.dtype, k, dilation, b_per, plan)
+    args = (x, grad_out, part, B, C, H, W, dilation, pad, b_per)
     if plan is not None:
         imgs, rows, block_o, block_e = plan
-        _dw_wgrad_rows_kernel[(chunks * C,)](
-            x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k, BLOCK_T=pow2(k * k),
-            IMGS=imgs, ROWS=rows, BLOCK_O=block_o, BLOCK_E=block_e,
-            PRECISION=_precision(x.dtype), num_warps=4)
+        _run(_dw_wgrad_rows_kernel, (chunks * C,), key, args,
+             dict(KS=k, BLOCK_T=pow2(k * k), IMGS=imgs, ROWS=rows, BLOCK_O=block_o, BLOCK_E=block_e,
+                  PRECISION=_precision(x.dtype), num_warps=4))
     elif k * k <= 16:
         block_h, block_w = _wgrad_tile(H, W, pixels=128 if _INTERPRET else 256)
-        _dw_wgrad_taps_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
-                                             BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
-                                             num_warps=4)
+        _run(_dw_wgrad_taps_kernel, (chunks * C,), key, args,
+             dict(KS=k, BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4))
     else:
         block_h, block_w = _wgrad_tile(H, W)
-        _dw_wgrad_kernel[(chunks * C,)](x, grad_out, part, B, C, H, W, dilation, pad, b_per, KS=k,
-                                        BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
-                                        num_warps=4 if block_h * block_w >= 512 else 2)
+        _run(_dw_wgrad_kernel, (chunks * C,), key, args,
+             dict(KS=k, BLOCK_T=pow2(k * k), BLOCK_H=block_h, BLOCK_W=block_w,
+                  num_warps=4 if block_h * block_w >= 512 else 2))
     d_weight = part.sum(0).view_as(weight).to(weight.dtype)
     d_bias = grad_out.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
     return d_x, d_weight, d_bias
