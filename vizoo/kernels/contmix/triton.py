@@ -383,14 +383,19 @@ def fused_forward(q, kp, bp, rpb, v, kernel_size: int):
     one launch of ``_fused_tile_kernel``, no weight tensor in memory. Arguments assumed valid."""
     q, kp, v = q.contiguous(), kp.contiguous(), v.contiguous()
     bp, rpb = bp.float().contiguous(), rpb.float().contiguous()
-    B, H, W, heads, dim = v.shape
-    k = kernel_size
-    (fy, _, _, _), (fx, _, _, _) = _tables(H, W, (k, k), (1, 1), v.device)
+    grid, plan, tail, meta = _fused_setup(v.shape, q.shape[-1], q.dtype, v.dtype, v.device, kernel_size)
     out = torch.empty_like(v)
-    grid, blocks = _rows_launch(v.shape, v.dtype, (k, k))
-    c = q.shape[-1]
-    plan = (tuple(v.shape), c, q.dtype, v.dtype, k)
-    _launch(_fused_tile_kernel, grid, plan, (q, kp, bp, rpb, v, out, fy, fx, H, W, heads, c, dim),
-            dict(KH=k, KW=k, BLOCK_T=max(16, pow2(k * k)), BLOCK_C=max(16, pow2(c)), PREC_Q=dot_precision(q.dtype),
-                 **{**blocks, "num_warps": TILE_WARPS}))
+    _launch(_fused_tile_kernel, grid, plan, (q, kp, bp, rpb, v, out, *tail), meta)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_setup(shape, c: int, q_dtype, v_dtype, device, k: int) -> tuple:
+    """``fused_forward``'s launch setup of one problem, built once: grid, plan, the arguments after the tensors
+    (tables, sizes) and the constexprs with launch options."""
+    B, H, W, heads, dim = shape
+    (fy, _, _, _), (fx, _, _, _) = _tables(H, W, (k, k), (1, 1), device)
+    grid, blocks = _rows_launch(shape, v_dtype, (k, k))
+    meta = dict(KH=k, KW=k, BLOCK_T=max(16, pow2(k * k)), BLOCK_C=max(16, pow2(c)), PREC_Q=dot_precision(q_dtype),
+                **{**blocks, "num_warps": TILE_WARPS})
+    return grid, (tuple(shape), c, q_dtype, v_dtype, device, k), (fy, fx, H, W, heads, c, dim), meta
