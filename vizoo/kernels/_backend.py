@@ -47,7 +47,7 @@ def launch(kernel, grid: tuple, plan: tuple, args: tuple, meta: dict, direct: bo
         return
     compiled = kernel[grid](*args, **meta)
     if hasattr(compiled, "packed_metadata") and len(_COMPILED) < 4096:  # a CompiledKernel, not the interpreter
-        _COMPILED[key] = compiled[(*grid, 1)[:3]], tuple(meta[name] for name in kernel.arg_names[len(args):])
+        _COMPILED[key] = compiled[(*grid, 1, 1)[:3]], tuple(meta[name] for name in kernel.arg_names[len(args):])
 
 
 def dot_precision(dtype: torch.dtype) -> str:
