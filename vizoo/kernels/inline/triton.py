@@ -82,8 +82,8 @@ def _gram(
     a_ptr = A + b * sa_b + h * sa_h
     b_ptr = B + b * sb_b + h * sb_h
     acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-    sum_a = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    sum_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sum_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    sum_b = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, N)
     for off in range(start, end, BLOCK_N):
@@ -93,13 +93,15 @@ def _gram(
         a = tl.load(a_ptr + r64[:, None] * sa_n + cols[None, :], mask=mask, other=0.0)
         bb = tl.load(b_ptr + r64[:, None] * sb_n + cols[None, :], mask=mask, other=0.0)
         acc = tl.dot(tl.trans(a), bb, acc, input_precision=PREC)
-        sum_a += tl.sum(a.to(tl.float32), 0)
-        sum_b += tl.sum(bb.to(tl.float32), 0)
+        # column sums: tiles added up here, their rows summed once after the loop (a row reduction per tile costs
+        # a cross-warp exchange; H200, bf16, 6 heads of 32, forward GPU-only us: N = 3136 43.7 against 47.0)
+        sum_a += a.to(tl.float32)
+        sum_b += bb.to(tl.float32)
     # this chunk's slot of PART [B*heads, chunks, BLOCK_D + 2, BLOCK_D]: A^T B, then the column sums
     base = PART + (bh.to(tl.int64) * n_chunks + chunk) * (BLOCK_D + 2) * BLOCK_D
     tl.store(base + cols[:, None] * BLOCK_D + cols[None, :], acc)
-    tl.store(base + BLOCK_D * BLOCK_D + cols, sum_a)
-    tl.store(base + (BLOCK_D + 1) * BLOCK_D + cols, sum_b)
+    tl.store(base + BLOCK_D * BLOCK_D + cols, tl.sum(sum_a, 0))
+    tl.store(base + (BLOCK_D + 1) * BLOCK_D + cols, tl.sum(sum_b, 0))
 
 
 @triton.jit
