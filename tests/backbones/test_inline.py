@@ -372,43 +372,19 @@ def test_compiled_model_matches_eager(name):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_both_local_residual_forms_match_brute_force():
-    """The grouped convolution and the shifted multiply-adds (SHIFTED_UNDER_COMPILE) give the pixel loop's values
-    and the same gradients, borders included."""
-    from vizoo.kernels.inline.reference import local_residual, local_residual_shifted
+def test_local_residual_matches_brute_force():
+    """The grouped convolution gives the pixel loop's values and the same gradients, borders included."""
+    from vizoo.kernels.inline.reference import local_residual
 
     torch.manual_seed(0)
     taps = torch.randn(2, 9 * 3, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
     want = _brute_residual(taps, v)
+    got = local_residual(taps, v)
+    torch.testing.assert_close(got, want)
     grads = torch.autograd.grad(want, (taps, v), torch.ones_like(want))
-    for form in (local_residual, local_residual_shifted):
-        got = form(taps, v)
-        torch.testing.assert_close(got, want)
-        for g, w in zip(torch.autograd.grad(got, (taps, v), torch.ones_like(got)), grads):
-            torch.testing.assert_close(g, w)
-
-
-def test_compiled_model_with_the_shifted_residual_matches_eager(monkeypatch):
-    """With SHIFTED_UNDER_COMPILE the compiled model takes the shifted form (and eager keeps the convolution):
-    same logits and gradients."""
-    from vizoo.kernels.inline import reference
-
-    taken = []
-    real = reference.local_residual_shifted
-    monkeypatch.setattr(reference, "local_residual_shifted", lambda *a: taken.append(1) or real(*a))
-    monkeypatch.setattr(reference, "SHIFTED_UNDER_COMPILE", True)
-    torch.manual_seed(0)
-    model = timm.create_model("inline_deit_tiny", img_size=64, num_classes=5)
-    x = torch.randn(2, 3, 64, 64)
-    ref = model(x)
-    assert not taken
-    ref_grads = torch.autograd.grad(ref.sum(), list(model.parameters()))
-    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
-    assert taken
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    for g, w in zip(torch.autograd.grad(out.sum(), list(model.parameters())), ref_grads):
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    for g, w in zip(torch.autograd.grad(got, (taps, v), torch.ones_like(got)), grads):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.gpu

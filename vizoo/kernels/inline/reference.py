@@ -33,33 +33,13 @@ def inline_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return out.transpose(1, 2).to(dtype)
 
 
-# Under torch.compile (not while scripting), the local residual as nine shifted multiply-adds of the padded values,
-# which Inductor fuses into one pass over V (and one reduction for the taps' gradient), instead of the grouped
-# convolution, which Inductor leaves to cuDNN. Off until the two are timed against each other on a GPU.
-SHIFTED_UNDER_COMPILE = False
-
-
 def local_residual(taps: Tensor, v: Tensor) -> Tensor:
     """InLine's local residual: a per-sample depthwise 3x3 convolution (zero padding, no bias) of ``v``
     ``[B, H, W, C]`` with ``taps`` ``[B, 9C]`` or ``[B, 9C, 1]`` (entry ``9c + 3 ky + kx`` is channel c's tap at
     row ky, column kx). Returns ``[B, H, W, C]`` in v's dtype. The batch folds into the channels, so one grouped
     convolution applies every sample's own kernels."""
-    if not torch.jit.is_scripting():
-        if SHIFTED_UNDER_COMPILE and torch.compiler.is_compiling():
-            return local_residual_shifted(taps, v)
     B, H, W, C = v.shape
     kernels = taps.reshape(B * C, 1, 3, 3).to(v.dtype)
     out = F.conv2d(v.permute(0, 3, 1, 2).reshape(1, B * C, H, W), kernels, None, padding=1, groups=B * C)
     return out.reshape(B, C, H, W).permute(0, 2, 3, 1)
 
-
-def local_residual_shifted(taps: Tensor, v: Tensor) -> Tensor:
-    """:func:`local_residual` as nine shifted multiply-adds on ``v`` padded by one pixel (the same value)."""
-    B, H, W, C = v.shape
-    t = taps.reshape(B, 1, 1, C, 9).to(v.dtype)
-    padded = F.pad(v, (0, 0, 1, 1, 1, 1))
-    out = padded[:, :H, :W] * t[..., 0]
-    for tap in range(1, 9):
-        ky, kx = divmod(tap, 3)
-        out = out + padded[:, ky:ky + H, kx:kx + W] * t[..., tap]
-    return out
