@@ -392,6 +392,64 @@ def test_compiled_model_matches_eager():
 # ------------------------------------------------------------------------------------ GPU
 
 
+def test_grn_is_timms_in_float32_and_keeps_a_16_bit_dtype():
+    from timm.layers.grn import GlobalResponseNorm
+
+    from vizoo.backbones.overlock import GRN
+
+    ours, timms = GRN(6, channels_last=False), GlobalResponseNorm(6, channels_last=False)
+    with torch.no_grad():
+        for p in (*ours.parameters(), *timms.parameters()):
+            p.copy_(torch.arange(6.0) / 6 - 0.4)
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(ours(x), timms(x), rtol=0, atol=0)
+    out = ours(x.bfloat16())
+    assert out.dtype == torch.bfloat16  # timm's promotes to float32 through its parameters
+    torch.testing.assert_close(out.float(), timms(x.bfloat16().float()), atol=4e-2, rtol=2e-2)
+
+
+def test_autocast_casts_shared_inputs_once_and_keeps_grn_outputs(monkeypatch):
+    """tools/cast_census.py on fake CUDA tensors, bf16 autocast: no dilated branch casts its input
+    (DilatedReparamConv casts it once for all of them), and timm's GRN forward in place of vizoo's adds casts
+    (its float32 output cast again by each consumer)."""
+    import importlib.util
+    from pathlib import Path
+
+    from timm.layers.grn import GlobalResponseNorm
+
+    from vizoo.backbones.overlock import GRN
+
+    spec = importlib.util.spec_from_file_location("cast_census", Path(__file__).parents[2] / "tools" / "cast_census.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ours = tool.census("overlock_xt", batch=2)
+    where = {key[0] for key in ours.count if key[1] == "activation"}
+    assert where and not any(".dilated." in w for w in where), sorted(where)
+    monkeypatch.setattr(GRN, "forward", GlobalResponseNorm.forward)
+    timms = tool.census("overlock_xt", batch=2)
+    assert sum(timms.bytes.values()) > sum(ours.bytes.values())
+
+
+@pytest.mark.gpu
+def test_dilated_reparam_conv_casts_its_input_once_under_autocast_gpu(monkeypatch):
+    """Under CUDA autocast a float32 input is cast once for the large kernel and all dilated branches (not once
+    per branch); values and gradients stay those of the per-branch casts."""
+    from vizoo.backbones import overlock
+
+    torch.manual_seed(0)
+    conv = overlock.DilatedReparamConv(16, 13).cuda().train()
+    x = torch.randn(4, 16, 28, 28, device="cuda", requires_grad=True)
+    results = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(overlock, "autocast_input", lambda t: t)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = conv(x)
+        results.append((out.float(), *torch.autograd.grad(out.float().square().sum(), (x, conv.lk_origin.weight))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=5e-2, rtol=2e-2)
+
+
 @pytest.mark.gpu
 def test_inductor_compiled_model_matches_eager_gpu():
     """overlock_t compiles with inductor in one graph (vizoo::na2d_av_fwd is one node), bf16, eager's logits."""

@@ -40,12 +40,12 @@ Faithful to the official code:
 Differences:
     * timm citizenship: ``create_model`` works on timm 1.x (the official factories raise ``TypeError``);
       the classifier is a Linear (``head.fc``; officially a 1x1 conv ``head.4``); the stem is ``stem``
-      (``patch_embed1``); GRN is timm's ``GlobalResponseNorm`` and SE is timm's ``SEModule`` (same math,
-      1-D parameters); layer scales are 1-D ``weight``/``bias`` (officially a grouped 1x1 conv); ContMix's
-      parameters sit under ``contmix.`` and its 49 -> k^2 + K^2 map is a Linear (officially a 1x1 conv); the
-      dilated branches are ``dilated.{i}.{conv,bn}`` (officially ``dil_conv_k{k}_{r}``/``dil_bn_k{k}_{r}``,
-      attributes TorchScript cannot loop over); drop path defaults to each variant's ImageNet recipe rate
-      (XT 0.1, T 0.15, S 0.4, B 0.5; officially 0 unless given). The 1-D shapes
+      (``patch_embed1``); GRN is timm's ``GlobalResponseNorm`` (with a 16-bit input's dtype kept) and SE is
+      timm's ``SEModule`` (same math, 1-D parameters); layer scales are 1-D ``weight``/``bias`` (officially a
+      grouped 1x1 conv); ContMix's parameters sit under ``contmix.`` and its 49 -> k^2 + K^2 map is a Linear
+      (officially a 1x1 conv); the dilated branches are ``dilated.{i}.{conv,bn}`` (officially
+      ``dil_conv_k{k}_{r}``/``dil_bn_k{k}_{r}``, attributes TorchScript cannot loop over); drop path defaults to
+      each variant's ImageNet recipe rate (XT 0.1, T 0.15, S 0.4, B 0.5; officially 0 unless given). The 1-D shapes
       mean timm's optimiser factory exempts GRN and layer-scale parameters from weight decay, which the
       official run (4-D shapes) did not;
     * the auxiliary head is built only with ``aux_head=True`` (training recipes set it); then ``model(x)``
@@ -141,6 +141,29 @@ def dw_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) ->
 register_notrace_function(dw_conv)  # a device test: FX records it as one call
 
 
+def autocast_input(x: Tensor) -> Tensor:
+    """``x`` in CUDA autocast's dtype while autocast is on, else as it is: one cast that the several convs reading
+    ``x`` then share (autocast would cast a float32 ``x`` again for each of them)."""
+    if torch.jit.is_scripting() or not (x.is_cuda and torch.is_autocast_enabled("cuda")):
+        return x
+    return x.to(torch.get_autocast_dtype("cuda"))
+
+
+register_notrace_function(autocast_input)
+
+
+class GRN(GlobalResponseNorm):
+    """timm's ``GlobalResponseNorm`` (NCHW) that keeps a 16-bit input's dtype under autocast: the norm runs in
+    float32 as autocast wants, the output in the input's dtype, where timm's returns float32 (its parameters
+    promote it) and every consumer casts it back."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_g = x.norm(p=2, dim=self.spatial_dim, keepdim=True)
+        x_n = (x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)).to(x.dtype)
+        weight, bias = self.weight.to(x.dtype).view(self.wb_shape), self.bias.to(x.dtype).view(self.wb_shape)
+        return x + torch.addcmul(bias, weight, x * x_n)
+
+
 class DWConv(nn.Conv2d):
     """Stride-1 "same" depthwise conv with bias through ``dw_conv`` (same parameters and keys as ``nn.Conv2d``)."""
 
@@ -205,6 +228,7 @@ class DilatedReparamConv(nn.Module):
         self.dilated = nn.ModuleList([] if deploy else [DilatedBranch(dim, k, r) for k, r in self.branches])
 
     def forward(self, x: Tensor) -> Tensor:
+        x = autocast_input(x)
         out = self.origin_bn(dw_conv(x, self.lk_origin.weight, self.lk_origin.bias, 1))
         for branch in self.dilated:
             out = out + branch(x)
@@ -258,7 +282,7 @@ class BasicBlock(nn.Module):
             nn.Conv2d(dim, hidden, 1),
             nn.GELU(),
             ResDWConv(hidden),
-            GlobalResponseNorm(hidden, channels_last=False),
+            GRN(hidden, channels_last=False),
             nn.Conv2d(hidden, dim, 1),
             DropPath(drop_path) if drop_path > 0 else nn.Identity(),
         )
@@ -414,7 +438,7 @@ class DynamicBlock(nn.Module):
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1),
-            GlobalResponseNorm(dim, channels_last=False),
+            GRN(dim, channels_last=False),
         )
         self.contmix = ContMix(dim, ctx_dim, kernel_size, small_kernel, groups)
         self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
@@ -428,7 +452,7 @@ class DynamicBlock(nn.Module):
             nn.Conv2d(out_dim, hidden, 1),
             nn.GELU(),
             ResDWConv(hidden),
-            GlobalResponseNorm(hidden, channels_last=False),
+            GRN(hidden, channels_last=False),
             nn.Conv2d(hidden, out_dim, 1),
         )
         self.ls1 = LayerScale2d(out_dim, ls_init_value) if ls_init_value is not None else nn.Identity()
