@@ -144,7 +144,7 @@ register_notrace_function(dw_conv)  # a device test: FX records it as one call
 def autocast_input(x: Tensor) -> Tensor:
     """``x`` in CUDA autocast's dtype while autocast is on, else as it is: one cast that the several convs reading
     ``x`` then share (autocast would cast a float32 ``x`` again for each of them)."""
-    if torch.jit.is_scripting() or not (x.is_cuda and torch.is_autocast_enabled("cuda")):
+    if not (x.is_cuda and torch.is_autocast_enabled("cuda")):
         return x
     return x.to(torch.get_autocast_dtype("cuda"))
 
@@ -228,7 +228,8 @@ class DilatedReparamConv(nn.Module):
         self.dilated = nn.ModuleList([] if deploy else [DilatedBranch(dim, k, r) for k, r in self.branches])
 
     def forward(self, x: Tensor) -> Tensor:
-        x = autocast_input(x)
+        if not torch.jit.is_scripting():  # TorchScript has no autocast to cast for
+            x = autocast_input(x)
         out = self.origin_bn(dw_conv(x, self.lk_origin.weight, self.lk_origin.bias, 1))
         for branch in self.dilated:
             out = out + branch(x)
