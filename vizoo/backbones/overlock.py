@@ -144,6 +144,8 @@ register_notrace_function(dw_conv)  # a device test: FX records it as one call
 def autocast_input(x: Tensor) -> Tensor:
     """``x`` in CUDA autocast's dtype while autocast is on, else as it is: one cast that the several convs reading
     ``x`` then share (autocast would cast a float32 ``x`` again for each of them)."""
+    if torch.jit.is_scripting():  # TorchScript has no autocast to cast for (a scripted FX graph calls this)
+        return x
     if not (x.is_cuda and torch.is_autocast_enabled("cuda")):
         return x
     return x.to(torch.get_autocast_dtype("cuda"))
@@ -228,8 +230,7 @@ class DilatedReparamConv(nn.Module):
         self.dilated = nn.ModuleList([] if deploy else [DilatedBranch(dim, k, r) for k, r in self.branches])
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting():  # TorchScript has no autocast to cast for
-            x = autocast_input(x)
+        x = autocast_input(x)
         out = self.origin_bn(dw_conv(x, self.lk_origin.weight, self.lk_origin.bias, 1))
         for branch in self.dilated:
             out = out + branch(x)
