@@ -433,21 +433,27 @@ def test_autocast_casts_shared_inputs_once_and_keeps_grn_outputs(monkeypatch):
 @pytest.mark.gpu
 def test_dilated_reparam_conv_casts_its_input_once_under_autocast_gpu(monkeypatch):
     """Under CUDA autocast a float32 input is cast once for the large kernel and all dilated branches (not once
-    per branch); values and gradients stay those of the per-branch casts."""
+    per branch). The outputs stay those of the per-branch casts (the same bf16 operands). The input gradient
+    differs by rounding only: with one shared cast autograd adds the branches' gradients in bf16 before the cast
+    back, with per-branch casts it adds them in float32; so it is compared at bf16's resolution of the largest
+    gradient."""
     from vizoo.backbones import overlock
 
     torch.manual_seed(0)
     conv = overlock.DilatedReparamConv(16, 13).cuda().train()
     x = torch.randn(4, 16, 28, 28, device="cuda", requires_grad=True)
+    grad = torch.randn(4, 16, 28, 28, device="cuda")
     results = []
     for shared in (True, False):
         if not shared:
             monkeypatch.setattr(overlock, "autocast_input", lambda t: t)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = conv(x)
-        results.append((out.float(), *torch.autograd.grad(out.float().square().sum(), (x, conv.lk_origin.weight))))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, atol=5e-2, rtol=2e-2)
+        results.append((out.float(), *torch.autograd.grad(out, (x, conv.lk_origin.weight), grad.to(out.dtype))))
+    (out, d_x, d_w), (out_ref, d_x_ref, d_w_ref) = results
+    torch.testing.assert_close(out, out_ref, rtol=8e-3, atol=1e-5)
+    for got, want in ((d_x, d_x_ref), (d_w, d_w_ref)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
 @pytest.mark.gpu
