@@ -67,6 +67,8 @@ def test_timm_benchmark_command_is_what_a_timm_user_runs():
     assert "--channels-last" not in args and "--torchcompile" not in args
     assert compiled[-1] == "--torchcompile"
     assert timm_benchmark_command("/t/benchmark.py", "m", "r", "channels-last")[-1] == "--channels-last"
+    graphs = timm_benchmark_command("/t/benchmark.py", "m", "r", "cudagraphs")
+    assert graphs[-3:] == ["--torchcompile", "--torchcompile-mode", "reduce-overhead"]
     with pytest.raises(ValueError, match="unknown mode 'jit'"):
         timm_benchmark_command("/t/benchmark.py", "m", "r", "jit")
 

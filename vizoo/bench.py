@@ -430,7 +430,11 @@ TIMM_MORE_PAIRS = (
     ("inline_swin_tiny", "swin_tiny_patch4_window7_224"),
     ("inline_pvt_small", "pvt_v2_b2"),
 )
-TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"], "channels-last": ["--channels-last"]}
+# "cudagraphs": compiled with Inductor's CUDA graphs (``torch.compile(mode="reduce-overhead")``), which replay a
+# step's launches without the host's per-kernel cost
+TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"], "cudagraphs": ["--torchcompile", "--torchcompile-mode",
+                                                                          "reduce-overhead"],
+              "channels-last": ["--channels-last"]}
 TIMM_DEFAULT_MODES = ("eager", "compiled")
 
 # Imports vizoo (registering its models with timm), then runs timm's benchmark.py as its own __main__.
