@@ -432,9 +432,12 @@ TIMM_MORE_PAIRS = (
 )
 # "cudagraphs": compiled with Inductor's CUDA graphs (``torch.compile(mode="reduce-overhead")``), which replay a
 # step's launches without the host's per-kernel cost
-TIMM_MODES = {"eager": [], "compiled": ["--torchcompile"], "cudagraphs": ["--torchcompile", "--torchcompile-mode",
-                                                                          "reduce-overhead"],
-              "channels-last": ["--channels-last"]}
+TIMM_MODES = {
+    "eager": [],
+    "compiled": ["--torchcompile"],
+    "cudagraphs": ["--torchcompile", "--torchcompile-mode", "reduce-overhead"],
+    "channels-last": ["--channels-last"],
+}
 TIMM_DEFAULT_MODES = ("eager", "compiled")
 
 # Imports vizoo (registering its models with timm), then runs timm's benchmark.py as its own __main__.
